@@ -1,0 +1,3 @@
+"""stream-monitor: a streaming monitor for production recommendation systems."""
+
+__version__ = "0.1.0"

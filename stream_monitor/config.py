@@ -1,0 +1,86 @@
+"""Runtime settings: one frozen object, read by the CLI and nowhere else.
+
+Components take typed arguments, not this object. Values come from (highest first) the environment
+(``STREAM_MONITOR_*``), a TOML file named by ``STREAM_MONITOR_CONFIG`` (default ``config/default.toml`` when
+it exists), and the defaults below. Secrets are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = ["DEFAULT_TOPICS", "Settings", "Topics"]
+
+
+class Topics(BaseSettings):
+    """Kafka topic names; every one is configurable."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    serving: str = "recs.serving"
+    engagement: str = "recs.engagement"
+    deployments: str = "recs.deployments"
+    alerts: str = "recs.alerts"
+    health: str = "recs.health"
+    deadletter: str = "recs.deadletter"
+
+
+DEFAULT_TOPICS = Topics()
+
+
+class Settings(BaseSettings):
+    """Everything a stream-monitor process needs to know about its surroundings.
+
+    >>> s = Settings(_env_file=None)
+    >>> s.topics.serving, s.metrics_port
+    ('recs.serving', 9464)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_MONITOR_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    app_id: str = "stream-monitor"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_prefix: str = "sm"
+    topics: Topics = Field(default_factory=Topics)
+    topic_partitions: int = 4
+    topology: Path = Path("topologies/default.yaml")
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: int = 9464
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    batch_max: int = 2000
+    batch_within_s: float = 0.5
+    close_interval_s: float = 1.0
+    idle_partition_timeout_s: float = 30.0
+    broker_session_timeout_s: float = 10.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
+        config_file = Path(os.environ.get("STREAM_MONITOR_CONFIG", "config/default.toml"))
+        if config_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to log (secrets stay masked)."""
+        return self.model_dump(mode="json")
