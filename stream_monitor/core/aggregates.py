@@ -1,0 +1,202 @@
+"""Mergeable window aggregates and the per-batch accumulator that feeds them.
+
+Every aggregate is a flat map ``"<series>#<metric>" -> number`` per window, where every number is a sum
+(counts, histogram bucket counts). Sums merge by addition, so partial aggregates from any number of
+workers and batches add up to exactly the aggregate of the whole window, in any order: that is what makes
+the Redis flush a plain ``HINCRBY`` and a restart safe.
+
+Deltas are kept per input partition because the state store accepts or refuses each partition's delta on
+its own (a partition this worker no longer owns is refused, the rest still count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream_monitor.core.events import EngagementEvent, ServingEvent
+from stream_monitor.core.sketch import LogBuckets
+from stream_monitor.core.topology import Topology
+
+__all__ = [
+    "ENGAGEMENT_SERIES",
+    "OTHER",
+    "SEP_METRIC",
+    "SEP_SERIES",
+    "PartitionDelta",
+    "SeriesKeyer",
+    "WindowAccumulator",
+]
+
+SEP_SERIES = "|"
+SEP_METRIC = "#"
+ENGAGEMENT_SERIES = "*"
+OTHER = "other"
+UNKNOWN = "unknown"
+ALL = "*"
+
+
+@dataclass(slots=True)
+class PartitionDelta:
+    """What one batch added for one input partition: offsets covered and window sums.
+
+    ``first_offset`` is the offset of the first message the batch saw on the partition, ``next_offset``
+    one past the last; ``counts`` are consumed / accepted / dead-lettered message counters.
+    """
+
+    partition: str
+    first_offset: int
+    next_offset: int
+    max_event_ms: int = 0
+    windows: dict[int, dict[str, float]] = field(default_factory=dict)
+    window_events: dict[int, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + by
+
+
+class SeriesKeyer:
+    """Turns an event's key dimensions into a canonical series string with bounded cardinality.
+
+    Each dimension keeps at most ``max_values`` distinct values; later newcomers fold into ``other``
+    (counted in ``folded``) so a flood of made-up segment values cannot grow state or metrics.
+
+    >>> keyer = SeriesKeyer(("model", "region"), max_values=2)
+    >>> [keyer.key(("m", r)) for r in ("us", "eu", "apac", "us")]
+    ['m|us', 'm|eu', 'm|other', 'm|us']
+    >>> keyer.folded
+    1
+    """
+
+    def __init__(self, dims: tuple[str, ...], max_values: int) -> None:
+        self.dims = dims
+        self.max_values = max_values
+        self._seen: list[set[str]] = [set() for _ in dims]
+        self._cache: dict[tuple[str, ...], str] = {}
+        self.folded = 0
+
+    def key(self, values: tuple[str, ...]) -> str:
+        cached = self._cache.get(values)
+        if cached is not None:
+            return cached
+        parts: list[str] = []
+        folded = False
+        for value, seen in zip(values, self._seen, strict=True):
+            clean = value.replace(SEP_SERIES, "_").replace(SEP_METRIC, "_")
+            if clean not in seen:
+                if len(seen) >= self.max_values:
+                    clean, folded = OTHER, True
+                else:
+                    seen.add(clean)
+            parts.append(clean)
+        series = SEP_SERIES.join(parts)
+        if folded:
+            self.folded += 1
+        elif len(self._cache) < 65_536:
+            self._cache[values] = series
+        return series
+
+    def split(self, series: str) -> dict[str, str]:
+        """The dimension values of a series string."""
+        return dict(zip(self.dims, series.split(SEP_SERIES), strict=True))
+
+
+class WindowAccumulator:
+    """Accumulates one batch of events into per-partition window deltas (the worker's hot path).
+
+    >>> from stream_monitor.core.windows import WindowSpec
+    >>> topo = Topology(name="t", window=WindowSpec(60_000), segment_dims=("region",))
+    >>> acc = WindowAccumulator(topo)
+    >>> ev = ServingEvent("r1", 1_764_086_400_123, "m", "v1", "control", "home", {"region": "eu"},
+    ...                   {"total": 80.0})
+    >>> acc.add_serving("recs.serving/0", 41, ev)
+    >>> delta = acc.take()["recs.serving/0"]
+    >>> delta.first_offset, delta.next_offset, delta.windows[1_764_086_400_000]["m|v1|control|home|eu#n"]
+    (41, 42, 1)
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.keyer = SeriesKeyer(topology.key_dims, topology.max_values_per_dim)
+        self.buckets = LogBuckets(topology.relative_accuracy)
+        self._size = topology.window.size_ms
+        self._stages = topology.latency.stages
+        self._segment_dims = topology.segment_dims
+        self._parts: dict[str, PartitionDelta] = {}
+
+    def _delta(self, partition: str, offset: int) -> PartitionDelta:
+        delta = self._parts.get(partition)
+        if delta is None:
+            delta = self._parts[partition] = PartitionDelta(partition, offset, offset + 1)
+        else:  # offsets only grow within a partition, so the last one seen is the highest
+            delta.next_offset = offset + 1
+        delta.count("consumed")
+        return delta
+
+    def _window(self, delta: PartitionDelta, ts: int) -> dict[str, float]:
+        start = ts - ts % self._size
+        window = delta.windows.get(start)
+        if window is None:
+            window = delta.windows[start] = {}
+            delta.window_events[start] = 0
+        delta.window_events[start] += 1
+        if ts > delta.max_event_ms:
+            delta.max_event_ms = ts
+        return window
+
+    def add_serving(self, partition: str, offset: int, event: ServingEvent) -> None:
+        """Count one valid serving event."""
+        delta = self._delta(partition, offset)
+        delta.count("accepted")
+        window = self._window(delta, event.ts)
+        segment = event.segment
+        values = (
+            event.model,
+            event.model_version,
+            event.arm,
+            event.surface,
+            *(segment.get(d, UNKNOWN) for d in self._segment_dims),
+        )
+        prefix = self.keyer.key(values) + SEP_METRIC
+        _add(window, prefix + "n", 1)
+        if event.error is not None:
+            _add(window, prefix + "err", 1)
+        if event.fallback:
+            _add(window, prefix + "fb", 1)
+        if event.empty_slate:
+            _add(window, prefix + "empty", 1)
+        latency = event.latency_ms
+        bucket = self.buckets.bucket
+        for stage in self._stages:
+            ms = latency.get(stage)
+            if ms is not None:
+                _add(window, f"{prefix}lat.{stage}.{bucket(ms)}", 1)
+
+    def add_engagement(self, partition: str, offset: int, event: EngagementEvent) -> None:
+        """Count one valid engagement event."""
+        delta = self._delta(partition, offset)
+        delta.count("accepted")
+        window = self._window(delta, event.ts)
+        _add(window, f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{event.action}", 1)
+
+    def add_rejected(self, partition: str, offset: int, reason: str) -> None:
+        """Advance past a message that was dead-lettered (so a restart does not reprocess it)."""
+        delta = self._delta(partition, offset)
+        delta.count("rejected")
+        delta.count(f"rejected.{reason}")
+
+    def add_other(self, partition: str, offset: int) -> None:
+        """Advance past a valid message that carries no window data (e.g. a deployment)."""
+        self._delta(partition, offset).count("accepted")
+
+    def pending(self) -> bool:
+        return bool(self._parts)
+
+    def take(self) -> dict[str, PartitionDelta]:
+        """Hand over the accumulated deltas and start afresh."""
+        parts, self._parts = self._parts, {}
+        return parts
+
+
+def _add(window: dict[str, float], name: str, by: float) -> None:
+    window[name] = window.get(name, 0) + by

@@ -1,0 +1,174 @@
+"""Alerts and their de-duplication: one open alert per (signal, metric, key), resolved when it clears.
+
+:class:`AlertBook` turns the breaches of successive windows into ``firing`` and ``resolved`` alerts. Its
+state (open alerts and volume history) is a plain JSON document with a version number, so a checkpoint
+in Redis is data that is checked on load, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from stream_monitor.core.aggregates import SEP_SERIES
+from stream_monitor.core.signals import Breach
+
+__all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
+
+STATE_VERSION = 1
+
+
+class StateFormatError(ValueError):
+    """A detector checkpoint that is not in a format this version can load."""
+
+
+@dataclass(slots=True)
+class Alert:
+    """One alert message as published on the alerts topic (see docs/schemas/alert.schema.json)."""
+
+    id: str
+    status: str
+    severity: str
+    signal: str
+    metric: str
+    key: dict[str, str]
+    series: str
+    window: dict[str, int]
+    observed: float
+    expected: float | None
+    threshold: float | None
+    unit: str
+    message: str
+    opened_at: int
+    emitted_at: int
+    topology: str
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.signal}|{self.metric}|{self.series}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Alert:
+        return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(slots=True)
+class DetectorState:
+    """Everything detection carries from one window to the next."""
+
+    last_closed_end: int | None = None
+    volume_history: dict[str, list[float]] = field(default_factory=dict)
+    volume_absent: dict[str, int] = field(default_factory=dict)
+    open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json_dict(cls, doc: object) -> DetectorState:
+        """Load a checkpoint, checking its version and shape.
+
+        >>> DetectorState.from_json_dict({"version": 99})
+        Traceback (most recent call last):
+        ...
+        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 1
+        """
+        if not isinstance(doc, dict):
+            raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
+        if doc.get("version") != STATE_VERSION:
+            raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
+        try:
+            state = cls(
+                last_closed_end=doc["last_closed_end"],
+                volume_history={str(k): [float(x) for x in v] for k, v in doc["volume_history"].items()},
+                volume_absent={str(k): int(v) for k, v in doc["volume_absent"].items()},
+                open_alerts={str(k): dict(v) for k, v in doc["open_alerts"].items()},
+            )
+            for alert in state.open_alerts.values():
+                Alert.from_dict(alert)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateFormatError(f"detector state is malformed: {exc!r}") from exc
+        if state.last_closed_end is not None and not isinstance(state.last_closed_end, int):
+            raise StateFormatError("detector state last_closed_end must be an integer")
+        return state
+
+
+class AlertBook:
+    """Opens, keeps and resolves alerts from per-window breaches.
+
+    >>> from stream_monitor.core.signals import Breach
+    >>> book = AlertBook(("model", "region"), topology="t")
+    >>> state = DetectorState()
+    >>> b = Breach("error_rate", "ratio", ("m", "eu"), 0.2, None, 0.02, "ratio", "critical", "errors")
+    >>> [a.status for a in book.update(state, [b], (0, 60_000), now_ms=1)]
+    ['firing']
+    >>> book.update(state, [b], (60_000, 120_000), now_ms=2)  # still open: nothing new
+    []
+    >>> [a.status for a in book.update(state, [], (120_000, 180_000), now_ms=3, evaluated={b.identity})]
+    ['resolved']
+    """
+
+    def __init__(self, key_dims: tuple[str, ...], topology: str) -> None:
+        self.key_dims = key_dims
+        self.topology = topology
+
+    def update(
+        self,
+        state: DetectorState,
+        breaches: Iterable[Breach],
+        window: tuple[int, int],
+        now_ms: int,
+        evaluated: set[tuple[str, str, tuple[str, ...]]] | None = None,
+    ) -> list[Alert]:
+        """Alerts to emit for one closed window.
+
+        An open alert resolves when its key was evaluated in this window (``evaluated``) and did not
+        breach; a key without enough data keeps its alert open rather than resolve on silence.
+        """
+        start, end = window
+        out: list[Alert] = []
+        breaching: set[str] = set()
+        for breach in breaches:
+            series = SEP_SERIES.join(breach.key)
+            dedupe = f"{breach.signal}|{breach.metric}|{series}"
+            breaching.add(dedupe)
+            if dedupe in state.open_alerts:
+                continue
+            alert = Alert(
+                id="a-" + hashlib.sha1(f"{dedupe}|{start}".encode()).hexdigest()[:16],
+                status="firing",
+                severity=breach.severity,
+                signal=breach.signal,
+                metric=breach.metric,
+                key=dict(zip(self.key_dims, breach.key, strict=True)),
+                series=series,
+                window={"start": start, "end": end, "size_ms": end - start},
+                observed=breach.observed,
+                expected=breach.expected,
+                threshold=breach.threshold,
+                unit=breach.unit,
+                message=f"{_describe(self.key_dims, breach.key)}: {breach.message}",
+                opened_at=start,
+                emitted_at=now_ms,
+                topology=self.topology,
+            )
+            state.open_alerts[dedupe] = alert.to_dict()
+            out.append(alert)
+        cleared = {f"{s}|{m}|{SEP_SERIES.join(k)}" for s, m, k in (evaluated or set())} - breaching
+        for dedupe in sorted(cleared & set(state.open_alerts)):
+            opened = Alert.from_dict(state.open_alerts.pop(dedupe))
+            opened.status = "resolved"
+            opened.window = {"start": start, "end": end, "size_ms": end - start}
+            opened.emitted_at = now_ms
+            opened.message = f"resolved after {(end - opened.opened_at) // 1000} s: {opened.message}"
+            out.append(opened)
+        return out
+
+
+def _describe(dims: tuple[str, ...], key: tuple[str, ...]) -> str:
+    return " ".join(f"{d}={v}" for d, v in zip(dims, key, strict=True) if v != "*")

@@ -1,0 +1,304 @@
+"""Event contract: parse and validate the JSON events producers send.
+
+Parsing is strict at the edge and cheap on the hot path: one ``orjson.loads`` and a handful of type checks.
+A bad event raises :class:`EventError` naming the field and the offending value; callers turn that into a
+dead-letter record, never into a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "ARMS",
+    "MAX_EVENT_BYTES",
+    "DeploymentEvent",
+    "EngagementEvent",
+    "Event",
+    "EventError",
+    "ServingEvent",
+    "parse_event",
+    "parse_timestamp",
+]
+
+ARMS: Final = frozenset({"control", "canary", "shadow"})
+ACTIONS: Final = frozenset({"impression", "click", "play", "complete"})
+MAX_EVENT_BYTES: Final = 1_000_000
+MAX_ID_CHARS: Final = 128
+# Epoch-ms bounds: 2000-01-01 .. 2100-01-01. Anything outside is a unit mistake (seconds, micros).
+MIN_TS_MS: Final = 946_684_800_000
+MAX_TS_MS: Final = 4_102_444_800_000
+
+
+class EventError(ValueError):
+    """An event that does not follow the contract.
+
+    ``reason`` is a short machine code (used as a metric label and in dead-letter records); the message
+    names the field and the value.
+
+    >>> try:
+    ...     parse_event(b'{"type": "engagement", "request_id": "r1", "action": "play", "ts": "yesterday"}')
+    ... except EventError as exc:
+    ...     print(exc.reason, exc.field, "|", exc)
+    invalid_field ts | ts: 'yesterday' is not epoch milliseconds or an RFC 3339 date-time
+    """
+
+    def __init__(self, reason: str, field: str | None, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(slots=True)
+class ServingEvent:
+    """One served recommendation request."""
+
+    request_id: str
+    ts: int
+    model: str
+    model_version: str
+    arm: str
+    surface: str
+    segment: dict[str, str]
+    latency_ms: dict[str, float]
+    funnel: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    features: dict[str, Any] = field(default_factory=dict)
+    feature_ts: dict[str, int] = field(default_factory=dict)
+    fallback: bool = False
+    error: str | None = None
+
+    @property
+    def empty_slate(self) -> bool:
+        """No item returned (an empty ``items`` list, or ``funnel.returned == 0``)."""
+        returned = self.funnel.get("returned")
+        return not self.items if returned is None else returned == 0
+
+
+@dataclass(slots=True, frozen=True)
+class EngagementEvent:
+    """A user's reaction to a served item."""
+
+    request_id: str
+    ts: int
+    action: str
+    item_id: str | None = None
+    position: int | None = None
+    value: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class DeploymentEvent:
+    """A model version starting (or changing traffic) on an arm."""
+
+    ts: int
+    model: str
+    model_version: str
+    arm: str
+    traffic: float | None = None
+    baseline_version: str | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+    reason: str | None = None
+
+
+Event = ServingEvent | EngagementEvent | DeploymentEvent
+
+
+def parse_timestamp(value: object, name: str = "ts") -> int:
+    """Epoch milliseconds from an integer or an RFC 3339 string.
+
+    >>> parse_timestamp(1764086400123)
+    1764086400123
+    >>> parse_timestamp("2025-11-25T16:00:00.123Z")
+    1764086400123
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise EventError(
+                "invalid_field", name, f"{_short(value)} is not epoch milliseconds or an RFC 3339 date-time"
+            ) from None
+        if parsed.tzinfo is None:
+            raise EventError("invalid_field", name, f"{_short(value)} has no UTC offset (RFC 3339 needs one)")
+        ms = round(parsed.timestamp() * 1000)
+    else:
+        raise EventError("invalid_field", name, f"{_short(value)} is not epoch milliseconds (an integer)")
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        raise EventError("invalid_field", name, f"{ms} is outside 2000..2100 in epoch milliseconds")
+    return ms
+
+
+def parse_event(raw: bytes, expected: str | None = None) -> Event:
+    """Parse one Kafka message value into a typed event.
+
+    ``expected`` is the event type the topic carries; another type on that topic is rejected.
+
+    >>> e = parse_event(b'{"type":"engagement","request_id":"r1","ts":1764086412000,"action":"click"}')
+    >>> (type(e).__name__, e.action)
+    ('EngagementEvent', 'click')
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError("too_large", None, f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventError("invalid_json", None, f"not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise EventError("invalid_json", None, f"expected a JSON object, got {type(doc).__name__}")
+    kind = doc.get("type")
+    if expected is not None and kind != expected:
+        raise EventError("unknown_type", "type", f"{_short(kind)} on a topic that carries {expected!r} events")
+    if kind == "serving":
+        return _serving(doc)
+    if kind == "engagement":
+        return _engagement(doc)
+    if kind == "deployment":
+        return _deployment(doc)
+    raise EventError("unknown_type", "type", f"{_short(kind)} is not one of serving, engagement, deployment")
+
+
+def _serving(doc: dict[str, Any]) -> ServingEvent:
+    latency = _mapping(doc, "latency_ms", required=True)
+    checked_latency: dict[str, float] = {}
+    for stage, ms in latency.items():
+        checked_latency[stage] = _non_negative(ms, f"latency_ms.{stage}")
+    if "total" not in checked_latency:
+        raise EventError("missing_field", "latency_ms.total", "is required")
+    segment = _mapping(doc, "segment")
+    for dim, value in segment.items():
+        if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+            raise EventError("invalid_field", f"segment.{dim}", f"{_short(value)} is not a short string")
+    arm = _string(doc, "arm")
+    if arm not in ARMS:
+        raise EventError("invalid_field", "arm", f"{_short(arm)} is not one of control, canary, shadow")
+    funnel = _mapping(doc, "funnel")
+    for stage, count in funnel.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise EventError("invalid_field", f"funnel.{stage}", f"{_short(count)} is not a count")
+    items = doc.get("items", [])
+    if not isinstance(items, list):
+        raise EventError("invalid_field", "items", f"{_short(items)} is not a list")
+    fallback = doc.get("fallback", False)
+    if not isinstance(fallback, bool):
+        raise EventError("invalid_field", "fallback", f"{_short(fallback)} is not true or false")
+    error = doc.get("error")
+    if error is not None and not isinstance(error, str):
+        raise EventError("invalid_field", "error", f"{_short(error)} is not null or a string")
+    return ServingEvent(
+        request_id=_string(doc, "request_id"),
+        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        model=_string(doc, "model"),
+        model_version=_string(doc, "model_version"),
+        arm=arm,
+        surface=_string(doc, "surface"),
+        segment=segment,
+        latency_ms=checked_latency,
+        funnel=funnel,
+        sources=_mapping(doc, "sources"),
+        items=items,
+        features=_mapping(doc, "features"),
+        feature_ts=_mapping(doc, "feature_ts"),
+        fallback=fallback,
+        error=error,
+    )
+
+
+def _engagement(doc: dict[str, Any]) -> EngagementEvent:
+    action = _string(doc, "action")
+    if action not in ACTIONS:
+        raise EventError("invalid_field", "action", f"{_short(action)} is not one of {sorted(ACTIONS)}")
+    position = doc.get("position")
+    if position is not None and (not isinstance(position, int) or isinstance(position, bool) or position < 0):
+        raise EventError("invalid_field", "position", f"{_short(position)} is not a position (integer >= 0)")
+    item_id = doc.get("item_id")
+    if item_id is not None and not isinstance(item_id, str):
+        raise EventError("invalid_field", "item_id", f"{_short(item_id)} is not a string")
+    value = doc.get("value", 0.0)
+    return EngagementEvent(
+        request_id=_string(doc, "request_id"),
+        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        action=action,
+        item_id=item_id,
+        position=position,
+        value=_finite(value, "value"),
+    )
+
+
+def _deployment(doc: dict[str, Any]) -> DeploymentEvent:
+    arm = _string(doc, "arm")
+    if arm not in ARMS:
+        raise EventError("invalid_field", "arm", f"{_short(arm)} is not one of control, canary, shadow")
+    traffic = doc.get("traffic")
+    if traffic is not None:
+        traffic = _finite(traffic, "traffic")
+        if not 0.0 <= traffic <= 1.0:
+            raise EventError("invalid_field", "traffic", f"{traffic} is not a share in [0, 1]")
+    baseline = doc.get("baseline_version")
+    return DeploymentEvent(
+        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        model=_string(doc, "model"),
+        model_version=_string(doc, "model_version"),
+        arm=arm,
+        traffic=traffic,
+        baseline_version=baseline if isinstance(baseline, str) else None,
+        lineage=_mapping(doc, "lineage"),
+        actor=doc.get("actor") if isinstance(doc.get("actor"), str) else None,
+        reason=doc.get("reason") if isinstance(doc.get("reason"), str) else None,
+    )
+
+
+def _missing(name: str) -> Any:
+    raise EventError("missing_field", name, "is required")
+
+
+def _string(doc: dict[str, Any], name: str) -> str:
+    value = doc.get(name)
+    if value is None:
+        raise EventError("missing_field", name, "is required")
+    if not isinstance(value, str) or not value:
+        raise EventError("invalid_field", name, f"{_short(value)} is not a non-empty string")
+    if len(value) > MAX_ID_CHARS:
+        raise EventError("invalid_field", name, f"{len(value)} characters, the limit is {MAX_ID_CHARS}")
+    return value
+
+
+def _mapping(doc: dict[str, Any], name: str, required: bool = False) -> dict[str, Any]:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise EventError("missing_field", name, "is required")
+        return {}
+    if not isinstance(value, dict):
+        raise EventError("invalid_field", name, f"{_short(value)} is not a JSON object")
+    return value
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError("invalid_field", name, f"{_short(value)} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise EventError("invalid_field", name, f"{_short(value)} is not finite")
+    return number
+
+
+def _non_negative(value: object, name: str) -> float:
+    number = _finite(value, name)
+    if number < 0:
+        raise EventError("invalid_field", name, f"{number} is negative")
+    return number
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,322 @@
+"""Signals computed from one closed window: volume, latency quantiles and flagged-request rates.
+
+A closed window arrives as the flat sums the workers flushed (``"<series>#<metric>" -> number``). It is
+parsed into per-series statistics, rolled up to the topology's ``group_by`` levels, and checked against
+the rules. A breach that shows at several levels is reported where it is localised: if one value of a
+segment dimension breaches while its siblings do not, the breach belongs to that value, and the roll-ups
+above it (which breach only because they contain it) are not reported separately.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from stream_monitor.core.aggregates import ALL, ENGAGEMENT_SERIES, SEP_METRIC, SEP_SERIES
+from stream_monitor.core.sketch import LogBuckets
+from stream_monitor.core.topology import KEY_DIMS, Topology
+
+__all__ = ["Breach", "SeriesStats", "SignalValue", "WindowEvaluator", "parse_window", "rollup"]
+
+# Severity order, most severe first.
+SEVERITIES = ("critical", "warning", "info")
+
+
+@dataclass(slots=True)
+class SeriesStats:
+    """Sums for one series in one window."""
+
+    n: float = 0
+    counters: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def merge(self, other: SeriesStats) -> None:
+        self.n += other.n
+        for name, value in other.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + value
+        for stage, buckets in other.latency.items():
+            mine = self.latency.setdefault(stage, {})
+            for bucket, count in buckets.items():
+                mine[bucket] = mine.get(bucket, 0) + count
+
+
+@dataclass(frozen=True, slots=True)
+class SignalValue:
+    """One computed signal value (exported as a metric)."""
+
+    signal: str
+    metric: str
+    key: tuple[str, ...]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A signal value outside its bounds for one key."""
+
+    signal: str
+    metric: str
+    key: tuple[str, ...]
+    observed: float
+    expected: float | None
+    threshold: float | None
+    unit: str
+    severity: str
+    message: str
+
+    @property
+    def identity(self) -> tuple[str, str, tuple[str, ...]]:
+        return (self.signal, self.metric, self.key)
+
+
+def parse_window(
+    fields: Mapping[str, float], n_dims: int
+) -> tuple[dict[tuple[str, ...], SeriesStats], dict[str, float]]:
+    """Per-series statistics and engagement counts from a window's flat sums.
+
+    >>> stats, eng = parse_window({"m|v|control|home|eu#n": 3, "*#eng.click": 2}, n_dims=5)
+    >>> stats[("m", "v", "control", "home", "eu")].n, eng
+    (3, {'click': 2})
+    """
+    series: dict[tuple[str, ...], SeriesStats] = {}
+    engagement: dict[str, float] = {}
+    for name, value in fields.items():
+        series_name, _, metric = name.rpartition(SEP_METRIC)
+        if series_name == ENGAGEMENT_SERIES:
+            if metric.startswith("eng."):
+                engagement[metric[4:]] = engagement.get(metric[4:], 0) + value
+            continue
+        key = tuple(series_name.split(SEP_SERIES))
+        if len(key) != n_dims:
+            continue  # written under another topology's dimensions; not comparable
+        stats = series.get(key)
+        if stats is None:
+            stats = series[key] = SeriesStats()
+        if metric == "n":
+            stats.n += value
+        elif metric.startswith("lat."):
+            _, stage, bucket = metric.split(".", 2)
+            buckets = stats.latency.setdefault(stage, {})
+            buckets[int(bucket)] = buckets.get(int(bucket), 0) + value
+        else:
+            stats.counters[metric] = stats.counters.get(metric, 0) + value
+    return series, engagement
+
+
+def rollup(
+    series: Mapping[tuple[str, ...], SeriesStats],
+    key_dims: tuple[str, ...],
+    keep: Iterable[str],
+) -> dict[tuple[str, ...], SeriesStats]:
+    """Merge series over every dimension not in ``keep`` (those become ``*``).
+
+    >>> s = {("m", "eu"): SeriesStats(n=2), ("m", "us"): SeriesStats(n=3)}
+    >>> {k: v.n for k, v in rollup(s, ("model", "region"), keep=("model",)).items()}
+    {('m', '*'): 5}
+    """
+    kept = {i for i, d in enumerate(key_dims) if d in set(keep)}
+    merged: dict[tuple[str, ...], SeriesStats] = {}
+    for key, stats in series.items():
+        rolled = tuple(v if i in kept else ALL for i, v in enumerate(key))
+        target = merged.get(rolled)
+        if target is None:
+            target = merged[rolled] = SeriesStats()
+        target.merge(stats)
+    return merged
+
+
+class WindowEvaluator:
+    """Computes signal values and breaches for one closed window (stateless but for volume history).
+
+    Volume history lives in the caller-owned ``volume_history`` map so it can be checkpointed.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.buckets = LogBuckets(topology.relative_accuracy)
+        self._key_dims = topology.key_dims
+
+    def levels(
+        self, series: Mapping[tuple[str, ...], SeriesStats], with_version: bool
+    ) -> dict[tuple[str, ...], SeriesStats]:
+        """All roll-up levels of the window's series."""
+        base = KEY_DIMS if with_version else tuple(d for d in KEY_DIMS if d != "model_version")
+        out: dict[tuple[str, ...], SeriesStats] = {}
+        for group in self.topology.group_by:
+            out.update(rollup(series, self._key_dims, (*base, *group)))
+        return out
+
+    def evaluate(
+        self,
+        fields: Mapping[str, float],
+        volume_history: dict[str, list[float]],
+        volume_absent: dict[str, int],
+    ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
+        """Signal values, localised breaches and engagement counts for one window."""
+        series, engagement = parse_window(fields, len(self._key_dims))
+        values: list[SignalValue] = []
+        breaches: list[Breach] = []
+        by_version = self.levels(series, with_version=True)
+        self._rates(by_version, values, breaches)
+        self._latency(by_version, values, breaches)
+        self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, breaches)
+        return values, localise(breaches, values, self._key_dims), engagement
+
+    def _rates(
+        self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]
+    ) -> None:
+        for rule in self.topology.rates:
+            for key, stats in levels.items():
+                if stats.n < rule.min_count:
+                    continue
+                rate = stats.counters.get(rule.counter, 0) / stats.n
+                values.append(SignalValue(rule.signal, "ratio", key, rate))
+                if rate > rule.threshold:
+                    severity = "critical" if rate > rule.threshold * rule.critical_factor else "warning"
+                    breaches.append(
+                        Breach(
+                            rule.signal,
+                            "ratio",
+                            key,
+                            rate,
+                            None,
+                            rule.threshold,
+                            "ratio",
+                            severity,
+                            f"{rule.signal.replace('_', ' ')} is {rate:.1%} over {int(stats.n)} requests, "
+                            f"above the {rule.threshold:.1%} limit",
+                        )
+                    )
+
+    def _latency(
+        self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]
+    ) -> None:
+        rule = self.topology.latency
+        for key, stats in levels.items():
+            if stats.n < rule.min_count:
+                continue
+            for stage, slas in rule.slas_ms.items():
+                buckets = stats.latency.get(stage)
+                if not buckets:
+                    continue
+                for q in (0.5, 0.95, 0.99):
+                    observed = self.buckets.quantile(buckets, q)
+                    metric = f"p{round(q * 100)}.{stage}"
+                    values.append(SignalValue("latency", metric, key, observed))
+                    sla = slas.get(q)
+                    if sla is not None and observed > sla:
+                        severity = "critical" if observed > sla * rule.critical_factor else "warning"
+                        breaches.append(
+                            Breach(
+                                "latency",
+                                metric,
+                                key,
+                                observed,
+                                None,
+                                sla,
+                                "ms",
+                                severity,
+                                f"{stage} latency p{round(q * 100)} is {observed:.0f} ms over "
+                                f"{int(stats.n)} requests, above the {sla:.0f} ms SLA",
+                            )
+                        )
+
+    def _volume(
+        self,
+        levels: Mapping[tuple[str, ...], SeriesStats],
+        history: dict[str, list[float]],
+        absent: dict[str, int],
+        values: list[SignalValue],
+        breaches: list[Breach],
+    ) -> None:
+        rule = self.topology.volume
+        counts = {SEP_SERIES.join(k): s.n for k, s in levels.items()}
+        for name in set(history) | set(counts):
+            count = counts.get(name, 0.0)
+            key = tuple(name.split(SEP_SERIES))
+            past = history.setdefault(name, [])
+            absent[name] = 0 if count else absent.get(name, 0) + 1
+            if absent[name] > rule.forget_after_windows:
+                del history[name], absent[name]
+                continue
+            values.append(SignalValue("volume", "count", key, count))
+            breached = False
+            if len(past) >= rule.min_history:
+                expected = statistics.median(past)
+                if expected >= rule.min_expected and count < expected * (1.0 - rule.drop_ratio):
+                    breached = True
+                    drop = 1.0 - count / expected
+                    what = "no events (silent)" if count == 0 else f"{count:.0f} events, {drop:.0%} below"
+                    breaches.append(
+                        Breach(
+                            "volume",
+                            "count",
+                            key,
+                            count,
+                            expected,
+                            expected * (1.0 - rule.drop_ratio),
+                            "events",
+                            "critical" if count == 0 else "warning",
+                            f"{what} against a trailing median of {expected:.0f} per window",
+                        )
+                    )
+            # Windows that breach do not teach the baseline: an outage must not become the new normal.
+            if not breached:
+                past.append(count)
+                del past[: -rule.baseline_windows]
+
+
+def localise(breaches: list[Breach], values: list[SignalValue], key_dims: tuple[str, ...]) -> list[Breach]:
+    """Keep each breach at the level that explains it.
+
+    Breaches are compared within one (signal, metric, model, version, arm, surface) group. A segment
+    dimension *localises* the group when some, but not all, of the values evaluated for it breach; then
+    the breaching values of localising dimensions are kept and the roll-ups above them are dropped. When
+    no dimension localises, the top-level roll-up is kept.
+
+    >>> dims = ("model", "model_version", "arm", "surface", "region")
+    >>> vals = [SignalValue("latency", "p99.total", ("m", "v", "c", "h", r), 0) for r in ("eu", "us", "*")]
+    >>> b = lambda r: Breach("latency", "p99.total", ("m", "v", "c", "h", r), 9, None, 1, "ms", "warning", "")
+    >>> [x.key[-1] for x in localise([b("eu"), b("*")], vals, dims)]
+    ['eu']
+    >>> [x.key[-1] for x in localise([b("eu"), b("us"), b("*")], vals, dims)]
+    ['*']
+    """
+    n_base = len(KEY_DIMS)
+    n_dims = len(key_dims)
+
+    def group_of(signal: str, metric: str, key: tuple[str, ...]) -> tuple[object, ...]:
+        return (signal, metric, key[:n_base])
+
+    def single_dim(key: tuple[str, ...]) -> int | None:
+        set_dims = [i for i in range(n_base, n_dims) if key[i] != ALL]
+        return set_dims[0] if len(set_dims) == 1 else None
+
+    evaluated: dict[tuple[object, ...], dict[int, set[str]]] = {}
+    for value in values:
+        dim = single_dim(value.key)
+        if dim is not None:
+            per_dim = evaluated.setdefault(group_of(value.signal, value.metric, value.key), {})
+            per_dim.setdefault(dim, set()).add(value.key[dim])
+
+    groups: dict[tuple[object, ...], list[Breach]] = {}
+    for breach in breaches:
+        groups.setdefault(group_of(breach.signal, breach.metric, breach.key), []).append(breach)
+    kept: list[Breach] = []
+    for group_key, group in groups.items():
+        localising: set[int] = set()
+        for dim, seen in evaluated.get(group_key, {}).items():
+            breaching = {b.key[dim] for b in group if single_dim(b.key) == dim}
+            if breaching and len(breaching) < len(seen):
+                localising.add(dim)
+        if localising:
+            kept.extend(
+                b
+                for b in group
+                if any(b.key[i] != ALL for i in range(n_base, n_dims))
+                and all(b.key[i] == ALL or i in localising for i in range(n_base, n_dims))
+            )
+        else:
+            kept.extend(b for b in group if all(b.key[i] == ALL for i in range(n_base, n_dims)))
+    return kept

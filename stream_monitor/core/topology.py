@@ -1,0 +1,89 @@
+"""What to monitor: the typed form of a ``topologies/*.yaml`` spec (loading YAML happens outside core)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream_monitor.core.windows import WindowSpec
+
+__all__ = ["LatencyRule", "RateRule", "Topology", "VolumeRule"]
+
+KEY_DIMS = ("model", "model_version", "arm", "surface")
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRule:
+    """Traffic drop / silent segment: the window's count against the trailing median of earlier windows."""
+
+    baseline_windows: int = 15
+    min_history: int = 5
+    drop_ratio: float = 0.5
+    min_expected: float = 20.0
+    forget_after_windows: int = 1440
+
+
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    """A rate of flagged requests (errors, fallbacks, empty slates) against a fixed ceiling."""
+
+    signal: str
+    counter: str
+    threshold: float
+    min_count: int = 50
+    critical_factor: float = 5.0
+    clear_ratio: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRule:
+    """Per-stage latency quantiles against SLAs, e.g. ``{"total": {0.99: 250.0}}``."""
+
+    slas_ms: dict[str, dict[float, float]]
+    min_count: int = 50
+    critical_factor: float = 2.0
+    clear_ratio: float = 0.9
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(self.slas_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """One monitoring topology: windows, key dimensions, roll-ups and signal rules.
+
+    >>> t = Topology(name="t", window=WindowSpec(60_000), segment_dims=("region",))
+    >>> t.key_dims
+    ('model', 'model_version', 'arm', 'surface', 'region')
+    >>> t.group_by
+    ((), ('region',))
+    """
+
+    name: str
+    window: WindowSpec
+    segment_dims: tuple[str, ...] = ()
+    group_by: tuple[tuple[str, ...], ...] = ()
+    max_values_per_dim: int = 64
+    relative_accuracy: float = 0.02
+    volume: VolumeRule = field(default_factory=VolumeRule)
+    latency: LatencyRule = field(
+        default_factory=lambda: LatencyRule(slas_ms={"total": {0.99: 250.0}}),
+    )
+    rates: tuple[RateRule, ...] = (
+        RateRule("error_rate", "err", threshold=0.02),
+        RateRule("fallback_rate", "fb", threshold=0.05),
+        RateRule("empty_slate_rate", "empty", threshold=0.02),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.group_by:
+            # Default roll-ups: everything, and each segment dimension on its own.
+            object.__setattr__(self, "group_by", ((), *((d,) for d in self.segment_dims)))
+        for group in self.group_by:
+            unknown = set(group) - set(self.segment_dims)
+            if unknown:
+                raise ValueError(f"group_by {list(group)} names unknown segment dims {sorted(unknown)}")
+
+    @property
+    def key_dims(self) -> tuple[str, ...]:
+        return (*KEY_DIMS, *self.segment_dims)

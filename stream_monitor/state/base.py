@@ -1,0 +1,97 @@
+"""The StateStore protocol: where window sums, input offsets and detector checkpoints live.
+
+The store is the single source of truth for "which messages have been counted". A worker *claims* the
+partitions it was assigned (bumping a per-partition epoch that fences off the previous owner) and learns
+the next offset to count from; it *commits* per-partition deltas together with the offsets they cover,
+atomically. A delta is refused when its epoch is stale or it overlaps what is already counted, so no
+event is counted twice; a worker only lets Kafka commit offsets after the store accepted them, so none is
+lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.windows import PartitionProgress
+
+__all__ = ["CommitResult", "PartitionClaim", "StateStore", "StoreUnavailable"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached; the caller should pause and retry, not drop data."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionClaim:
+    """Ownership of one input partition: the fencing epoch and the next offset still to count."""
+
+    partition: str
+    epoch: int
+    next_offset: int
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """Outcome of one commit: which partitions' deltas counted, which were refused, and late events."""
+
+    applied: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    late_events: int = 0
+    closed_before: int | None = None
+
+
+class StateStore(Protocol):
+    """Storage for window state; see the module docstring for the guarantees."""
+
+    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+        """Take ownership of ``partitions`` (fencing previous owners); returns where to resume."""
+        ...
+
+    def commit(
+        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+    ) -> CommitResult:
+        """Atomically add each partition's window sums and advance its offset (or refuse it)."""
+        ...
+
+    def progress(self) -> dict[str, PartitionProgress]:
+        """Per-partition counted offset, newest event time and when it last advanced."""
+        ...
+
+    def closed_before(self) -> int | None:
+        """Every window ending at or before this has been closed (``None`` before the first close)."""
+        ...
+
+    def open_windows(self) -> list[int]:
+        """Starts of windows holding data that have not been closed yet, ascending."""
+        ...
+
+    def read_window(self, start: int) -> dict[str, float]:
+        """The merged sums of one window (open, or closed and not yet expired)."""
+        ...
+
+    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
+        """Mark the window closed and save the detector checkpoint, atomically; False if already closed."""
+        ...
+
+    def load_detector_state(self) -> bytes | None:
+        """The last detector checkpoint saved by :meth:`close_window`."""
+        ...
+
+    def totals(self) -> dict[str, int]:
+        """Message counters over all commits (consumed, accepted, rejected, late, ...)."""
+        ...
+
+    def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or renew an exclusive lease (e.g. the right to close windows)."""
+        ...
+
+    def put_deployment(self, model: str, arm: str, record: bytes) -> None:
+        """Remember the latest deployment of a model on an arm."""
+        ...
+
+    def deployments(self) -> dict[str, dict[str, bytes]]:
+        """Latest deployment record per model and arm."""
+        ...

@@ -1,0 +1,46 @@
+-- Atomically add per-partition window sums and advance offsets, fenced by epoch and offset.
+-- ARGV[1] = key prefix, ARGV[2] = JSON payload:
+--   {"now": "<wall ms>", "window_ttl_s": N,
+--    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
+--               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...}}]}
+-- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or ""}.
+local p = ARGV[1]
+local doc = cjson.decode(ARGV[2])
+local closed = redis.call('GET', p .. ':closed_before')
+local closed_n = closed and tonumber(closed) or nil
+local applied, refused, late = {}, {}, 0
+for _, part in ipairs(doc.parts) do
+  local tp = part.tp
+  local epoch = redis.call('HGET', p .. ':epoch', tp)
+  local offset = tonumber(redis.call('HGET', p .. ':offset', tp) or '0')
+  if epoch ~= part.epoch or offset > tonumber(part.first) then
+    table.insert(refused, tp)
+  else
+    for start, sums in pairs(part.windows) do
+      if closed_n and tonumber(start) < closed_n then
+        late = late + (part.events[start] or 0)
+      else
+        local key = p .. ':win:' .. start
+        for field, value in pairs(sums) do
+          redis.call('HINCRBY', key, field, value)
+        end
+        redis.call('ZADD', p .. ':windows', start, start)
+        redis.call('EXPIRE', key, doc.window_ttl_s)
+      end
+    end
+    for name, value in pairs(part.counts) do
+      redis.call('HINCRBY', p .. ':totals', name, value)
+    end
+    redis.call('HSET', p .. ':offset', tp, part.next)
+    local old_ts = tonumber(redis.call('HGET', p .. ':maxts', tp) or '0')
+    if tonumber(part.max_ts) > old_ts then
+      redis.call('HSET', p .. ':maxts', tp, part.max_ts)
+      redis.call('HSET', p .. ':seen', tp, doc.now)
+    elseif redis.call('HEXISTS', p .. ':seen', tp) == 0 then
+      redis.call('HSET', p .. ':seen', tp, doc.now)
+    end
+    table.insert(applied, tp)
+  end
+end
+if late > 0 then redis.call('HINCRBY', p .. ':totals', 'late', late) end
+return {cjson.encode(applied), cjson.encode(refused), late, closed or ''}

@@ -1,0 +1,132 @@
+"""In-memory StateStore: the same semantics as the Redis store, for the demo, replay and unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.windows import PartitionProgress
+from stream_monitor.state.base import CommitResult, PartitionClaim
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A StateStore held in this process (thread-safe; lost when the process ends).
+
+    >>> store = MemoryStore()
+    >>> store.claim(["recs.serving/0"], now_ms=0)["recs.serving/0"]
+    PartitionClaim(partition='recs.serving/0', epoch=1, next_offset=0)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch: dict[str, int] = {}
+        self._offset: dict[str, int] = {}
+        self._max_ts: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._windows: dict[int, dict[str, float]] = {}
+        self._open: set[int] = set()
+        self._closed_before: int | None = None
+        self._detector: bytes | None = None
+        self._totals: dict[str, int] = {}
+        self._leases: dict[str, tuple[str, int]] = {}
+        self._deployments: dict[str, dict[str, bytes]] = {}
+
+    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+        with self._lock:
+            out = {}
+            for tp in partitions:
+                self._epoch[tp] = self._epoch.get(tp, 0) + 1
+                out[tp] = PartitionClaim(tp, self._epoch[tp], self._offset.get(tp, 0))
+            return out
+
+    def commit(
+        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+    ) -> CommitResult:
+        result = CommitResult()
+        with self._lock:
+            closed = self._closed_before
+            for delta in deltas:
+                tp = delta.partition
+                if self._epoch.get(tp) != epochs.get(tp) or self._offset.get(tp, 0) > delta.first_offset:
+                    result.refused.append(tp)
+                    continue
+                for start, sums in delta.windows.items():
+                    if closed is not None and start < closed:
+                        result.late_events += delta.window_events.get(start, 0)
+                        continue
+                    window = self._windows.setdefault(start, {})
+                    for name, value in sums.items():
+                        window[name] = window.get(name, 0) + value
+                    self._open.add(start)
+                for name, value in delta.counts.items():
+                    self._totals[name] = self._totals.get(name, 0) + value
+                self._offset[tp] = delta.next_offset
+                if delta.max_event_ms > self._max_ts.get(tp, 0):
+                    self._max_ts[tp] = delta.max_event_ms
+                    self._seen[tp] = now_ms
+                self._seen.setdefault(tp, now_ms)
+                result.applied.append(tp)
+            if result.late_events:
+                self._totals["late"] = self._totals.get("late", 0) + result.late_events
+            result.closed_before = closed
+        return result
+
+    def progress(self) -> dict[str, PartitionProgress]:
+        with self._lock:
+            return {
+                tp: PartitionProgress(self._offset[tp], self._max_ts.get(tp, 0), self._seen.get(tp, 0))
+                for tp in self._offset
+                if tp in self._max_ts
+            }
+
+    def closed_before(self) -> int | None:
+        return self._closed_before
+
+    def open_windows(self) -> list[int]:
+        with self._lock:
+            return sorted(self._open)
+
+    def read_window(self, start: int) -> dict[str, float]:
+        with self._lock:
+            return dict(self._windows.get(start, {}))
+
+    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
+        with self._lock:
+            if self._closed_before is not None and self._closed_before >= end:
+                return False
+            self._closed_before = end
+            self._open.discard(start)
+            self._detector = detector_state
+            # Closed windows stay readable (as in Redis until their TTL); keep a bounded number.
+            for old in sorted(self._windows)[:-240]:
+                if old not in self._open:
+                    del self._windows[old]
+            return True
+
+    def load_detector_state(self) -> bytes | None:
+        return self._detector
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    def acquire_lease(self, name: str, owner: str, ttl_ms: int, now_ms: int | None = None) -> bool:
+        now = int(time.monotonic() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            holder = self._leases.get(name)
+            if holder is None or holder[0] == owner or holder[1] <= now:
+                self._leases[name] = (owner, now + ttl_ms)
+                return True
+            return False
+
+    def put_deployment(self, model: str, arm: str, record: bytes) -> None:
+        with self._lock:
+            self._deployments.setdefault(model, {})[arm] = record
+
+    def deployments(self) -> dict[str, dict[str, bytes]]:
+        with self._lock:
+            return {m: dict(arms) for m, arms in self._deployments.items()}

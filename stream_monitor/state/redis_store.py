@@ -1,0 +1,154 @@
+"""Redis StateStore: window sums in hashes, offsets and epochs beside them, changed only by Lua scripts.
+
+Every commit is one ``EVALSHA`` whatever the batch size (never a round trip per event); the script checks
+each partition's epoch and offset and applies or refuses its delta as a unit. Keys, under ``prefix``:
+
+``:epoch`` ``:offset`` ``:maxts`` ``:seen``  hashes keyed by partition (``topic/partition``)
+``:win:<start>``  hash ``"<series>#<metric>" -> sum`` for one window (expires ``window_ttl_s`` after close)
+``:windows``  sorted set of open window starts;  ``:closed_before``  first start still open
+``:detector``  detector checkpoint (versioned JSON, never pickle);  ``:totals``  message counters
+``:deploy:<model>``  latest deployment record per arm;  ``:lease:<name>``  closer lease
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.windows import PartitionProgress
+from stream_monitor.state.base import CommitResult, PartitionClaim, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _script(name: str) -> str:
+    return resources.files("stream_monitor.state").joinpath(name).read_text(encoding="utf-8")
+
+
+class RedisStore:
+    """A StateStore in Redis (single primary; all keys of one app share ``prefix``)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "sm", window_ttl_s: int = 86_400) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.window_ttl_s = window_ttl_s
+        self._claim = client.register_script(_script("claim.lua"))
+        self._commit = client.register_script(_script("commit.lua"))
+        self._close = client.register_script(_script("close.lua"))
+        self._lease = client.register_script(_script("lease.lua"))
+        self.round_trips = 0
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "sm", **kwargs: Any) -> RedisStore:
+        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        return cls(client, prefix=prefix, **kwargs)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        try:
+            return fn(*args, **kwargs)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    def ping(self) -> bool:
+        return bool(self._call(self.client.ping))
+
+    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+        if not partitions:
+            return {}
+        flat = self._call(self._claim, args=[self.prefix, *partitions])
+        out = {}
+        for i in range(0, len(flat), 3):
+            tp = flat[i].decode()
+            out[tp] = PartitionClaim(tp, int(flat[i + 1]), int(flat[i + 2]))
+        return out
+
+    def commit(
+        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+    ) -> CommitResult:
+        payload = {
+            "now": str(now_ms),
+            "window_ttl_s": self.window_ttl_s,
+            "parts": [
+                {
+                    "tp": d.partition,
+                    "epoch": str(epochs.get(d.partition, -1)),
+                    "first": str(d.first_offset),
+                    "next": str(d.next_offset),
+                    "max_ts": str(d.max_event_ms),
+                    "windows": {str(s): sums for s, sums in d.windows.items()},
+                    "events": {str(s): n for s, n in d.window_events.items()},
+                    "counts": d.counts,
+                }
+                for d in deltas
+            ],
+        }
+        if not payload["parts"]:
+            return CommitResult()
+        applied, refused, late, closed = self._call(
+            self._commit, args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)]
+        )
+        return CommitResult(
+            applied=orjson.loads(applied) or [],
+            refused=orjson.loads(refused) or [],
+            late_events=int(late),
+            closed_before=int(closed) if closed else None,
+        )
+
+    def progress(self) -> dict[str, PartitionProgress]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in ("offset", "maxts", "seen"):
+            pipe.hgetall(f"{self.prefix}:{name}")
+        offsets, maxts, seen = self._call(pipe.execute)
+        return {
+            tp.decode(): PartitionProgress(int(off), int(maxts[tp]), int(seen.get(tp, 0)))
+            for tp, off in offsets.items()
+            if tp in maxts
+        }
+
+    def closed_before(self) -> int | None:
+        value = self._call(self.client.get, f"{self.prefix}:closed_before")
+        return int(value) if value is not None else None
+
+    def open_windows(self) -> list[int]:
+        return [int(m) for m in self._call(self.client.zrange, f"{self.prefix}:windows", 0, -1)]
+
+    def read_window(self, start: int) -> dict[str, float]:
+        raw = self._call(self.client.hgetall, f"{self.prefix}:win:{start}")
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
+        done = self._call(
+            self._close, args=[self.prefix, start, end, detector_state, self.window_ttl_s]
+        )
+        return bool(done)
+
+    def load_detector_state(self) -> bytes | None:
+        value = self._call(self.client.get, f"{self.prefix}:detector")
+        return bytes(value) if value is not None else None
+
+    def totals(self) -> dict[str, int]:
+        raw = self._call(self.client.hgetall, f"{self.prefix}:totals")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self._call(self._lease, args=[f"{self.prefix}:lease:{name}", owner, ttl_ms]))
+
+    def put_deployment(self, model: str, arm: str, record: bytes) -> None:
+        self._call(self.client.hset, f"{self.prefix}:deploy:{model}", arm, record)
+
+    def deployments(self) -> dict[str, dict[str, bytes]]:
+        out: dict[str, dict[str, bytes]] = {}
+        for key in self._call(lambda: list(self.client.scan_iter(f"{self.prefix}:deploy:*", count=100))):
+            model = key.decode().split(":deploy:", 1)[1]
+            out[model] = {a.decode(): bytes(v) for a, v in self._call(self.client.hgetall, key).items()}
+        return out

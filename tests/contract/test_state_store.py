@@ -1,0 +1,125 @@
+"""One contract for every StateStore: the memory store and the Redis store must both pass it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.state import MemoryStore, StateStore
+
+TP = "recs.serving/0"
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return MemoryStore()
+    return request.getfixturevalue("redis_store")  # type: ignore[no-any-return]
+
+
+def delta(first: int, nxt: int, sums: dict[int, dict[str, float]], tp: str = TP, ts: int = 0) -> PartitionDelta:
+    events = {start: int(fields.get("s#n", 0)) for start, fields in sums.items()}
+    return PartitionDelta(tp, first, nxt, max_event_ms=ts, windows=sums, window_events=events,
+                          counts={"consumed": nxt - first, "accepted": nxt - first})
+
+
+def test_claim_bumps_epoch_and_reports_resume_offset(store: StateStore) -> None:
+    first = store.claim([TP, "recs.serving/1"], now_ms=1)
+    assert first[TP].epoch == 1 and first[TP].next_offset == 0
+    store.commit([delta(0, 10, {0: {"s#n": 10}})], {TP: 1}, now_ms=2)
+    again = store.claim([TP], now_ms=3)
+    assert again[TP].epoch == 2 and again[TP].next_offset == 10
+
+
+def test_commit_adds_sums_and_advances_offset(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    r1 = store.commit([delta(0, 3, {60_000: {"s#n": 3, "s#err": 1}}, ts=61_000)], {TP: 1}, now_ms=5)
+    r2 = store.commit([delta(3, 5, {60_000: {"s#n": 2}, 120_000: {"s#n": 1}}, ts=121_000)], {TP: 1}, 6)
+    assert r1.applied == [TP] and r2.applied == [TP] and not r1.refused
+    assert store.read_window(60_000) == {"s#n": 5, "s#err": 1}
+    assert store.read_window(120_000) == {"s#n": 1}
+    assert store.open_windows() == [60_000, 120_000]
+    progress = store.progress()[TP]
+    assert (progress.next_offset, progress.max_event_ms, progress.updated_wall_ms) == (5, 121_000, 6)
+    assert store.totals()["consumed"] == 5
+
+
+def test_stale_epoch_is_refused(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    store.claim([TP], now_ms=1)  # another worker took the partition over
+    result = store.commit([delta(0, 4, {0: {"s#n": 4}})], {TP: 1}, now_ms=2)
+    assert result.refused == [TP] and result.applied == []
+    assert store.read_window(0) == {}
+    assert store.claim([TP], now_ms=3)[TP].next_offset == 0
+
+
+def test_overlapping_offsets_are_refused(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    store.commit([delta(0, 4, {0: {"s#n": 4}})], {TP: 1}, now_ms=1)
+    result = store.commit([delta(2, 6, {0: {"s#n": 4}})], {TP: 1}, now_ms=2)
+    assert result.refused == [TP]
+    assert store.read_window(0) == {"s#n": 4}
+
+
+def test_partitions_are_fenced_independently(store: StateStore) -> None:
+    other = "recs.serving/1"
+    store.claim([TP, other], now_ms=0)
+    store.claim([other], now_ms=0)  # only `other` moved to another owner
+    result = store.commit(
+        [delta(0, 2, {0: {"s#n": 2}}), delta(0, 3, {0: {"s#n": 3}}, tp=other)], {TP: 1, other: 1}, now_ms=1
+    )
+    assert result.applied == [TP] and result.refused == [other]
+    assert store.read_window(0) == {"s#n": 2}
+
+
+def test_closed_windows_count_late_events_instead(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    store.commit([delta(0, 2, {0: {"s#n": 2}})], {TP: 1}, now_ms=1)
+    assert store.close_window(0, 60_000, b'{"version": 1}') is True
+    assert store.close_window(0, 60_000, b'{"version": 1}') is False
+    assert store.closed_before() == 60_000 and store.open_windows() == []
+    result = store.commit([delta(2, 5, {0: {"s#n": 3}, 60_000: {"s#n": 1}})], {TP: 1}, now_ms=2)
+    assert result.applied == [TP] and result.late_events == 3 and result.closed_before == 60_000
+    assert store.read_window(0) == {"s#n": 2}
+    assert store.read_window(60_000) == {"s#n": 1}
+    assert store.totals()["late"] == 3
+    assert store.load_detector_state() == b'{"version": 1}'
+
+
+def test_lease_is_exclusive_until_it_expires(store: StateStore) -> None:
+    assert store.acquire_lease("closer", "a", ttl_ms=60_000)
+    assert store.acquire_lease("closer", "a", ttl_ms=60_000)  # renewal
+    assert not store.acquire_lease("closer", "b", ttl_ms=60_000)
+
+
+def test_deployments_keep_the_latest_per_arm(store: StateStore) -> None:
+    store.put_deployment("m", "control", b"v1")
+    store.put_deployment("m", "control", b"v2")
+    store.put_deployment("m", "canary", b"v3")
+    assert store.deployments() == {"m": {"control": b"v2", "canary": b"v3"}}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    counts=st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=12),
+    splits=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=12),
+)
+def test_any_batching_gives_the_same_sums(counts: list[int], splits: list[int]) -> None:
+    """Merge is associative: however events are cut into batches, the window sums are the same."""
+    store = MemoryStore()
+    store.claim([TP], now_ms=0)
+    offset, i = 0, 0
+    while i < len(counts):
+        size = splits[i % len(splits)]
+        chunk = counts[i : i + size]
+        sums: dict[int, dict[str, float]] = {}
+        for j, c in enumerate(chunk):
+            w = sums.setdefault(((i + j) % 3) * 60_000, {})
+            w["s#n"] = w.get("s#n", 0) + c
+        store.commit([delta(offset, offset + len(chunk), sums)], {TP: 1}, now_ms=1)
+        offset += len(chunk)
+        i += size
+    total = sum(store.read_window(s).get("s#n", 0) for s in (0, 60_000, 120_000))
+    assert total == sum(counts)
