@@ -192,6 +192,12 @@ class WindowAccumulator:
     def pending(self) -> bool:
         return bool(self._parts)
 
+    def restore(self, parts: dict[str, PartitionDelta]) -> None:
+        """Put deltas back (a commit failed); only valid right after :meth:`take`."""
+        if self._parts:
+            raise RuntimeError("restore() after new events were added; merge them first")
+        self._parts = parts
+
     def take(self) -> dict[str, PartitionDelta]:
         """Hand over the accumulated deltas and start afresh."""
         parts, self._parts = self._parts, {}

@@ -109,13 +109,18 @@ class AlertBook:
     ['firing']
     >>> book.update(state, [b], (60_000, 120_000), now_ms=2)  # still open: nothing new
     []
-    >>> [a.status for a in book.update(state, [], (120_000, 180_000), now_ms=3, evaluated={b.identity})]
+    >>> [a.status for a in book.update(state, [], (120_000, 180_000), now_ms=3, evaluated={b.identity: 0.01})]
     ['resolved']
     """
 
-    def __init__(self, key_dims: tuple[str, ...], topology: str) -> None:
+    def __init__(
+        self, key_dims: tuple[str, ...], topology: str, clear_ratios: Mapping[str, float] | None = None
+    ) -> None:
         self.key_dims = key_dims
         self.topology = topology
+        # Hysteresis for ceiling signals: an alert resolves only once the value is back below
+        # threshold * ratio, so a value hovering at the threshold does not flap.
+        self.clear_ratios = dict(clear_ratios or {})
 
     def update(
         self,
@@ -123,7 +128,7 @@ class AlertBook:
         breaches: Iterable[Breach],
         window: tuple[int, int],
         now_ms: int,
-        evaluated: set[tuple[str, str, tuple[str, ...]]] | None = None,
+        evaluated: Mapping[tuple[str, str, tuple[str, ...]], float] | None = None,
     ) -> list[Alert]:
         """Alerts to emit for one closed window.
 
@@ -159,15 +164,28 @@ class AlertBook:
             )
             state.open_alerts[dedupe] = alert.to_dict()
             out.append(alert)
-        cleared = {f"{s}|{m}|{SEP_SERIES.join(k)}" for s, m, k in (evaluated or set())} - breaching
-        for dedupe in sorted(cleared & set(state.open_alerts)):
+        values = {f"{s}|{m}|{SEP_SERIES.join(k)}": v for (s, m, k), v in (evaluated or {}).items()}
+        for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):
+            doc = state.open_alerts[dedupe]
+            ratio = self.clear_ratios.get(doc["signal"])
+            if ratio is not None and doc["threshold"] is not None and values[dedupe] > doc["threshold"] * ratio:
+                continue
             opened = Alert.from_dict(state.open_alerts.pop(dedupe))
             opened.status = "resolved"
             opened.window = {"start": start, "end": end, "size_ms": end - start}
             opened.emitted_at = now_ms
-            opened.message = f"resolved after {(end - opened.opened_at) // 1000} s: {opened.message}"
+            opened.observed = values[dedupe]
+            what = f"{opened.signal.replace('_', ' ')} {opened.metric}"
+            opened.message = (
+                f"{_describe(self.key_dims, tuple(opened.key.values()))}: {what} back to "
+                f"{_fmt(opened.observed, opened.unit)} after {(end - opened.opened_at) // 1000} s"
+            )
             out.append(opened)
         return out
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:.1%}" if unit == "ratio" else f"{value:.0f} {unit}"
 
 
 def _describe(dims: tuple[str, ...], key: tuple[str, ...]) -> str:

@@ -76,7 +76,9 @@ class ServingEvent:
 
     @property
     def empty_slate(self) -> bool:
-        """No item returned (an empty ``items`` list, or ``funnel.returned == 0``)."""
+        """A successful response that returned no item (errors are counted as errors, not here)."""
+        if self.error is not None:
+            return False
         returned = self.funnel.get("returned")
         return not self.items if returned is None else returned == 0
 

@@ -1,1 +1,1 @@
-"""runtime."""
+"""Kafka and Faust adapters: the only package that imports faust (and, with sinks, confluent_kafka)."""

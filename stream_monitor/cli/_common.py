@@ -1,0 +1,46 @@
+"""Helpers shared by CLI commands: settings, topology, logging, metrics endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from stream_monitor.config import Settings
+from stream_monitor.core.topology import Topology
+from stream_monitor.topology import load_topology
+
+__all__ = ["add_topology_arg", "load_settings_and_topology", "setup_logging", "start_metrics_server"]
+
+
+def add_topology_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topology", help="topology YAML (default: STREAM_MONITOR_TOPOLOGY or topologies/default.yaml)"
+    )
+
+
+def load_settings_and_topology(args: argparse.Namespace) -> tuple[Settings, Topology]:
+    """Settings from the environment, and the topology named by ``--topology`` or the settings.
+
+    An explicit ``--topology`` must exist; the configured default falls back to the packaged copy so the
+    commands also work outside a checkout.
+    """
+    settings = Settings()
+    explicit = getattr(args, "topology", None)
+    if explicit:
+        return settings, load_topology(explicit)
+    configured = Path(settings.topology)
+    return settings, load_topology(configured if configured.is_file() else None)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def start_metrics_server(registry: CollectorRegistry, addr: str, port: int) -> Any:
+    """Serve ``/metrics`` for ``registry`` on ``addr:port`` (returns the server so it can be shut down)."""
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server

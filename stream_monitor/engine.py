@@ -1,0 +1,386 @@
+"""The engine: ingest messages into window deltas, commit them to the state store, close windows.
+
+One engine serves both paths: the in-process demo and replay (memory store, sinks in this process) and
+the Faust worker (Redis store, Kafka sinks). It holds no Kafka or Faust objects: the runtime hands it
+message coordinates and bytes, and it hands back alerts through the sinks it was given.
+
+Guarantees (see docs/operations.md): window sums are exactly-once per input message, because a
+partition's delta and its offsets commit together and are fenced by the claim epoch; alerts and dead
+letters are at-least-once, with deterministic alert ids so consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
+from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
+from stream_monitor.core.clock import Clock
+from stream_monitor.core.events import DeploymentEvent, EngagementEvent, EventError, ServingEvent, parse_event
+from stream_monitor.core.signals import WindowEvaluator
+from stream_monitor.core.topology import Topology
+from stream_monitor.core.windows import watermark
+from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
+from stream_monitor.sinks.metrics import MonitorMetrics
+from stream_monitor.state.base import CommitResult, PartitionClaim, StateStore
+
+__all__ = ["Engine", "EngineOptions", "PendingCommit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommit:
+    """Deltas taken from the accumulator and the claim epochs they are committed under."""
+
+    deltas: dict[str, PartitionDelta]
+    epochs: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Tuning that is not part of the topology."""
+
+    worker_id: str = "worker"
+    idle_timeout_ms: int = 30_000
+    max_future_ms: int = 300_000
+    lease_ttl_ms: int = 15_000
+    max_catch_up_windows: int = 1_440
+    auto_claim: bool = False
+    late_to_deadletter: bool = True
+
+
+class Engine:
+    """Ingest, commit and close; see the module docstring.
+
+    >>> from stream_monitor.core.windows import WindowSpec
+    >>> from stream_monitor.core.clock import ManualClock
+    >>> from stream_monitor.sinks.base import ListSink
+    >>> from stream_monitor.state.memory import MemoryStore
+    >>> sink, store = ListSink(), MemoryStore()
+    >>> engine = Engine(Topology("t", WindowSpec(60_000)), store, sink, sink, ManualClock(0),
+    ...                 options=EngineOptions(auto_claim=True))
+    >>> engine.ingest("serving", "recs.serving", 0, 0, None, b'not json')
+    >>> engine.flush().applied, sink.dead_letters[0].reason
+    (['recs.serving/0'], 'invalid_json')
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        store: StateStore,
+        alerts: AlertSink,
+        deadletters: DeadLetterSink,
+        clock: Clock,
+        metrics: MonitorMetrics | None = None,
+        options: EngineOptions | None = None,
+    ) -> None:
+        self.topology = topology
+        self.store = store
+        self.alert_sink = alerts
+        self.deadletters = deadletters
+        self.clock = clock
+        self.metrics = metrics
+        self.options = options or EngineOptions()
+        self.accumulator = WindowAccumulator(topology)
+        self.evaluator = WindowEvaluator(topology)
+        clear_ratios = {rule.signal: rule.clear_ratio for rule in topology.rates}
+        clear_ratios["latency"] = topology.latency.clear_ratio
+        self.book = AlertBook(topology.key_dims, topology.name, clear_ratios)
+        self.claims: dict[str, PartitionClaim] = {}
+        self.fenced: set[str] = set()
+        self._closed_before: int | None = None
+        self._window = topology.window
+        self._folded_seen = 0
+
+    # -- ownership ------------------------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[str]) -> dict[str, PartitionClaim]:
+        """Claim newly assigned partitions; returns where counting resumes for each."""
+        claims = self.store.claim(list(partitions), self.clock.now_ms())
+        self.adopt(claims)
+        self._closed_before = self.store.closed_before()
+        return claims
+
+    def adopt(self, claims: dict[str, PartitionClaim]) -> None:
+        """Start counting partitions claimed in the store (by :meth:`assign` or by the runtime)."""
+        self.claims.update(claims)
+        self.fenced.difference_update(claims)
+
+    def revoke(self, partitions: Iterable[str]) -> None:
+        """Stop counting revoked partitions (flush first: their pending deltas still count if ours).
+
+        A revoked partition is fenced: stray messages of it are ignored until it is assigned again,
+        never claimed back from its new owner.
+        """
+        for tp in partitions:
+            self.claims.pop(tp, None)
+            self.fenced.add(tp)
+
+    # -- ingest ---------------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        kind: str | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Take one message. Never raises for bad input: that becomes a dead letter."""
+        tp = f"{topic}/{partition}"
+        claim = self.claims.get(tp)
+        if claim is None:
+            if tp in self.fenced or not self.options.auto_claim:
+                return  # not ours (any more): the owner counts it
+            claim = self.assign([tp])[tp]
+        if offset < claim.next_offset:
+            if self.metrics:
+                self.metrics.skipped.labels(topic=topic).inc()
+            return
+        if self.metrics:
+            self.metrics.consumed.labels(topic=topic).inc()
+        try:
+            event = parse_event(value, expected=kind)
+        except EventError as exc:
+            self._reject(tp, topic, partition, offset, key, value, timestamp_ms, exc.reason, str(exc))
+            return
+        if isinstance(event, ServingEvent | EngagementEvent):
+            reason = self._timing_problem(event.ts)
+            if reason is not None:
+                self._reject(tp, topic, partition, offset, key, value, timestamp_ms, *reason)
+                return
+            if isinstance(event, ServingEvent):
+                self.accumulator.add_serving(tp, offset, event)
+            else:
+                self.accumulator.add_engagement(tp, offset, event)
+        else:
+            self._deployment(event)
+            self.accumulator.add_other(tp, offset)
+        if self.metrics:
+            self.metrics.accepted.labels(topic=topic).inc()
+
+    def _timing_problem(self, ts: int) -> tuple[str, str] | None:
+        if self._closed_before is not None and ts < self._closed_before:
+            return ("late_event", f"ts: {ts} is in a window that closed at {self._closed_before}")
+        now = self.clock.now_ms()
+        if ts > now + self.options.max_future_ms:
+            return ("future_event", f"ts: {ts} is {(ts - now) // 1000} s in the future")
+        return None
+
+    def _deployment(self, event: DeploymentEvent) -> None:
+        record = orjson.dumps(
+            {
+                "ts": event.ts,
+                "model": event.model,
+                "model_version": event.model_version,
+                "arm": event.arm,
+                "traffic": event.traffic,
+                "baseline_version": event.baseline_version,
+                "lineage": event.lineage,
+                "actor": event.actor,
+                "reason": event.reason,
+            }
+        )
+        self.store.put_deployment(event.model, event.arm, record)
+
+    def _reject(
+        self,
+        tp: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None,
+        reason: str,
+        detail: str,
+    ) -> None:
+        self.accumulator.add_rejected(tp, offset, reason)
+        if reason == "late_event" and not self.options.late_to_deadletter:
+            if self.metrics:
+                self.metrics.late.inc()
+            return
+        self.deadletters.send(
+            DeadLetter(
+                reason,
+                detail,
+                topic,
+                partition,
+                offset,
+                timestamp_ms,
+                key,
+                value,
+                self.options.worker_id,
+                self.clock.now_ms(),
+            )
+        )
+        if self.metrics:
+            self.metrics.deadlettered.labels(topic=topic, reason=reason).inc()
+
+    # -- commit ---------------------------------------------------------------------------------------
+
+    def flush(self) -> CommitResult:
+        """Commit everything ingested since the last flush. On a store error the deltas are kept."""
+        pending = self.prepare_commit()
+        if pending is None:
+            return CommitResult(closed_before=self._closed_before)
+        try:
+            result = self.commit_pending(pending)
+        except Exception:
+            self.abort_commit(pending)
+            raise
+        self.finish_commit(result)
+        return result
+
+    def prepare_commit(self) -> PendingCommit | None:
+        """Take the deltas ingested so far (on the ingesting thread)."""
+        deltas = self.accumulator.take()
+        if not deltas:
+            return None
+        return PendingCommit(deltas, {tp: self.claims[tp].epoch for tp in deltas if tp in self.claims})
+
+    def commit_pending(self, pending: PendingCommit) -> CommitResult:
+        """Write a prepared commit (may run on a worker thread; touches no engine state)."""
+        # Dead letters of these messages must be durable before their offsets count as done.
+        self.deadletters.flush()
+        started = time.perf_counter()
+        result = self.store.commit(list(pending.deltas.values()), pending.epochs, self.clock.now_ms())
+        if self.metrics:
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        return result
+
+    def abort_commit(self, pending: PendingCommit) -> None:
+        """A prepared commit failed: keep its deltas for the next attempt."""
+        self._restore(pending.deltas)
+        if self.metrics:
+            self.metrics.store_up.set(0)
+
+    def finish_commit(self, result: CommitResult) -> None:
+        """Apply a commit's outcome (on the ingesting thread)."""
+        for tp in result.refused:
+            # Another worker owns it now (or already counted these offsets): drop ours, stop counting it.
+            log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)
+            self.claims.pop(tp, None)
+            self.fenced.add(tp)
+        self._closed_before = result.closed_before
+        if self.metrics:
+            self.metrics.store_up.set(1)
+            self.metrics.commits.labels(result="applied").inc(len(result.applied))
+            self.metrics.commits.labels(result="refused").inc(len(result.refused))
+            self.metrics.late.inc(result.late_events)
+            folded = self.accumulator.keyer.folded
+            self.metrics.series_folded.inc(folded - self._folded_seen)
+            self._folded_seen = folded
+
+    def _restore(self, deltas: dict[str, PartitionDelta]) -> None:
+        # Put a failed batch back in front of whatever was ingested meanwhile, so a retry commits both.
+        newer = self.accumulator.take()
+        for tp, old in deltas.items():
+            new = newer.pop(tp, None)
+            if new is not None:
+                _merge_into(old, new)
+        deltas.update(newer)
+        self.accumulator.restore(deltas)
+
+    # -- close ----------------------------------------------------------------------------------------
+
+    def close_ready(self, final: bool = False) -> list[Alert]:
+        """Close every window the watermark has passed (all of them when ``final``) and run detection.
+
+        Only the holder of the closer lease does this, so detection runs once per window however many
+        workers there are.
+        """
+        now = self.clock.now_ms()
+        if not self.store.acquire_lease("closer", self.options.worker_id, self.options.lease_ttl_ms):
+            return []
+        open_windows = self.store.open_windows()
+        closed_before = self.store.closed_before()
+        size = self._window.size_ms
+        if final:
+            if not open_windows:
+                return []
+            limit = open_windows[-1] + size
+        else:
+            mark = watermark(self.store.progress().values(), now, self.options.idle_timeout_ms)
+            if mark is None:
+                return []
+            if self.metrics:
+                self.metrics.watermark.set(mark / 1000)
+            limit = self._window.closable_before(mark)
+        start = closed_before if closed_before is not None else (open_windows[0] if open_windows else None)
+        if start is None or start >= limit:
+            return []
+        if (limit - start) // size > self.options.max_catch_up_windows:
+            # A long gap (e.g. the monitor was down for days): evaluate the windows that hold data and
+            # the most recent stretch, not every empty window in between.
+            recent = limit - self.options.max_catch_up_windows * size
+            starts = sorted({s for s in open_windows if s < recent} | set(range(recent, limit, size)))
+        else:
+            starts = list(range(start, limit, size))
+        state = self._load_state()
+        emitted: list[Alert] = []
+        for window_start in starts:
+            end = window_start + size
+            fields = self.store.read_window(window_start)
+            values, breaches, _engagement = self.evaluator.evaluate(
+                fields, state.volume_history, state.volume_absent
+            )
+            evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
+            alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)
+            state.last_closed_end = end
+            # Emit before marking closed: a crash in between re-emits the same alert ids (at-least-once)
+            # instead of losing them.
+            if alerts:
+                self.alert_sink.emit(alerts)
+            if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
+                break  # someone else closed it: stop, and reload their state next time
+            emitted.extend(alerts)
+            self._record_close(values, alerts, state, end, now)
+        self._closed_before = self.store.closed_before()
+        return emitted
+
+    def _load_state(self) -> DetectorState:
+        raw = self.store.load_detector_state()
+        if raw is None:
+            return DetectorState()
+        try:
+            return DetectorState.from_json_dict(orjson.loads(raw))
+        except (orjson.JSONDecodeError, StateFormatError) as exc:
+            log.error("detector checkpoint unreadable (%s); starting detection state afresh", exc)
+            return DetectorState()
+
+    def _record_close(
+        self, values: Sequence[object], alerts: Sequence[Alert], state: DetectorState, end: int, now: int
+    ) -> None:
+        if not self.metrics:
+            return
+        m = self.metrics
+        m.windows_closed.inc()
+        m.window_lag.set(max(0.0, (now - end) / 1000))
+        m.set_signals(values)  # type: ignore[arg-type]
+        for alert in alerts:
+            m.alerts.labels(signal=alert.signal, severity=alert.severity, status=alert.status).inc()
+        m.open_alerts.clear()
+        for doc in state.open_alerts.values():
+            m.open_alerts.labels(signal=doc["signal"], severity=doc["severity"]).inc()
+
+
+def _merge_into(target: PartitionDelta, newer: PartitionDelta) -> None:
+    target.next_offset = newer.next_offset
+    target.max_event_ms = max(target.max_event_ms, newer.max_event_ms)
+    for start, sums in newer.windows.items():
+        window = target.windows.setdefault(start, {})
+        for name, value in sums.items():
+            window[name] = window.get(name, 0) + value
+    for start, n in newer.window_events.items():
+        target.window_events[start] = target.window_events.get(start, 0) + n
+    for name, n in newer.counts.items():
+        target.counts[name] = target.counts.get(name, 0) + n

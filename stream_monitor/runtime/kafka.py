@@ -1,0 +1,155 @@
+"""confluent-kafka adapters: client config from settings, topic creation, alert and dead-letter producers.
+
+Outputs go through one thread-safe confluent-kafka producer rather than Faust, because the window closer
+runs on a worker thread and must know an alert is on the broker before it marks the window closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_monitor.config import Settings
+from stream_monitor.core.alerts import Alert
+from stream_monitor.sinks.base import DeadLetter
+
+__all__ = ["KafkaAlertSink", "KafkaDeadLetterSink", "client_config", "ensure_topics", "make_producer"]
+
+log = logging.getLogger(__name__)
+# A dead letter carries the original bytes base64-encoded; keep the record under Kafka's default 1 MB.
+MAX_DEADLETTER_VALUE = 600_000
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings for the broker connection, security included (secrets are not logged)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username or ""
+        if settings.kafka_sasl_password is not None:
+            conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    return conf
+
+
+def make_producer(settings: Settings, **extra: Any) -> Producer:
+    conf = client_config(settings) | {
+        "linger.ms": 5,
+        "acks": "all",
+        "enable.idempotence": True,
+        "message.max.bytes": 1_000_000,
+    }
+    conf.update(extra)
+    return Producer(conf)
+
+
+def ensure_topics(
+    settings: Settings,
+    names: Sequence[str],
+    partitions: int,
+    compacted: Sequence[str] = (),
+    timeout_s: float = 30.0,
+) -> None:
+    """Create missing topics (existing ones are left as they are)."""
+    admin = AdminClient(client_config(settings))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [n for n in names if n not in existing]
+    if not missing:
+        return
+    new = [
+        NewTopic(
+            n,
+            num_partitions=partitions,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact"} if n in compacted else {},
+        )
+        for n in missing
+    ]
+    for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.info("created topic %s", name)
+
+
+class _Delivery:
+    """Counts delivery failures so flush() can tell the caller the output is not durable."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.last_error: str | None = None
+
+    def __call__(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            self.last_error = str(err)
+
+
+class _KafkaOutput:
+    def __init__(self, producer: Producer, topic: str, flush_timeout_s: float = 30.0) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
+        self._delivery = _Delivery()
+        self._unflushed = 0
+
+    def _produce(self, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, on_delivery=self._delivery)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self._unflushed += 1
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        if not self._unflushed:
+            return
+        remaining = self.producer.flush(self.flush_timeout_s)
+        if remaining or self._delivery.failed:
+            failed, self._delivery.failed = self._delivery.failed, 0
+            raise KafkaException(
+                f"{remaining} messages to {self.topic} still queued, {failed} failed: {self._delivery.last_error}"
+            )
+        self._unflushed = 0
+
+
+class KafkaAlertSink(_KafkaOutput):
+    """Publishes alerts (keyed by their de-duplication key) and waits until the broker has them."""
+
+    def emit(self, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            self._produce(alert.dedupe_key.encode(), orjson.dumps(alert.to_dict()))
+        self.flush()
+
+
+class KafkaDeadLetterSink(_KafkaOutput):
+    """Publishes dead letters; :meth:`flush` runs before the offsets they cover are committed."""
+
+    def send(self, record: DeadLetter) -> None:
+        doc: Mapping[str, Any] = record.to_dict()
+        if len(record.value) > MAX_DEADLETTER_VALUE:
+            truncated = DeadLetter(
+                record.reason,
+                record.detail + f" (value truncated from {len(record.value)} bytes)",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp_ms,
+                record.key,
+                record.value[:MAX_DEADLETTER_VALUE],
+                record.worker,
+                record.dead_lettered_at,
+            )
+            doc = truncated.to_dict()
+        self._produce(record.key, orjson.dumps(doc))

@@ -1,0 +1,199 @@
+"""The Faust worker: agents consume the input topics in batches and drive the engine.
+
+Per batch an agent ingests every message, then commits the engine's deltas to the state store (one
+commit at a time, across agents, retried while the store is down), and only then acks the messages so
+Faust may commit their Kafka offsets. A message of a partition whose delta was refused (another worker
+owns it now) is not acked: its new owner counts it. Windows are closed by a timer on every worker; the
+store's closer lease lets exactly one of them do it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from stream_monitor.config import Settings
+from stream_monitor.core.clock import SystemClock
+from stream_monitor.core.topology import Topology
+from stream_monitor.engine import Engine, EngineOptions
+from stream_monitor.runtime.kafka import KafkaAlertSink, KafkaDeadLetterSink, ensure_topics, make_producer
+from stream_monitor.sinks.metrics import MonitorMetrics
+from stream_monitor.state.base import StateStore, StoreUnavailable
+
+__all__ = ["WorkerRuntime", "build_worker"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Owns the Faust app, the engine and the commit discipline between them."""
+
+    def __init__(
+        self, settings: Settings, topology: Topology, store: StateStore, registry: CollectorRegistry
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.inputs = {
+            settings.topics.serving: "serving",
+            settings.topics.engagement: "engagement",
+            settings.topics.deployments: "deployment",
+        }
+        worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        producer = make_producer(settings, **{"client.id": f"stream-monitor-{worker_id}"})
+        self.alert_sink = KafkaAlertSink(producer, settings.topics.alerts)
+        self.deadletter_sink = KafkaDeadLetterSink(producer, settings.topics.deadletter)
+        self.metrics = MonitorMetrics(registry, topology.segment_dims)
+        self.engine = Engine(
+            topology,
+            store,
+            self.alert_sink,
+            self.deadletter_sink,
+            SystemClock(),
+            self.metrics,
+            EngineOptions(
+                worker_id=worker_id,
+                idle_timeout_ms=round(settings.idle_partition_timeout_s * 1000),
+                auto_claim=False,
+            ),
+        )
+        self._commit_lock = asyncio.Lock()
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{host.strip()}" for host in s.kafka_bootstrap.split(",")],
+            broker_credentials=_faust_credentials(s),
+            store="memory://",
+            value_serializer="raw",
+            key_serializer="raw",
+            topic_partitions=s.topic_partitions,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.broker_session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.broker_session_timeout_s / 3),
+            broker_commit_interval=1.0,
+            web_enabled=True,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            stream_buffer_maxsize=max(4096, s.batch_max * 2),
+        )
+        for topic_name, kind in self.inputs.items():
+            topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+            app.agent(topic, name=f"stream_monitor.{kind}")(self._agent_for(kind))
+
+        app.timer(interval=s.close_interval_s)(self._close_windows)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        return app
+
+    def _agent_for(self, kind: str) -> Any:
+        engine = self.engine
+        batch_max, within = self.settings.batch_max, self.settings.batch_within_s
+
+        async def agent(stream: faust.StreamT[Any]) -> None:
+            async for events in stream.noack_take(batch_max, within=within):
+                for event in events:
+                    message = event.message
+                    engine.ingest(
+                        kind,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        round(message.timestamp * 1000) if message.timestamp else None,
+                    )
+                await self.commit()
+                claims = engine.claims
+                for event in events:
+                    message = event.message
+                    if f"{message.topic}/{message.partition}" in claims:
+                        await stream.ack(event)
+
+        agent.__name__ = f"{kind}_agent"
+        return agent
+
+    async def commit(self) -> None:
+        """Commit everything ingested so far; retries (blocking the agents) while the store is down."""
+        async with self._commit_lock:
+            delay = 0.2
+            while True:
+                pending = self.engine.prepare_commit()
+                if pending is None:
+                    return
+                try:
+                    result = await asyncio.to_thread(self.engine.commit_pending, pending)
+                except Exception as exc:
+                    self.engine.abort_commit(pending)
+                    level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
+                    log.log(level, "state commit failed (%s); retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self.engine.finish_commit(result)
+                return
+
+    async def _close_windows(self) -> None:
+        try:
+            await asyncio.to_thread(self.engine.close_ready)
+        except StoreUnavailable as exc:
+            log.warning("window close skipped: %s", exc)
+        except Exception:
+            log.exception("window close failed; will retry")
+
+    def _ours(self, tps: Iterable[Any]) -> list[str]:
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in tps if tp.topic in self.inputs)
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        ours = self._ours(assigned)
+        async with self._commit_lock:
+            while True:
+                try:
+                    claims = await asyncio.to_thread(self.engine.store.claim, ours, self.engine.clock.now_ms())
+                    break
+                except StoreUnavailable as exc:
+                    log.warning("cannot claim partitions yet: %s", exc)
+                    await asyncio.sleep(1.0)
+            self.engine.adopt(claims)
+        log.info("claimed %d partitions: %s", len(claims), ", ".join(f"{c.partition}@{c.next_offset}"
+                                                                     for c in claims.values()))
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        ours = self._ours(revoked)
+        await self.commit()
+        self.engine.revoke(ours)
+
+    def prepare_topics(self) -> None:
+        t = self.topics
+        ensure_topics(
+            self.settings,
+            [t.serving, t.engagement, t.deployments, t.alerts, t.deadletter, t.health],
+            self.settings.topic_partitions,
+            compacted=[t.health],
+        )
+
+
+def _faust_credentials(s: Settings) -> Any:
+    if not s.kafka_sasl_mechanism:
+        return None
+    password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+    return faust.SASLCredentials(
+        username=s.kafka_sasl_username or "", password=password, mechanism=s.kafka_sasl_mechanism
+    )
+
+
+def build_worker(
+    settings: Settings, topology: Topology, store: StateStore, registry: CollectorRegistry
+) -> WorkerRuntime:
+    return WorkerRuntime(settings, topology, store, registry)

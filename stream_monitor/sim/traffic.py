@@ -1,0 +1,674 @@
+"""Seeded traffic simulator: serving, engagement and deployment events of a recommender, in event-time order.
+
+:class:`TrafficSimulator` produces the event contract the monitor consumes (as plain dicts ready for
+``orjson.dumps``): one ``serving`` event per request, ``engagement`` events (impressions, clicks, plays,
+completes) seconds to minutes after it, and a ``deployment`` event per (model, arm) at the start. Requests
+arrive as a Poisson process whose rate follows a 24 h sinusoid of event time; segments, latencies, funnels,
+slates and features are drawn from fixed, plausible distributions; :mod:`.incidents` bend them for a target
+slice after an onset.
+
+Design choices that callers may rely on:
+
+* Deterministic: one ``numpy.random.Generator`` seeded from ``seed``; no global RNG, no wall clock.
+* Chunk-independent: requests are generated in fixed one-second blocks of event time, so pulling events
+  with many small :meth:`TrafficSimulator.events_until` calls gives exactly the same stream as one call.
+* Incident-transparent: the random draws never depend on the incidents, so a run with incidents equals the
+  run without them everywhere outside the incidents' slices and windows (the tests check this).
+* Ordered: events come out in non-decreasing ``ts``; engagement that lands later waits in a per-block
+  calendar queue. A pull up to time T yields exactly the events with ``ts < T``; engagement scheduled past
+  the end of a run is simply never yielded.
+
+Status semantics: every request is exactly one of ok, error, fallback or empty, so each incident moves one
+status rate only. An errored response has ``error`` set, ``items == []`` and all-zero funnel and sources;
+an empty slate has ``error is None``, ``items == []`` and ``funnel["returned"] == 0`` (the monitor's
+``empty_slate`` excludes errors the same way); a fallback serves the fixed trending list with ``fallback``
+true. Only ok and fallback responses get engagement.
+
+This module is pure: standard library and numpy only (``to_jsonl`` imports orjson lazily).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from stream_monitor.sim.incidents import (
+    ARMS,
+    STAGES,
+    TENURES,
+    GroundTruth,
+    Incident,
+)
+
+__all__ = ["BLOCK_MS", "SOURCES", "Event", "SimConfig", "SimEvent", "TopicKind", "TrafficSimulator"]
+
+TopicKind = Literal["serving", "engagement", "deployment"]
+Event = dict[str, Any]
+# (topic kind, Kafka key, event): the key is request_id for serving/engagement and model for deployments.
+SimEvent = tuple[TopicKind, bytes | None, Event]
+# Internal queue entry: (ts, kind, key, event).
+_Entry = tuple[int, TopicKind, bytes | None, Event]
+
+BLOCK_MS = 1000
+SOURCES: tuple[str, ...] = ("collab", "trending", "continue_watching")
+_ERRORS: tuple[str, ...] = ("timeout", "feature_store_unavailable", "ranker_unavailable")
+_COUNTRIES: Mapping[str, tuple[str, ...]] = {
+    "us": ("US",),
+    "eu": ("DE", "FR", "GB", "ES", "IT"),
+    "latam": ("BR", "MX", "AR", "CO"),
+    "apac": ("JP", "KR", "AU", "IN"),
+}
+_MS_PER_DAY = 86_400_000
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Knobs of the simulated system. Defaults give a single healthy control model.
+
+    Shares are (value, weight) pairs and need not sum to 1. ``stage_latency`` holds (stage, median ms,
+    lognormal sigma); the defaults put the p99 of total latency near 150 ms.
+
+    >>> SimConfig().canary_share, SimConfig(canary_share=0.05).arms
+    (0.0, ('control', 'canary'))
+    """
+
+    models: tuple[tuple[str, str], ...] = (("home-ranker", "home"),)
+    control_version: str = "2026.11.20-3"
+    canary_version: str = "2026.11.27-1"
+    previous_version: str = "2026.11.13-2"
+    canary_share: float = 0.0
+    diurnal_amplitude: float = 0.3
+    # Event-time hour (UTC) at which traffic peaks.
+    diurnal_peak_hour: float = 20.0
+    platforms: tuple[tuple[str, float], ...] = (("ios", 0.34), ("android", 0.36), ("web", 0.18), ("tv", 0.12))
+    regions: tuple[tuple[str, float], ...] = (("us", 0.42), ("eu", 0.28), ("latam", 0.17), ("apac", 0.13))
+    tenures: tuple[tuple[str, float], ...] = (("new", 0.22), ("established", 0.78))
+    stage_latency: tuple[tuple[str, float, float], ...] = (
+        ("retrieval", 20.0, 0.45),
+        ("features", 24.0, 0.50),
+        ("ranking", 22.0, 0.55),
+    )
+    overhead_ms: tuple[float, float] = (1.0, 6.0)
+    catalogue_size: int = 5000
+    zipf_exponent: float = 1.05
+    slate_size: int = 20
+    impressions: int = 3
+    error_rate: float = 0.002
+    fallback_rate: float = 0.01
+    empty_slate_rate: float = 0.003
+    click_rate: float = 0.08
+    play_rate: float = 0.6
+    complete_rate: float = 0.5
+    engagement: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models must name at least one (model, surface)")
+        if not 0.0 <= self.canary_share < 1.0:
+            raise ValueError(f"canary_share must be in [0, 1), got {self.canary_share!r}")
+        if not 0.0 <= self.diurnal_amplitude <= 1.0:
+            raise ValueError(f"diurnal_amplitude must be in [0, 1], got {self.diurnal_amplitude!r}")
+        if tuple(s for s, _, _ in self.stage_latency) != STAGES:
+            raise ValueError(f"stage_latency must list the stages {STAGES} in order")
+        if self.slate_size < 1 or self.catalogue_size < 2 * self.slate_size:
+            raise ValueError("need slate_size >= 1 and catalogue_size >= 2 * slate_size")
+        if not 0 <= self.impressions <= self.slate_size:
+            raise ValueError("impressions must be in [0, slate_size]")
+        for name, shares in (
+            ("platforms", self.platforms),
+            ("regions", self.regions),
+            ("tenures", self.tenures),
+        ):
+            if not shares or any(w < 0 for _, w in shares) or sum(w for _, w in shares) <= 0:
+                raise ValueError(f"{name} needs at least one value and non-negative weights summing > 0")
+        if set(dict(self.tenures)) - set(TENURES):
+            raise ValueError(f"tenures must be drawn from {TENURES} (they shape features and sources)")
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """Arms that receive traffic: control, plus canary when ``canary_share > 0``."""
+        return ARMS if self.canary_share > 0 else ARMS[:1]
+
+
+def _cumulative(shares: tuple[tuple[str, float], ...]) -> tuple[npt.NDArray[np.object_], FloatArray]:
+    names = np.array([n for n, _ in shares], dtype=object)
+    weights = np.array([w for _, w in shares], dtype=np.float64)
+    cum = np.cumsum(weights / weights.sum())
+    cum[-1] = 1.0  # guard the last bucket against rounding so u < 1 always lands somewhere
+    return names, cum
+
+
+class TrafficSimulator:
+    """Deterministic generator of serving, engagement and deployment events.
+
+    >>> sim = TrafficSimulator(seed=7, start_ms=1_764_086_400_000, rate_per_s=50)
+    >>> events = list(sim.events(duration_s=10))
+    >>> [kind for kind, _, _ in events[:2]]
+    ['deployment', 'serving']
+    >>> all(a[2]["ts"] <= b[2]["ts"] for a, b in zip(events, events[1:]))
+    True
+    >>> again = TrafficSimulator(seed=7, start_ms=1_764_086_400_000, rate_per_s=50)
+    >>> list(again.events_until(1_764_086_405_000)) + list(again.events_until(1_764_086_410_000)) == events
+    True
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        start_ms: int,
+        rate_per_s: float,
+        incidents: Sequence[Incident] = (),
+        config: SimConfig | None = None,
+    ) -> None:
+        if not (rate_per_s >= 0 and math.isfinite(rate_per_s)):
+            raise ValueError(f"rate_per_s must be finite and >= 0, got {rate_per_s!r}")
+        self.seed = seed
+        self.start_ms = int(start_ms)
+        self.rate_per_s = float(rate_per_s)
+        self.config = cfg = config or SimConfig()
+        self.incidents: tuple[Incident, ...] = tuple(incidents)
+        self._rng = np.random.default_rng(seed)
+
+        self._platforms, self._platform_cum = _cumulative(cfg.platforms)
+        self._regions, self._region_cum = _cumulative(cfg.regions)
+        self._tenures, self._tenure_cum = _cumulative(cfg.tenures)
+        self._models = np.array([m for m, _ in cfg.models], dtype=object)
+        self._surfaces = np.array([s for _, s in cfg.models], dtype=object)
+        self._arms = np.array(ARMS, dtype=object)
+        self._versions = np.array([cfg.control_version, cfg.canary_version], dtype=object)
+        self._check_incidents()
+
+        # Countries flattened so a (region, uniform) pair picks one with pure array arithmetic.
+        region_names = [str(r) for r in self._regions.tolist()]
+        countries = [_COUNTRIES.get(r, (r.upper(),)) for r in region_names]
+        self._country_flat = np.array([c for cs in countries for c in cs], dtype=object)
+        self._country_len = np.array([len(cs) for cs in countries], dtype=np.int64)
+        self._country_off = np.concatenate(([0], np.cumsum(self._country_len)[:-1])).astype(np.int64)
+        tenure_names = [str(t) for t in self._tenures.tolist()]
+        # Source mix by tenure: new users have little to continue watching, so trending fills in.
+        mix = {"new": (0.50, 0.45, 0.05), "established": (0.55, 0.25, 0.20)}
+        self._source_cum = np.cumsum(np.array([mix[t] for t in tenure_names]), axis=1)
+        self._source_p = np.array([mix[t] for t in tenure_names])
+        self._is_new = np.array([t == "new" for t in tenure_names])
+
+        # Catalogue: popularity rank r has Zipf weight 1 / (r+1)^s; ids are shuffled so that "s0" is not
+        # automatically the hit. Slates are drawn by inverse CDF on this long-tailed distribution.
+        n_items = cfg.catalogue_size
+        self._item_ids = np.array([f"s{i}" for i in self._rng.permutation(n_items).tolist()], dtype=object)
+        weights = 1.0 / np.arange(1, n_items + 1, dtype=np.float64) ** cfg.zipf_exponent
+        self._item_cdf = np.cumsum(weights / weights.sum())
+        self._item_cdf[-1] = 1.0
+        # A fallback serves the same non-personalised trending list to everyone.
+        self._fallback_ids: list[str] = self._item_ids[: cfg.slate_size].tolist()
+        self._fallback_scores: list[float] = np.round(
+            0.5 * np.exp(-0.05 * np.arange(cfg.slate_size)), 4
+        ).tolist()
+
+        # Calendar queue instead of a heap: events that are not generated in their own block (engagement,
+        # deployments) wait in the list of the block their ts falls in. Engagement lands at least
+        # BLOCK_MS after its request, so a block's list is complete by the time that block is generated,
+        # and one C-level sort per block replaces a Python heap pop per event.
+        self._pending: defaultdict[int, list[_Entry]] = defaultdict(list)
+        self._next_block = 0
+        self._buf: list[_Entry] = []
+        self._pos = 0
+        self._now_ms = self.start_ms
+        self.counts: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0}
+        for event in self._deployments():
+            self._pending[0].append((event["ts"], "deployment", str(event["model"]).encode(), event))
+
+    # ----------------------------------------------------------------------------------- public API
+
+    @property
+    def now_ms(self) -> int:
+        """Event time up to which (exclusive) every event has been yielded."""
+        return self._now_ms
+
+    @property
+    def ground_truth(self) -> list[GroundTruth]:
+        """Ground truth of every injected incident, in the order given."""
+        return [inc.ground_truth for inc in self.incidents]
+
+    def expected_rate(self, ts_ms: float) -> float:
+        """Mean serving requests per second at event time ``ts_ms`` (before any traffic drop)."""
+        cfg = self.config
+        hour = (ts_ms % _MS_PER_DAY) / 3_600_000
+        return self.rate_per_s * (
+            1.0 + cfg.diurnal_amplitude * math.cos(2 * math.pi * (hour - cfg.diurnal_peak_hour) / 24)
+        )
+
+    def events(self, duration_s: float) -> Iterator[SimEvent]:
+        """Yield every not-yet-yielded event with ``ts < start_ms + duration_s * 1000``."""
+        return self.events_until(self.start_ms + round(duration_s * 1000))
+
+    def events_until(self, until_ms: int) -> Iterator[SimEvent]:
+        """Yield every not-yet-yielded event with ``ts < until_ms``, in non-decreasing ``ts``.
+
+        Safe to call repeatedly with growing ``until_ms`` (the demo drives it in accelerated chunks) and to
+        abandon part-way: state advances before each yield, so the next call resumes where this stopped.
+        """
+        counts = self.counts
+        while True:
+            buf = self._buf
+            if self._pos >= len(buf):
+                if self.start_ms + self._next_block * BLOCK_MS >= until_ms:
+                    break
+                self._load_block()
+                continue
+            ts, kind, key, event = buf[self._pos]
+            if ts >= until_ms:
+                break
+            self._pos += 1
+            counts[kind] += 1
+            self._now_ms = ts
+            yield kind, key, event
+        self._now_ms = max(self._now_ms, until_ms)
+
+    def to_jsonl(self, path: str | Path, duration_s: float) -> dict[TopicKind, int]:
+        """Write :meth:`events` for ``duration_s`` to ``path``, one JSON object per line; return counts."""
+        # Lazy import keeps the module importable with numpy alone; orjson is a project dependency.
+        import orjson
+
+        written: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0}
+        with open(path, "wb") as fh:
+            for kind, _key, event in self.events(duration_s):
+                fh.write(orjson.dumps(event))
+                fh.write(b"\n")
+                written[kind] += 1
+        return written
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _check_incidents(self) -> None:
+        cfg = self.config
+        vocab: dict[str, set[str]] = {
+            "platform": {n for n, _ in cfg.platforms},
+            "region": {n for n, _ in cfg.regions},
+            "tenure": {n for n, _ in cfg.tenures},
+            "model": {m for m, _ in cfg.models},
+            "surface": {s for _, s in cfg.models},
+            "arm": set(cfg.arms),
+        }
+        for inc in self.incidents:
+            for dim, value in inc.target.items():
+                if value not in vocab[dim]:
+                    # An incident on a slice that never receives traffic would have unreachable ground truth.
+                    raise ValueError(
+                        f"incident {inc.kind} targets {dim}={value!r}, which gets no traffic; "
+                        f"known: {sorted(vocab[dim])}"
+                    )
+
+    def _load_block(self) -> None:
+        """Make the next block current: its requests merged with the engagement that falls inside it."""
+        block = self._next_block
+        self._next_block += 1
+        # A block allocates tens of thousands of acyclic dicts; letting the cyclic GC rescan them every few
+        # hundred allocations halves generation speed. Pausing it for the block only delays collection (it
+        # resumes right after, with the same state it had) and never affects correctness.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            serving = self._generate_block(self.start_ms + block * BLOCK_MS)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        entries = self._pending.pop(block, [])
+        entries.extend(serving)
+        # Stable sort on ts only: queued events keep their (deterministic) insertion order among equals and
+        # precede same-ts requests, so deployments at start_ms come first. Timsort merges the two runs.
+        entries.sort(key=_ts_of)
+        self._buf = entries
+        self._pos = 0
+
+    def _hex(self, nbytes: int) -> str:
+        return self._rng.bytes(nbytes).hex()
+
+    def _deployments(self) -> list[Event]:
+        cfg = self.config
+        out: list[Event] = []
+        for model, surface in cfg.models:
+            for arm in cfg.arms:
+                canary = arm == "canary"
+                version = cfg.canary_version if canary else cfg.control_version
+                share = cfg.canary_share if canary else 1.0 - cfg.canary_share
+                out.append(
+                    {
+                        "type": "deployment",
+                        "ts": self.start_ms,
+                        "model": model,
+                        "model_version": version,
+                        "arm": arm,
+                        "traffic": round(share, 6),
+                        "baseline_version": cfg.control_version if canary else cfg.previous_version,
+                        "lineage": {
+                            "training_data": f"s3://recs-data/{surface}/train/{version.split('-')[0]}/",
+                            "feature_set": f"{surface}-features@v12",
+                            "code_commit": self._hex(20),
+                            "artifact_digest": "sha256:" + self._hex(32),
+                            "validation": {"ndcg@10": round(0.40 + 0.02 * float(self._rng.random()), 4)},
+                        },
+                        "actor": "ci",
+                        "reason": "canary rollout" if canary else "weekly retrain",
+                    }
+                )
+        return out
+
+    def _draw_slates(self, n: int) -> IntArray:
+        """(n, slate_size) popularity ranks, distinct within each row."""
+        k = self.config.slate_size
+        rng = self._rng
+        ranks = np.searchsorted(self._item_cdf, rng.random((n, k)), side="right").astype(np.int64)
+        n_items = len(self._item_cdf)
+        # Duplicates (common among the head items) are redrawn uniformly from the whole catalogue until
+        # none remain; each pass touches only the offending cells, so this converges in a few rounds.
+        while True:
+            order = np.argsort(ranks, axis=1, kind="stable")
+            sorted_ranks = np.take_along_axis(ranks, order, axis=1)
+            dup_sorted = np.zeros_like(sorted_ranks, dtype=bool)
+            dup_sorted[:, 1:] = sorted_ranks[:, 1:] == sorted_ranks[:, :-1]
+            if not dup_sorted.any():
+                return ranks
+            dup = np.zeros_like(dup_sorted)
+            np.put_along_axis(dup, order, dup_sorted, axis=1)
+            ranks[dup] = rng.integers(0, n_items, size=int(dup.sum()))
+
+    def _incident_masks(
+        self, ts: IntArray, codes: Mapping[str, IntArray], names: Mapping[str, npt.NDArray[np.object_]]
+    ) -> list[tuple[Incident, BoolArray]]:
+        out: list[tuple[Incident, BoolArray]] = []
+        for inc in self.incidents:
+            mask = ts >= inc.onset_ms
+            if inc.end_ms is not None:
+                mask &= ts < inc.end_ms
+            for dim, value in inc.target.items():
+                # Compare integer codes, not strings: the value's code is its index in the dim's names.
+                where = np.flatnonzero(names[dim] == value)
+                mask &= np.isin(codes[dim], where)
+            out.append((inc, mask))
+        return out
+
+    def _generate_block(self, t0: int) -> list[_Entry]:
+        """Requests of the block starting at ``t0``, sorted by ts; their engagement goes to later blocks."""
+        cfg = self.config
+        rng = self._rng
+        # Rate is held constant over a block (a 1 s step in a 24 h curve), which keeps arrivals Poisson.
+        n = int(rng.poisson(self.expected_rate(t0 + BLOCK_MS / 2) * BLOCK_MS / 1000))
+        if n == 0:
+            return []
+        ts = np.sort(t0 + (rng.random(n) * BLOCK_MS).astype(np.int64))
+
+        # Every draw below happens for all n requests, whatever the incidents do, so the random stream (and
+        # thus every request outside an incident's slice) is identical with and without incidents.
+        plat = np.searchsorted(self._platform_cum, rng.random(n), side="right")
+        region = np.searchsorted(self._region_cum, rng.random(n), side="right")
+        tenure = np.searchsorted(self._tenure_cum, rng.random(n), side="right")
+        model = rng.integers(0, len(self._models), size=n)
+        arm = (rng.random(n) < cfg.canary_share).astype(np.int64)
+        rid = rng.integers(0, 2**63, size=n, dtype=np.int64)
+        u_drop = rng.random(n)
+        u_status = rng.random(n)
+        err_kind = rng.integers(0, len(_ERRORS), size=n)
+
+        medians = np.array([m for _, m, _ in cfg.stage_latency])
+        sigmas = np.array([s for _, _, s in cfg.stage_latency])
+        lat = np.exp(np.log(medians) + sigmas * rng.standard_normal((n, len(STAGES))))
+        overhead = rng.uniform(cfg.overhead_ms[0], cfg.overhead_ms[1], size=n)
+
+        retrieved = rng.integers(1000, 1501, size=n)
+        filtered = (retrieved * rng.uniform(0.55, 0.8, size=n)).astype(np.int64)
+        ranked = np.minimum(rng.integers(150, 301, size=n), filtered)
+        p = self._source_p[tenure]
+        src_collab = rng.binomial(retrieved, p[:, 0])
+        src_trending = rng.binomial(retrieved - src_collab, p[:, 1] / (1.0 - p[:, 0]))
+        src_cw = retrieved - src_collab - src_trending
+
+        k = cfg.slate_size
+        slate = self._item_ids[self._draw_slates(n)]
+        top = rng.uniform(0.75, 0.98, size=(n, 1))
+        steps = rng.uniform(0.5, 1.5, size=(n, k)) * rng.uniform(0.015, 0.05, size=(n, 1))
+        steps[:, 0] = 0.0
+        scores = np.round(top * np.exp(-np.cumsum(steps, axis=1)), 4)
+        u_src = rng.random((n, k))
+        cum = self._source_cum[tenure]
+        item_src = (u_src[:, :, None] >= cum[:, None, :]).sum(axis=2).clip(0, len(SOURCES) - 1)
+        item_src_names = np.array(SOURCES, dtype=object)[item_src]
+
+        is_new = self._is_new[tenure]
+        watch = np.where(
+            is_new,
+            np.exp(np.log(40.0) + 1.0 * rng.standard_normal(n)),
+            np.exp(np.log(180.0) + 0.9 * rng.standard_normal(n)),
+        )
+        days = np.where(
+            is_new,
+            rng.integers(0, 30, size=n),
+            np.minimum(30 + np.exp(np.log(400.0) + 0.8 * rng.standard_normal(n)), 4000).astype(np.int64),
+        )
+        country_i = self._country_off[region] + (rng.random(n) * self._country_len[region]).astype(np.int64)
+        feature_age = np.clip(
+            np.exp(np.log(30 * 60_000) + 1.0 * rng.standard_normal(n)), 120_000, 6 * 3_600_000
+        )
+
+        # Engagement draws (used only for ok/fallback responses, drawn for all to keep the stream stable).
+        imp_delay = rng.integers(1000, 2001, size=n)
+        u_click = rng.random(n)
+        click_pos = np.searchsorted(np.array([0.5, 0.8, 1.0]), rng.random(n), side="right")
+        click_delay = np.clip(np.exp(np.log(5000.0) + 0.8 * rng.standard_normal(n)), 500, 300_000)
+        u_play = rng.random(n)
+        play_delay = rng.integers(1000, 10_001, size=n)
+        u_complete = rng.random(n)
+        complete_delay = np.clip(
+            np.exp(np.log(20 * 60_000.0) + 0.6 * rng.standard_normal(n)), 60_000, 3 * 3_600_000
+        )
+
+        # --- incidents: deterministic transformations of the draws above.
+        codes = {
+            "platform": plat,
+            "region": region,
+            "tenure": tenure,
+            "model": model,
+            "surface": model,
+            "arm": arm,
+        }
+        names = {
+            "platform": self._platforms,
+            "region": self._regions,
+            "tenure": self._tenures,
+            "model": self._models,
+            "surface": self._surfaces,
+            "arm": self._arms,
+        }
+        keep = np.ones(n, dtype=bool)
+        p_err = np.full(n, cfg.error_rate)
+        p_fb = np.full(n, cfg.fallback_rate)
+        p_empty = np.full(n, cfg.empty_slate_rate)
+        for inc, mask in self._incident_masks(ts, codes, names):
+            if not mask.any():
+                continue
+            if inc.kind == "latency_regression":
+                lat[mask, STAGES.index(inc.stage or "ranking")] *= inc.factor
+            elif inc.kind == "traffic_drop":
+                keep &= ~(mask & (u_drop < inc.factor))
+            elif inc.kind == "error_spike":
+                p_err[mask] = inc.factor
+            elif inc.kind == "fallback_spike":
+                p_fb[mask] = inc.factor
+            elif inc.kind == "empty_slates":
+                p_empty[mask] = inc.factor
+
+        # One uniform, cumulative thresholds: each status rate is exactly its configured (or incident)
+        # value, so an error spike does not leak into the fallback or empty-slate rates.
+        status = np.zeros(n, dtype=np.int64)  # 0 ok, 1 error, 2 fallback, 3 empty
+        status[u_status < p_err + p_fb + p_empty] = 3
+        status[u_status < p_err + p_fb] = 2
+        status[u_status < p_err] = 1
+
+        lat_r = np.round(lat, 1)
+        total = np.round(lat_r.sum(axis=1) + overhead, 1)
+
+        return self._rows_to_events(
+            None if keep.all() else np.flatnonzero(keep),
+            ts=ts,
+            rid=rid,
+            plat=self._platforms[plat],
+            region=self._regions[region],
+            tenure=self._tenures[tenure],
+            model=model,
+            arm=arm,
+            status=status,
+            err_kind=err_kind,
+            lat=lat_r,
+            total=total,
+            funnel=np.stack([retrieved, filtered, ranked], axis=1),
+            sources=np.stack([src_collab, src_trending, src_cw], axis=1),
+            slate=slate,
+            scores=scores,
+            item_src=item_src_names,
+            watch=np.round(watch, 1),
+            days=days,
+            country=self._country_flat[country_i],
+            feature_ts=ts - feature_age.astype(np.int64),
+            imp_delay=imp_delay,
+            click=u_click < cfg.click_rate,
+            click_pos=np.minimum(click_pos, max(cfg.impressions - 1, 0)),
+            click_delay=click_delay.astype(np.int64),
+            play=u_play < cfg.play_rate,
+            play_delay=play_delay,
+            complete=u_complete < cfg.complete_rate,
+            complete_delay=complete_delay.astype(np.int64),
+        )
+
+    def _rows_to_events(self, idx: IntArray | None, **cols: npt.NDArray[Any]) -> list[_Entry]:
+        """Build the kept rows' event dicts: return serving entries, queue engagement for later blocks."""
+        cfg = self.config
+        # Convert each column once with tolist(): Python scalars are what orjson wants, and the per-row loop
+        # below is the hot path, so it must touch only lists (no numpy scalar access).
+        c = {name: (arr if idx is None else arr[idx]).tolist() for name, arr in cols.items()}
+        models, surfaces = self._models.tolist(), self._surfaces.tolist()
+        versions, arms = self._versions.tolist(), self._arms.tolist()
+        pending = self._pending
+        start = self.start_ms
+        n_imp = cfg.impressions if cfg.engagement else 0
+        fb_ids, fb_scores = self._fallback_ids, self._fallback_scores
+        k = cfg.slate_size
+        out: list[_Entry] = []
+        append = out.append
+        rows = zip(
+            c["ts"], c["rid"], c["status"], c["model"], c["arm"], c["lat"], c["total"], c["funnel"],
+            c["sources"], c["slate"], c["scores"], c["item_src"], c["plat"], c["region"], c["tenure"],
+            c["watch"], c["days"], c["country"], c["feature_ts"], c["err_kind"], c["imp_delay"], c["click"],
+            c["click_pos"], c["click_delay"], c["play"], c["play_delay"], c["complete"], c["complete_delay"],
+            strict=True,
+        )  # fmt: skip
+        for (
+            ts, rid_int, status, m, a, stages, total, (retrieved, filtered, ranked), (collab, trending, cw),
+            slate, scores, item_src, plat, region, tenure, watch, days, country, feature_ts, err_kind,
+            imp_delay, click, click_pos, click_delay, play, play_delay, complete, complete_delay,
+        ) in rows:  # fmt: skip
+            rid = f"{rid_int:016x}"
+            key = rid.encode()
+            ids: list[str]
+            items: list[Event]
+            if status == 0:
+                ids = slate
+                items = [
+                    {"id": it, "score": sc, "source": so}
+                    for it, sc, so in zip(slate, scores, item_src, strict=True)
+                ]
+                funnel = {"retrieved": retrieved, "filtered": filtered, "ranked": ranked, "returned": k}
+            elif status == 2:
+                ids = fb_ids
+                items = [
+                    {"id": it, "score": sc, "source": "trending"}
+                    for it, sc in zip(fb_ids, fb_scores, strict=True)
+                ]
+                funnel = {"retrieved": retrieved, "filtered": filtered, "ranked": ranked, "returned": k}
+            elif status == 3:
+                ids, items = [], []
+                # An empty slate: candidates were retrieved but nothing survived filtering.
+                funnel = {"retrieved": retrieved, "filtered": 0, "ranked": 0, "returned": 0}
+            else:
+                ids, items = [], []
+                # A failed request produced nothing: zero funnel and sources keep sum(sources) == retrieved.
+                funnel = {"retrieved": 0, "filtered": 0, "ranked": 0, "returned": 0}
+                collab = trending = cw = 0
+            event: Event = {
+                "type": "serving",
+                "request_id": rid,
+                "ts": ts,
+                "model": models[m],
+                "model_version": versions[a],
+                "arm": arms[a],
+                "surface": surfaces[m],
+                "segment": {"platform": plat, "region": region, "tenure": tenure},
+                "latency_ms": {
+                    "total": total,
+                    "retrieval": stages[0],
+                    "features": stages[1],
+                    "ranking": stages[2],
+                },
+                "funnel": funnel,
+                "sources": {"collab": collab, "trending": trending, "continue_watching": cw},
+                "items": items,
+                "features": {"watch_minutes_7d": watch, "days_since_signup": days, "country": country},
+                "feature_ts": {"watch_minutes_7d": feature_ts},
+                "fallback": status == 2,
+                "error": _ERRORS[err_kind] if status == 1 else None,
+            }
+            append((ts, "serving", key, event))
+            if not (n_imp and ids):
+                continue
+            # Engagement delays are >= BLOCK_MS, so every event below lands in a later block's list.
+            t_imp = ts + imp_delay
+            for pos in range(min(n_imp, len(ids))):
+                t = t_imp + 25 * pos  # the client renders the row left to right
+                ev = _engagement(rid, t, ids[pos], pos, "impression", 0.0)
+                pending[(t - start) // BLOCK_MS].append((t, "engagement", key, ev))
+            if not click:
+                continue
+            item = ids[click_pos]
+            t = t_imp + 25 * click_pos + click_delay
+            pending[(t - start) // BLOCK_MS].append(
+                (t, "engagement", key, _engagement(rid, t, item, click_pos, "click", 0.0))
+            )
+            if not play:
+                continue
+            t += play_delay
+            pending[(t - start) // BLOCK_MS].append(
+                (t, "engagement", key, _engagement(rid, t, item, click_pos, "play", 0.0))
+            )
+            if not complete:
+                continue
+            t += complete_delay
+            # value: seconds watched, as the contract defines it for play/complete.
+            ev = _engagement(rid, t, item, click_pos, "complete", round(complete_delay / 1000, 1))
+            pending[(t - start) // BLOCK_MS].append((t, "engagement", key, ev))
+        return out
+
+
+def _engagement(rid: str, ts: int, item: str, pos: int, action: str, value: float) -> Event:
+    return {
+        "type": "engagement",
+        "request_id": rid,
+        "ts": ts,
+        "item_id": item,
+        "position": pos,
+        "action": action,
+        "value": value,
+    }
+
+
+def _ts_of(entry: _Entry) -> int:
+    return entry[0]

@@ -1,0 +1,123 @@
+"""All Prometheus metrics of stream-monitor in one bundle, built against an injected registry.
+
+Label values are bounded: topics and reasons come from fixed sets, series labels from the capped
+series keyer (``other`` past the cap), and signal gauges of series that went away are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stream_monitor.core.signals import SignalValue
+
+__all__ = ["MonitorMetrics"]
+
+SERIES_LABELS = ("model", "model_version", "arm", "surface", "segment")
+
+
+class MonitorMetrics:
+    """The metrics bundle.
+
+    >>> registry = CollectorRegistry()
+    >>> m = MonitorMetrics(registry)
+    >>> m.consumed.labels(topic="recs.serving").inc(3)
+    >>> registry.get_sample_value("stream_monitor_events_consumed_total", {"topic": "recs.serving"})
+    3.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, segment_dims: tuple[str, ...] = ()) -> None:
+        self.registry = registry
+        self.segment_dims = segment_dims
+        ns = "stream_monitor"
+        self.consumed = Counter(
+            "events_consumed", "Messages read from input topics.", ["topic"], namespace=ns, registry=registry
+        )
+        self.accepted = Counter(
+            "events_accepted", "Valid events counted into windows.", ["topic"], namespace=ns, registry=registry
+        )
+        self.deadlettered = Counter(
+            "events_deadlettered",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["topic", "reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.late = Counter(
+            "events_late", "Events that arrived after their window closed.", namespace=ns, registry=registry
+        )
+        self.skipped = Counter(
+            "events_replayed_skipped",
+            "Messages re-read after a restart or rebalance that were already counted (skipped).",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.series_folded = Counter(
+            "series_folded",
+            "Events whose key dimension values were folded into 'other' by the cardinality cap.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.commits = Counter(
+            "state_commits",
+            "State store commits per partition delta, by result (applied / refused).",
+            ["result"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "state_commit_seconds",
+            "Time to commit one batch to the state store.",
+            namespace=ns,
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.store_up = Gauge(
+            "state_store_up", "1 when the state store answered the last call, else 0.", namespace=ns,
+            registry=registry,
+        )
+        self.watermark = Gauge(
+            "watermark_timestamp_seconds", "Event-time watermark (epoch seconds).", namespace=ns,
+            registry=registry,
+        )
+        self.window_lag = Gauge(
+            "window_lag_seconds",
+            "Wall-clock time minus the end of the newest closed window.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.windows_closed = Counter(
+            "windows_closed", "Windows closed and evaluated.", namespace=ns, registry=registry
+        )
+        self.signal = Gauge(
+            "signal_value",
+            "Latest value of each signal per series (roll-ups have '*' dimensions).",
+            ["signal", "metric", *SERIES_LABELS],
+            namespace=ns,
+            registry=registry,
+        )
+        self.open_alerts = Gauge(
+            "open_alerts", "Alerts currently firing.", ["signal", "severity"], namespace=ns, registry=registry
+        )
+        self.alerts = Counter(
+            "alerts", "Alert messages emitted.", ["signal", "severity", "status"], namespace=ns,
+            registry=registry,
+        )
+        self._signal_labels: set[tuple[str, ...]] = set()
+
+    def set_signals(self, values: Iterable[SignalValue]) -> None:
+        """Replace the signal gauges with one window's values (series no longer present are removed)."""
+        fresh: set[tuple[str, ...]] = set()
+        for v in values:
+            labels = self.series_labels(v.signal, v.metric, v.key)
+            self.signal.labels(*labels).set(v.value)
+            fresh.add(labels)
+        for stale in self._signal_labels - fresh:
+            self.signal.remove(*stale)
+        self._signal_labels = fresh
+
+    def series_labels(self, signal: str, metric: str, key: tuple[str, ...]) -> tuple[str, ...]:
+        segment = ",".join(f"{d}={v}" for d, v in zip(self.segment_dims, key[4:], strict=False) if v != "*")
+        return (signal, metric, *key[:4], segment or "*")

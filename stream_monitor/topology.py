@@ -1,0 +1,152 @@
+"""Load a ``topologies/*.yaml`` spec into a :class:`~stream_monitor.core.topology.Topology`.
+
+Errors name the file and the dotted path of the offending entry.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream_monitor.core.topology import LatencyRule, RateRule, Topology, VolumeRule
+from stream_monitor.core.windows import WindowSpec
+
+__all__ = ["DEFAULT_TOPOLOGY", "TopologyError", "load_topology", "parse_duration_ms", "parse_topology"]
+
+DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "data" / "default.yaml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_RATE_COUNTERS = {"error_rate": "err", "fallback_rate": "fb", "empty_slate_rate": "empty"}
+
+
+class TopologyError(ValueError):
+    """A topology spec that cannot be used."""
+
+
+def parse_duration_ms(value: object, where: str = "duration") -> int:
+    """``"60s"``, ``"5m"``, ``"250ms"`` or an integer of milliseconds.
+
+    >>> parse_duration_ms("90s"), parse_duration_ms(250), parse_duration_ms("1.5m")
+    (90000, 250, 90000)
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return round(float(match.group(1)) * _UNITS[match.group(2)])
+    raise TopologyError(f"{where}: {value!r} is not a duration like 60s, 5m or 250ms")
+
+
+def load_topology(path: Path | str | None = None) -> Topology:
+    """Read a topology file (the packaged default when ``path`` is None or missing)."""
+    file = Path(path) if path is not None else DEFAULT_TOPOLOGY
+    if path is not None and not file.is_file():
+        raise TopologyError(f"{file}: no such topology file")
+    try:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{file}: not valid YAML: {exc}") from exc
+    try:
+        return parse_topology(doc)
+    except TopologyError as exc:
+        raise TopologyError(f"{file}: {exc}") from exc
+
+
+def parse_topology(doc: Any) -> Topology:
+    """Build a Topology from a parsed YAML document.
+
+    >>> t = parse_topology({"name": "x", "window": {"size": "30s"}, "segment_dims": ["region"]})
+    >>> t.window.size_ms, t.group_by
+    (30000, ((), ('region',)))
+    """
+    if not isinstance(doc, dict):
+        raise TopologyError("the document must be a mapping")
+    window = _mapping(doc, "window")
+    segment_dims = tuple(_str_list(doc.get("segment_dims", []), "segment_dims"))
+    signals = _mapping(doc, "signals", required=False)
+    try:
+        spec = WindowSpec(
+            parse_duration_ms(window.get("size", "60s"), "window.size"),
+            parse_duration_ms(window.get("allowed_lateness", "0s"), "window.allowed_lateness"),
+        )
+        group_by = tuple(
+            tuple(_str_list(g, f"group_by[{i}]")) for i, g in enumerate(doc.get("group_by", []) or [])
+        )
+        topology = Topology(
+            name=str(doc.get("name", "default")),
+            window=spec,
+            segment_dims=segment_dims,
+            group_by=group_by,
+            max_values_per_dim=int(doc.get("max_values_per_dim", 64)),
+            relative_accuracy=float(doc.get("relative_accuracy", 0.02)),
+            volume=_volume(_mapping(signals, "volume", required=False)),
+            latency=_latency(_mapping(signals, "latency", required=False)),
+            rates=_rates(_mapping(signals, "rates", required=False)),
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, TopologyError):
+            raise
+        raise TopologyError(str(exc)) from exc
+    return topology
+
+
+def _volume(doc: dict[str, Any]) -> VolumeRule:
+    return VolumeRule(**_known(doc, VolumeRule, "signals.volume"))
+
+
+def _latency(doc: dict[str, Any]) -> LatencyRule:
+    slas: dict[str, dict[float, float]] = {}
+    for stage, quantiles in (doc.get("sla_ms") or {"total": {"p99": 250}}).items():
+        if not isinstance(quantiles, dict):
+            raise TopologyError(f"signals.latency.sla_ms.{stage}: expected a mapping like {{p99: 250}}")
+        slas[str(stage)] = {}
+        for name, limit in quantiles.items():
+            match = re.fullmatch(r"p(50|95|99)", str(name))
+            if not match:
+                raise TopologyError(f"signals.latency.sla_ms.{stage}: {name!r} is not one of p50, p95, p99")
+            slas[str(stage)][int(match.group(1)) / 100] = float(limit)
+    rest = {k: v for k, v in doc.items() if k != "sla_ms"}
+    return LatencyRule(slas_ms=slas, **_known(rest, LatencyRule, "signals.latency"))
+
+
+def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
+    if not doc:
+        return Topology.__dataclass_fields__["rates"].default  # type: ignore[no-any-return]
+    rules = []
+    for signal, spec in doc.items():
+        where = f"signals.rates.{signal}"
+        if not isinstance(spec, dict):
+            raise TopologyError(f"{where}: expected a mapping")
+        counter = spec.get("counter", _RATE_COUNTERS.get(signal))
+        if counter is None:
+            raise TopologyError(f"{where}: unknown rate signal; give its counter (err, fb or empty)")
+        rest = {k: v for k, v in spec.items() if k != "counter"}
+        rules.append(RateRule(signal=signal, counter=counter, **_known(rest, RateRule, where)))
+    return tuple(rules)
+
+
+def _known(doc: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    fields = set(cls.__dataclass_fields__) - {"signal", "counter", "slas_ms"}  # type: ignore[attr-defined]
+    unknown = set(doc) - fields
+    if unknown:
+        raise TopologyError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(fields)})")
+    return dict(doc)
+
+
+def _mapping(doc: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            return {}
+        return {}
+    if not isinstance(value, dict):
+        raise TopologyError(f"{name}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _str_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TopologyError(f"{where}: expected a list of strings")
+    return list(value)
