@@ -11,16 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = ["DEFAULT_TOPICS", "Settings", "Topics"]
 
 
-class Topics(BaseSettings):
+class Topics(BaseModel):
     """Kafka topic names; every one is configurable."""
 
-    model_config = SettingsConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     serving: str = "recs.serving"
     engagement: str = "recs.engagement"

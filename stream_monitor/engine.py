@@ -167,6 +167,10 @@ class Engine:
         if self.metrics:
             self.metrics.accepted.labels(topic=topic).inc()
 
+    def note_highwater(self, topic: str, partition: int, highwater: int | None) -> None:
+        """The partition's log-end offset as the consumer last saw it (see PartitionDelta.highwater)."""
+        self.accumulator.note_highwater(f"{topic}/{partition}", highwater)
+
     def _timing_problem(self, ts: int) -> tuple[str, str] | None:
         if self._closed_before is not None and ts < self._closed_before:
             return ("late_event", f"ts: {ts} is in a window that closed at {self._closed_before}")
@@ -375,6 +379,7 @@ class Engine:
 
 def _merge_into(target: PartitionDelta, newer: PartitionDelta) -> None:
     target.next_offset = newer.next_offset
+    target.highwater = newer.highwater if newer.highwater is not None else target.highwater
     target.max_event_ms = max(target.max_event_ms, newer.max_event_ms)
     for start, sums in newer.windows.items():
         window = target.windows.setdefault(start, {})

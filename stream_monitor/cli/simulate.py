@@ -32,6 +32,7 @@ _STEP_WALL_S = 0.1
 # Event-time length of one step when unpaced (--speed 0): bounds how far the count check can overshoot.
 _UNPACED_STEP_MS = 10_000
 _FLUSH_TIMEOUT_S = 15.0
+_CONNECT_TIMEOUT_S = 10.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -120,30 +121,29 @@ class _KafkaSink:
         from confluent_kafka import KafkaException, Producer
 
         from stream_monitor.config import Settings
+        from stream_monitor.runtime.kafka import client_config, ensure_topics
 
         settings = Settings()
-        self.bootstrap = bootstrap or settings.kafka_bootstrap
+        if bootstrap:
+            settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        self.bootstrap = settings.kafka_bootstrap
         topics = settings.topics
         self._topics: dict[str, str] = {
             "serving": topics.serving,
             "engagement": topics.engagement,
             "deployment": topics.deployments,
         }
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap,
+        # Brokers often run with topic auto-creation off; without the topics every send would time out.
+        ensure_topics(
+            settings, list(self._topics.values()), settings.topic_partitions, timeout_s=_CONNECT_TIMEOUT_S
+        )
+        conf: dict[str, Any] = client_config(settings) | {
             "client.id": "stream-monitor-simulate",
             "linger.ms": 20,
             "acks": "all",
             "enable.idempotence": True,
             "compression.type": "lz4",
         }
-        if settings.kafka_security_protocol.upper() != "PLAINTEXT":
-            conf["security.protocol"] = settings.kafka_security_protocol
-        if settings.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
-            conf["sasl.username"] = settings.kafka_sasl_username or ""
-            if settings.kafka_sasl_password is not None:
-                conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
         try:
             self._producer = Producer(conf)
         except KafkaException:
@@ -222,8 +222,20 @@ def run(args: argparse.Namespace) -> int:
     for inc in incidents:
         offset_s = (inc.onset_ms - start_ms) / 1000
         print(f"simulate: ground truth: {inc.describe()} (onset +{offset_s:g}s)", file=sys.stderr)
+        if args.duration is not None and offset_s >= args.duration:
+            # The default onset is 15 min in; a shorter run would silently contain no incident at all.
+            print(
+                f"simulate: warning: {inc.kind} starts after the run ends (--duration {args.duration:g})",
+                file=sys.stderr,
+            )
 
-    sink: _Sink = _JsonlSink(args.out) if args.out is not None else _KafkaSink(args.bootstrap)
+    try:
+        sink: _Sink = _JsonlSink(args.out) if args.out is not None else _KafkaSink(args.bootstrap)
+    except OSError as exc:
+        return _fail(f"cannot open {args.out}: {exc}")
+    except Exception as exc:  # KafkaException is imported lazily, and a trace would bury the message
+        print(f"simulate: error: cannot set up Kafka: {exc}", file=sys.stderr)
+        return 1
     dumps: Callable[[Any], bytes] = orjson.dumps
     end_ms = None if args.duration is None else start_ms + round(args.duration * 1000)
     step_ms = max(1, round(_STEP_WALL_S * 1000 * args.speed)) if args.speed > 0 else _UNPACED_STEP_MS

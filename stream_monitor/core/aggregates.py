@@ -50,6 +50,9 @@ class PartitionDelta:
     windows: dict[int, dict[str, float]] = field(default_factory=dict)
     window_events: dict[int, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # Log-end offset of the partition when the batch was read (None: unknown). Lets the watermark tell
+    # a partition that is quiet because it is caught up from one that is behind.
+    highwater: int | None = None
 
     def count(self, name: str, by: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + by
@@ -178,6 +181,12 @@ class WindowAccumulator:
         delta.count("accepted")
         window = self._window(delta, event.ts)
         _add(window, f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{event.action}", 1)
+
+    def note_highwater(self, partition: str, highwater: int | None) -> None:
+        """Record the partition's log-end offset as the consumer last saw it."""
+        delta = self._parts.get(partition)
+        if delta is not None and highwater is not None:
+            delta.highwater = highwater
 
     def add_rejected(self, partition: str, offset: int, reason: str) -> None:
         """Advance past a message that was dead-lettered (so a restart does not reprocess it)."""

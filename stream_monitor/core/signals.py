@@ -136,6 +136,7 @@ class WindowEvaluator:
         self.topology = topology
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._key_dims = topology.key_dims
+        self._rate_rules = {rule.signal: rule for rule in topology.rates}
 
     def levels(
         self, series: Mapping[tuple[str, ...], SeriesStats], with_version: bool
@@ -156,12 +157,68 @@ class WindowEvaluator:
         """Signal values, localised breaches and engagement counts for one window."""
         series, engagement = parse_window(fields, len(self._key_dims))
         values: list[SignalValue] = []
-        breaches: list[Breach] = []
+        ceiling: list[Breach] = []
         by_version = self.levels(series, with_version=True)
-        self._rates(by_version, values, breaches)
-        self._latency(by_version, values, breaches)
-        self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, breaches)
-        return values, localise(breaches, values, self._key_dims), engagement
+        self._rates(by_version, values, ceiling)
+        self._latency(by_version, values, ceiling)
+        volume: list[Breach] = []
+        self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, volume)
+        kept = self.explain_away(ceiling, series) + localise(volume, values, self._key_dims)
+        return values, kept, engagement
+
+    def measure(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
+        """The value of a ceiling signal (rate or latency quantile) on ``stats``; None below min_count."""
+        if signal == "latency":
+            quantile, stage = metric.split(".", 1)
+            buckets = stats.latency.get(stage)
+            if stats.n < self.topology.latency.min_count or not buckets:
+                return None
+            return self.buckets.quantile(buckets, int(quantile[1:]) / 100)
+        rule = self._rate_rules[signal]
+        if stats.n < rule.min_count:
+            return None
+        return stats.counters.get(rule.counter, 0) / stats.n
+
+    def explain_away(
+        self, breaches: list[Breach], series: Mapping[tuple[str, ...], SeriesStats]
+    ) -> list[Breach]:
+        """Keep the breaches that are not explained by a more specific, stronger one.
+
+        A tail quantile or a rate that breaches in one slice (region=eu) also breaches in every roll-up
+        that contains enough of that slice (platform=ios, the total). Breaches are taken strongest first
+        (observed / threshold); a later one is *explained* by a kept one when the same statistic computed
+        without the kept one's slice no longer breaches. What remains names where the problem is.
+        """
+        n_base = len(KEY_DIMS)
+        groups: dict[tuple[object, ...], list[Breach]] = {}
+        for breach in breaches:
+            groups.setdefault((breach.signal, breach.metric, breach.key[:n_base]), []).append(breach)
+        kept: list[Breach] = []
+        for group in groups.values():
+            # Specific slices before roll-ups, strongest first, so a roll-up is judged last.
+            order = sorted(
+                group,
+                key=lambda b: (
+                    all(v == ALL for v in b.key[n_base:]),
+                    -(b.observed / b.threshold if b.threshold else 0.0),
+                ),
+            )
+            chosen: list[Breach] = []
+            for breach in order:
+                if not any(self._explained(breach, by, series) for by in chosen):
+                    chosen.append(breach)
+            kept.extend(chosen)
+        return kept
+
+    def _explained(
+        self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]
+    ) -> bool:
+        residual = SeriesStats()
+        for key, stats in series.items():
+            if _matches(key, breach.key) and not _matches(key, by.key):
+                residual.merge(stats)
+        value = self.measure(residual, breach.signal, breach.metric)
+        return value is None or breach.threshold is None or value <= breach.threshold
 
     def _rates(
         self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]
@@ -265,6 +322,11 @@ class WindowEvaluator:
             if not breached:
                 past.append(count)
                 del past[: -rule.baseline_windows]
+
+
+def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a full series key falls in the slice ``pattern`` (``*`` matches anything)."""
+    return all(p == ALL or p == k for k, p in zip(key, pattern, strict=True))
 
 
 def localise(breaches: list[Breach], values: list[SignalValue], key_dims: tuple[str, ...]) -> list[Breach]:

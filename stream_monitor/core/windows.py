@@ -2,8 +2,8 @@
 
 A window ``[start, start + size)`` may close once the watermark has passed ``start + size + lateness``.
 The watermark is the smallest of the per-partition maxima of event time, so one partition replaying a
-backlog holds windows open until it catches up; partitions that have gone quiet (in wall-clock time) do
-not hold it back, and when every partition is quiet the watermark advances with the wall clock so that a
+backlog holds windows open until it catches up; partitions that have gone quiet (in wall-clock time)
+while caught up with their log do not hold it back, and when every partition is quiet the watermark advances with the wall clock so that a
 total outage still closes windows (and shows up as silence instead of as nothing).
 """
 
@@ -58,11 +58,17 @@ class WindowSpec:
 
 @dataclass(frozen=True, slots=True)
 class PartitionProgress:
-    """How far one input partition has been consumed and counted."""
+    """How far one input partition has been consumed and counted (``max_event_ms`` 0: nothing yet)."""
 
     next_offset: int
     max_event_ms: int
     updated_wall_ms: int
+    highwater: int | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        """Everything the broker had for this partition (when last asked) has been counted."""
+        return self.highwater is None or self.next_offset >= self.highwater
 
 
 def watermark(progress: Iterable[PartitionProgress], now_wall_ms: int, idle_timeout_ms: int) -> int | None:
@@ -77,7 +83,9 @@ def watermark(progress: Iterable[PartitionProgress], now_wall_ms: int, idle_time
     parts = list(progress)
     if not parts:
         return None
-    active = [p.max_event_ms for p in parts if now_wall_ms - p.updated_wall_ms < idle_timeout_ms]
+    active = [
+        p.max_event_ms for p in parts if now_wall_ms - p.updated_wall_ms < idle_timeout_ms or not p.caught_up
+    ]
     if active:
         return min(active)
     newest = max(parts, key=lambda p: p.max_event_ms)

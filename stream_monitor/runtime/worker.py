@@ -114,6 +114,9 @@ class WorkerRuntime:
                         message.value,
                         round(message.timestamp * 1000) if message.timestamp else None,
                     )
+                consumer = self.app.consumer
+                for tp in {event.message.tp for event in events}:
+                    engine.note_highwater(tp.topic, tp.partition, consumer.highwater(tp))
                 await self.commit()
                 claims = engine.claims
                 for event in events:

@@ -47,7 +47,11 @@ class StateStore(Protocol):
     """Storage for window state; see the module docstring for the guarantees."""
 
     def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
-        """Take ownership of ``partitions`` (fencing previous owners); returns where to resume."""
+        """Take ownership of ``partitions`` (fencing previous owners); returns where to resume.
+
+        A claimed partition holds the watermark back from now until it has been idle for the idle
+        timeout, even before its first commit.
+        """
         ...
 
     def commit(

@@ -32,6 +32,7 @@ for _, part in ipairs(doc.parts) do
       redis.call('HINCRBY', p .. ':totals', name, value)
     end
     redis.call('HSET', p .. ':offset', tp, part.next)
+    if part.hw ~= '' then redis.call('HSET', p .. ':hw', tp, part.hw) end
     local old_ts = tonumber(redis.call('HGET', p .. ':maxts', tp) or '0')
     if tonumber(part.max_ts) > old_ts then
       redis.call('HSET', p .. ':maxts', tp, part.max_ts)

@@ -27,6 +27,7 @@ class MemoryStore:
         self._offset: dict[str, int] = {}
         self._max_ts: dict[str, int] = {}
         self._seen: dict[str, int] = {}
+        self._highwater: dict[str, int] = {}
         self._windows: dict[int, dict[str, float]] = {}
         self._open: set[int] = set()
         self._closed_before: int | None = None
@@ -40,6 +41,8 @@ class MemoryStore:
             out = {}
             for tp in partitions:
                 self._epoch[tp] = self._epoch.get(tp, 0) + 1
+                self._max_ts.setdefault(tp, 0)
+                self._seen[tp] = now_ms
                 out[tp] = PartitionClaim(tp, self._epoch[tp], self._offset.get(tp, 0))
             return out
 
@@ -65,6 +68,8 @@ class MemoryStore:
                 for name, value in delta.counts.items():
                     self._totals[name] = self._totals.get(name, 0) + value
                 self._offset[tp] = delta.next_offset
+                if delta.highwater is not None:
+                    self._highwater[tp] = delta.highwater
                 if delta.max_event_ms > self._max_ts.get(tp, 0):
                     self._max_ts[tp] = delta.max_event_ms
                     self._seen[tp] = now_ms
@@ -78,9 +83,10 @@ class MemoryStore:
     def progress(self) -> dict[str, PartitionProgress]:
         with self._lock:
             return {
-                tp: PartitionProgress(self._offset[tp], self._max_ts.get(tp, 0), self._seen.get(tp, 0))
-                for tp in self._offset
-                if tp in self._max_ts
+                tp: PartitionProgress(
+                    self._offset.get(tp, 0), ts, self._seen.get(tp, 0), self._highwater.get(tp)
+                )
+                for tp, ts in self._max_ts.items()
             }
 
     def closed_before(self) -> int | None:

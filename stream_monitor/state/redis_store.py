@@ -3,7 +3,7 @@
 Every commit is one ``EVALSHA`` whatever the batch size (never a round trip per event); the script checks
 each partition's epoch and offset and applies or refuses its delta as a unit. Keys, under ``prefix``:
 
-``:epoch`` ``:offset`` ``:maxts`` ``:seen``  hashes keyed by partition (``topic/partition``)
+``:epoch`` ``:offset`` ``:maxts`` ``:seen`` ``:hw``  hashes keyed by partition (``topic/partition``)
 ``:win:<start>``  hash ``"<series>#<metric>" -> sum`` for one window (expires ``window_ttl_s`` after close)
 ``:windows``  sorted set of open window starts;  ``:closed_before``  first start still open
 ``:detector``  detector checkpoint (versioned JSON, never pickle);  ``:totals``  message counters
@@ -65,7 +65,7 @@ class RedisStore:
     def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
         if not partitions:
             return {}
-        flat = self._call(self._claim, args=[self.prefix, *partitions])
+        flat = self._call(self._claim, args=[self.prefix, now_ms, *partitions])
         out = {}
         for i in range(0, len(flat), 3):
             tp = flat[i].decode()
@@ -85,6 +85,7 @@ class RedisStore:
                     "first": str(d.first_offset),
                     "next": str(d.next_offset),
                     "max_ts": str(d.max_event_ms),
+                    "hw": "" if d.highwater is None else str(d.highwater),
                     "windows": {str(s): sums for s, sums in d.windows.items()},
                     "events": {str(s): n for s, n in d.window_events.items()},
                     "counts": d.counts,
@@ -106,13 +107,17 @@ class RedisStore:
 
     def progress(self) -> dict[str, PartitionProgress]:
         pipe = self.client.pipeline(transaction=False)
-        for name in ("offset", "maxts", "seen"):
+        for name in ("offset", "maxts", "seen", "hw"):
             pipe.hgetall(f"{self.prefix}:{name}")
-        offsets, maxts, seen = self._call(pipe.execute)
+        offsets, maxts, seen, highwater = self._call(pipe.execute)
         return {
-            tp.decode(): PartitionProgress(int(off), int(maxts[tp]), int(seen.get(tp, 0)))
-            for tp, off in offsets.items()
-            if tp in maxts
+            tp.decode(): PartitionProgress(
+                int(offsets.get(tp, 0)),
+                int(ts),
+                int(seen.get(tp, 0)),
+                int(highwater[tp]) if tp in highwater else None,
+            )
+            for tp, ts in maxts.items()
         }
 
     def closed_before(self) -> int | None:

@@ -123,3 +123,25 @@ def test_any_batching_gives_the_same_sums(counts: list[int], splits: list[int]) 
         i += size
     total = sum(store.read_window(s).get("s#n", 0) for s in (0, 60_000, 120_000))
     assert total == sum(counts)
+
+
+def test_a_claimed_partition_holds_the_watermark_before_its_first_commit(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    store.commit([delta(0, 2, {0: {"s#n": 2}}, ts=50_000)], {TP: 1}, now_ms=1)
+    store.claim(["recs.serving/1"], now_ms=7)
+    progress = store.progress()
+    assert progress["recs.serving/1"].max_event_ms == 0
+    assert progress["recs.serving/1"].updated_wall_ms == 7
+    assert progress[TP].max_event_ms == 50_000
+
+
+def test_progress_reports_whether_a_partition_is_caught_up(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    behind = delta(0, 2, {0: {"s#n": 2}}, ts=50_000)
+    behind.highwater = 10
+    store.commit([behind], {TP: 1}, now_ms=1)
+    assert not store.progress()[TP].caught_up
+    done = delta(2, 10, {0: {"s#n": 8}}, ts=51_000)
+    done.highwater = 10
+    store.commit([done], {TP: 1}, now_ms=2)
+    assert store.progress()[TP].caught_up
