@@ -97,6 +97,7 @@ class Engine:
         self._closed_before: int | None = None
         self._window = topology.window
         self._folded_seen = 0
+        self.windows_closed = 0
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class Engine:
     # -- close ----------------------------------------------------------------------------------------
 
     def close_ready(self, final: bool = False) -> list[Alert]:
-        """Close every window the watermark has passed (all of them when ``final``) and run detection.
+        """Close every window the watermark has passed (when ``final``: every complete window).
 
         Only the holder of the closer lease does this, so detection runs once per window however many
         workers there are.
@@ -309,9 +310,12 @@ class Engine:
         closed_before = self.store.closed_before()
         size = self._window.size_ms
         if final:
-            if not open_windows:
+            # End of a recording: every partition is done, so close each window that the data covers
+            # completely; the window holding the last event is partial and is not judged.
+            progress = self.store.progress().values()
+            if not progress:
                 return []
-            limit = open_windows[-1] + size
+            limit = self._window.start_of(max(p.max_event_ms for p in progress))
         else:
             mark = watermark(self.store.progress().values(), now, self.options.idle_timeout_ms)
             if mark is None:
@@ -347,6 +351,7 @@ class Engine:
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 break  # someone else closed it: stop, and reload their state next time
             emitted.extend(alerts)
+            self.windows_closed += 1
             self._record_close(values, alerts, state, end, now)
         self._closed_before = self.store.closed_before()
         return emitted

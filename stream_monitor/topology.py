@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from stream_monitor.core.topology import LatencyRule, RateRule, Topology, VolumeRule
+from stream_monitor.core.topology import DEFAULT_RATES, LatencyRule, RateRule, Topology, VolumeRule
 from stream_monitor.core.windows import WindowSpec
 
 __all__ = ["DEFAULT_TOPOLOGY", "TopologyError", "load_topology", "parse_duration_ms", "parse_topology"]
@@ -113,7 +113,7 @@ def _latency(doc: dict[str, Any]) -> LatencyRule:
 
 def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
     if not doc:
-        return Topology.__dataclass_fields__["rates"].default  # type: ignore[no-any-return]
+        return DEFAULT_RATES
     rules = []
     for signal, spec in doc.items():
         where = f"signals.rates.{signal}"

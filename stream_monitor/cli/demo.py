@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--duration", type=float, default=None, help="wall seconds to run (default: until Ctrl-C)")
-    p.add_argument("--speed", type=float, default=30.0, help="event-time seconds per wall second (default 30)")
+    p.add_argument(
+        "--speed", type=float, default=30.0, help="event-time seconds per wall second (default 30)"
+    )
     p.add_argument("--rate", type=float, default=60.0, help="simulated requests per event-time second")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
@@ -78,10 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
     pipeline = InProcessPipeline(engine, settings.topics, settings.topic_partitions)
 
-    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"stream-monitor demo: {args.rate:g} req/s simulated at {args.speed:g}x, windows of "
-        f"{topology.window.size_ms // 1000} s" + (f", metrics on http://{settings.metrics_addr}:{port}/metrics"
-                                                   if port else ""))
+    def say(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
+    say(
+        f"stream-monitor demo: {args.rate:g} req/s simulated at {args.speed:g}x, windows of "
+        f"{topology.window.size_ms // 1000} s"
+        + (f", metrics on http://{settings.metrics_addr}:{port}/metrics" if port else "")
+    )
     for inc in incidents:
         wall = (inc.onset_ms - start_ms) / 1000 / args.speed
         say(f"  injected: {inc.describe()}  (about {wall:.0f} s of wall time from now)")
@@ -107,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     totals = engine.store.totals()
     say(
         f"\nprocessed {totals.get('consumed', 0)} events ({totals.get('rejected', 0)} rejected) in "
-        f"{time.monotonic() - began:.0f} s; {int(metrics.windows_closed._value.get())} windows closed"
+        f"{time.monotonic() - began:.0f} s; {engine.windows_closed} windows closed"
     )
     return 0

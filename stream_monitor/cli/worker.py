@@ -39,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     server = start_metrics_server(registry, settings.metrics_addr, settings.metrics_port)
     log.info(
         "metrics on http://%s:%d/metrics; topology %s (%d s windows)",
-        settings.metrics_addr, settings.metrics_port, topology.name, topology.window.size_ms // 1000,
+        settings.metrics_addr,
+        settings.metrics_port,
+        topology.name,
+        topology.window.size_ms // 1000,
     )
     worker = faust.Worker(runtime.app, loglevel=args.loglevel.upper(), quiet=True, override_logging=True)
     try:

@@ -168,7 +168,11 @@ class AlertBook:
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):
             doc = state.open_alerts[dedupe]
             ratio = self.clear_ratios.get(doc["signal"])
-            if ratio is not None and doc["threshold"] is not None and values[dedupe] > doc["threshold"] * ratio:
+            if (
+                ratio is not None
+                and doc["threshold"] is not None
+                and values[dedupe] > doc["threshold"] * ratio
+            ):
                 continue
             opened = Alert.from_dict(state.open_alerts.pop(dedupe))
             opened.status = "resolved"

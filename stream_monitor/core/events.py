@@ -159,7 +159,9 @@ def parse_event(raw: bytes, expected: str | None = None) -> Event:
         raise EventError("invalid_json", None, f"expected a JSON object, got {type(doc).__name__}")
     kind = doc.get("type")
     if expected is not None and kind != expected:
-        raise EventError("unknown_type", "type", f"{_short(kind)} on a topic that carries {expected!r} events")
+        raise EventError(
+            "unknown_type", "type", f"{_short(kind)} on a topic that carries {expected!r} events"
+        )
     if kind == "serving":
         return _serving(doc)
     if kind == "engagement":

@@ -210,9 +210,7 @@ class WindowEvaluator:
             kept.extend(chosen)
         return kept
 
-    def _explained(
-        self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]
-    ) -> bool:
+    def _explained(self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]) -> bool:
         residual = SeriesStats()
         for key, stats in series.items():
             if _matches(key, breach.key) and not _matches(key, by.key):
@@ -326,7 +324,7 @@ class WindowEvaluator:
 
 def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     """Whether a full series key falls in the slice ``pattern`` (``*`` matches anything)."""
-    return all(p == ALL or p == k for k, p in zip(key, pattern, strict=True))
+    return all(p in (ALL, k) for k, p in zip(key, pattern, strict=True))
 
 
 def localise(breaches: list[Breach], values: list[SignalValue], key_dims: tuple[str, ...]) -> list[Breach]:

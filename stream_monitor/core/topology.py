@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from stream_monitor.core.windows import WindowSpec
 
-__all__ = ["LatencyRule", "RateRule", "Topology", "VolumeRule"]
+__all__ = ["DEFAULT_RATES", "LatencyRule", "RateRule", "Topology", "VolumeRule"]
 
 KEY_DIMS = ("model", "model_version", "arm", "surface")
 
@@ -48,6 +48,13 @@ class LatencyRule:
         return tuple(self.slas_ms)
 
 
+DEFAULT_RATES = (
+    RateRule("error_rate", "err", threshold=0.02),
+    RateRule("fallback_rate", "fb", threshold=0.05),
+    RateRule("empty_slate_rate", "empty", threshold=0.02),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """One monitoring topology: windows, key dimensions, roll-ups and signal rules.
@@ -69,11 +76,7 @@ class Topology:
     latency: LatencyRule = field(
         default_factory=lambda: LatencyRule(slas_ms={"total": {0.99: 250.0}}),
     )
-    rates: tuple[RateRule, ...] = (
-        RateRule("error_rate", "err", threshold=0.02),
-        RateRule("fallback_rate", "fb", threshold=0.05),
-        RateRule("empty_slate_rate", "empty", threshold=0.02),
-    )
+    rates: tuple[RateRule, ...] = DEFAULT_RATES
 
     def __post_init__(self) -> None:
         if not self.group_by:

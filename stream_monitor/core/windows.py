@@ -3,8 +3,9 @@
 A window ``[start, start + size)`` may close once the watermark has passed ``start + size + lateness``.
 The watermark is the smallest of the per-partition maxima of event time, so one partition replaying a
 backlog holds windows open until it catches up; partitions that have gone quiet (in wall-clock time)
-while caught up with their log do not hold it back, and when every partition is quiet the watermark advances with the wall clock so that a
-total outage still closes windows (and shows up as silence instead of as nothing).
+while caught up with their log do not hold it back, and when every partition is quiet the watermark
+advances with the wall clock so that a total outage still closes windows (and shows up as silence
+instead of as nothing).
 """
 
 from __future__ import annotations

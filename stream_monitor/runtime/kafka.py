@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream_monitor.config import Settings
 from stream_monitor.core.alerts import Alert
@@ -119,7 +119,8 @@ class _KafkaOutput:
         if remaining or self._delivery.failed:
             failed, self._delivery.failed = self._delivery.failed, 0
             raise KafkaException(
-                f"{remaining} messages to {self.topic} still queued, {failed} failed: {self._delivery.last_error}"
+                f"{remaining} messages to {self.topic} still queued, {failed} failed: "
+                f"{self._delivery.last_error}"
             )
         self._unflushed = 0
 

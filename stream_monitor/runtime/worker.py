@@ -88,13 +88,15 @@ class WorkerRuntime:
             stream_buffer_maxsize=max(4096, s.batch_max * 2),
         )
         for topic_name, kind in self.inputs.items():
-            topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw")
+            topic = app.topic(
+                topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
             app.agent(topic, name=f"stream_monitor.{kind}")(self._agent_for(kind))
 
         app.timer(interval=s.close_interval_s)(self._close_windows)
-        app.on_partitions_assigned.connect(self._on_assigned)
-        app.on_partitions_revoked.connect(self._on_revoked)
+        # Faust's signal typing predates async receivers with keyword arguments; the call is documented.
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         return app
 
     def _agent_for(self, kind: str) -> Any:
@@ -102,7 +104,8 @@ class WorkerRuntime:
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
 
         async def agent(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(batch_max, within=within):
+            # noack_take: we ack each message ourselves, only once its delta is in the state store.
+            async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
                 for event in events:
                     message = event.message
                     engine.ingest(
@@ -163,14 +166,19 @@ class WorkerRuntime:
         async with self._commit_lock:
             while True:
                 try:
-                    claims = await asyncio.to_thread(self.engine.store.claim, ours, self.engine.clock.now_ms())
+                    claims = await asyncio.to_thread(
+                        self.engine.store.claim, ours, self.engine.clock.now_ms()
+                    )
                     break
                 except StoreUnavailable as exc:
                     log.warning("cannot claim partitions yet: %s", exc)
                     await asyncio.sleep(1.0)
             self.engine.adopt(claims)
-        log.info("claimed %d partitions: %s", len(claims), ", ".join(f"{c.partition}@{c.next_offset}"
-                                                                     for c in claims.values()))
+        log.info(
+            "claimed %d partitions: %s",
+            len(claims),
+            ", ".join(f"{c.partition}@{c.next_offset}" for c in claims.values()),
+        )
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         ours = self._ours(revoked)

@@ -6,7 +6,7 @@ import base64
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, ClassVar, Protocol
 
 import orjson
 
@@ -99,7 +99,12 @@ class JsonLinesSink:
 class TerminalAlertSink:
     """Prints alerts for people, one line each."""
 
-    COLOURS = {"critical": "\033[31m", "warning": "\033[33m", "info": "\033[36m", "resolved": "\033[32m"}
+    COLOURS: ClassVar[dict[str, str]] = {
+        "critical": "\033[31m",
+        "warning": "\033[33m",
+        "info": "\033[36m",
+        "resolved": "\033[32m",
+    }
 
     def __init__(self, stream: IO[str] | None = None, colour: bool | None = None) -> None:
         self.stream = stream or sys.stdout

@@ -35,7 +35,11 @@ class MonitorMetrics:
             "events_consumed", "Messages read from input topics.", ["topic"], namespace=ns, registry=registry
         )
         self.accepted = Counter(
-            "events_accepted", "Valid events counted into windows.", ["topic"], namespace=ns, registry=registry
+            "events_accepted",
+            "Valid events counted into windows.",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
         )
         self.deadlettered = Counter(
             "events_deadlettered",
@@ -75,11 +79,15 @@ class MonitorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
         self.store_up = Gauge(
-            "state_store_up", "1 when the state store answered the last call, else 0.", namespace=ns,
+            "state_store_up",
+            "1 when the state store answered the last call, else 0.",
+            namespace=ns,
             registry=registry,
         )
         self.watermark = Gauge(
-            "watermark_timestamp_seconds", "Event-time watermark (epoch seconds).", namespace=ns,
+            "watermark_timestamp_seconds",
+            "Event-time watermark (epoch seconds).",
+            namespace=ns,
             registry=registry,
         )
         self.window_lag = Gauge(
@@ -102,7 +110,10 @@ class MonitorMetrics:
             "open_alerts", "Alerts currently firing.", ["signal", "severity"], namespace=ns, registry=registry
         )
         self.alerts = Counter(
-            "alerts", "Alert messages emitted.", ["signal", "severity", "status"], namespace=ns,
+            "alerts",
+            "Alert messages emitted.",
+            ["signal", "severity", "status"],
+            namespace=ns,
             registry=registry,
         )
         self._signal_labels: set[tuple[str, ...]] = set()

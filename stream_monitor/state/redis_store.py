@@ -37,7 +37,7 @@ def _script(name: str) -> str:
 class RedisStore:
     """A StateStore in Redis (single primary; all keys of one app share ``prefix``)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "sm", window_ttl_s: int = 86_400) -> None:
+    def __init__(self, client: redis.Redis[bytes], prefix: str = "sm", window_ttl_s: int = 86_400) -> None:
         self.client = client
         self.prefix = prefix
         self.window_ttl_s = window_ttl_s
@@ -132,9 +132,7 @@ class RedisStore:
         return {k.decode(): float(v) for k, v in raw.items()}
 
     def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
-        done = self._call(
-            self._close, args=[self.prefix, start, end, detector_state, self.window_ttl_s]
-        )
+        done = self._call(self._close, args=[self.prefix, start, end, detector_state, self.window_ttl_s])
         return bool(done)
 
     def load_detector_state(self) -> bytes | None:

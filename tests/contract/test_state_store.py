@@ -19,10 +19,19 @@ def store(request: pytest.FixtureRequest) -> StateStore:
     return request.getfixturevalue("redis_store")  # type: ignore[no-any-return]
 
 
-def delta(first: int, nxt: int, sums: dict[int, dict[str, float]], tp: str = TP, ts: int = 0) -> PartitionDelta:
+def delta(
+    first: int, nxt: int, sums: dict[int, dict[str, float]], tp: str = TP, ts: int = 0
+) -> PartitionDelta:
     events = {start: int(fields.get("s#n", 0)) for start, fields in sums.items()}
-    return PartitionDelta(tp, first, nxt, max_event_ms=ts, windows=sums, window_events=events,
-                          counts={"consumed": nxt - first, "accepted": nxt - first})
+    return PartitionDelta(
+        tp,
+        first,
+        nxt,
+        max_event_ms=ts,
+        windows=sums,
+        window_events=events,
+        counts={"consumed": nxt - first, "accepted": nxt - first},
+    )
 
 
 def test_claim_bumps_epoch_and_reports_resume_offset(store: StateStore) -> None:

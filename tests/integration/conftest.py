@@ -149,8 +149,15 @@ def wait_for(
 def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                         "partitioner": "murmur2_random", "compression.type": "lz4"})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+        }
+    )
     for topic, key, value in messages:
         while True:
             try:
@@ -166,8 +173,14 @@ def consume_all(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[Any]
     """Every message currently on ``topic`` (from the beginning), as (key, value) pairs."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     out = []
     deadline = time.monotonic() + timeout_s
@@ -199,10 +212,14 @@ def totals(client: redis.Redis, prefix: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:totals").items()}
 
 
-def events_to_messages(events: list[tuple[str, bytes | None, dict[str, Any]]], dep: Deployment
-                       ) -> list[tuple[str, bytes | None, bytes]]:
-    topic = {"serving": dep.topics["serving"], "engagement": dep.topics["engagement"],
-             "deployment": dep.topics["deployments"]}
+def events_to_messages(
+    events: list[tuple[str, bytes | None, dict[str, Any]]], dep: Deployment
+) -> list[tuple[str, bytes | None, bytes]]:
+    topic = {
+        "serving": dep.topics["serving"],
+        "engagement": dep.topics["engagement"],
+        "deployment": dep.topics["deployments"],
+    }
     return [(topic[kind], key, orjson.dumps(event)) for kind, key, event in events]
 
 
@@ -243,4 +260,6 @@ def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Wor
     artefacts.mkdir(exist_ok=True)
     for worker in started:
         if worker.log_path.exists():
-            (artefacts / f"{request.node.name}-{worker.log_path.name}").write_bytes(worker.log_path.read_bytes())
+            (artefacts / f"{request.node.name}-{worker.log_path.name}").write_bytes(
+                worker.log_path.read_bytes()
+            )

@@ -34,8 +34,12 @@ WINDOW_MS = 60_000
 
 
 def simulated(start_ms: int, duration_s: float, rate: float, incidents: list[str] = (), seed: int = 11):  # type: ignore[assignment]
-    sim = TrafficSimulator(seed=seed, start_ms=start_ms, rate_per_s=rate,
-                           incidents=[parse_incident(spec, start_ms) for spec in incidents])
+    sim = TrafficSimulator(
+        seed=seed,
+        start_ms=start_ms,
+        rate_per_s=rate,
+        incidents=[parse_incident(spec, start_ms) for spec in incidents],
+    )
     return list(sim.events(duration_s))
 
 
@@ -48,18 +52,27 @@ def test_incident_alert_reaches_kafka_and_metrics(
     deployment: Deployment, workers: list[WorkerProcess], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     start = aligned_past(2)
-    events = simulated(start, duration_s=24 * 60, rate=25,
-                       incidents=["latency_regression:region=eu,stage=ranking,magnitude=4,onset=720"])
+    events = simulated(
+        start,
+        duration_s=24 * 60,
+        rate=25,
+        incidents=["latency_regression:region=eu,stage=ranking,magnitude=4,onset=720"],
+    )
     produce(deployment.bootstrap, events_to_messages(events, deployment))
 
     began = time.monotonic()
     worker = WorkerProcess(deployment, tmp_path).start()
     workers.append(worker)
-    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) > 0, 90,
-             "the first commit", worker)
+    wait_for(
+        lambda: totals(redis_client, deployment.prefix).get("consumed", 0) > 0, 90, "the first commit", worker
+    )
     first_commit = time.monotonic()
-    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= len(events), 180,
-             "every event to be counted", worker)
+    wait_for(
+        lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= len(events),
+        180,
+        "every event to be counted",
+        worker,
+    )
     all_counted = time.monotonic()
 
     def latency_alerts() -> list[dict[str, object]]:
@@ -79,21 +92,37 @@ def test_incident_alert_reaches_kafka_and_metrics(
     assert all(a["key"]["region"] == "eu" for a in alerts), alerts
 
     metrics = worker.metrics()
-    samples = [(sample.name, sample.labels, sample.value)
-               for family in text_string_to_metric_families(metrics) for sample in family.samples]
-    eu_ranking = [value for name, labels, value in samples
-                  if name == "stream_monitor_signal_value" and labels["signal"] == "latency"
-                  and labels["metric"] == "p99.ranking" and labels["segment"] == "region=eu"]
+    samples = [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    ]
+    eu_ranking = [
+        value
+        for name, labels, value in samples
+        if name == "stream_monitor_signal_value"
+        and labels["signal"] == "latency"
+        and labels["metric"] == "p99.ranking"
+        and labels["segment"] == "region=eu"
+    ]
     assert eu_ranking and eu_ranking[0] > 150, eu_ranking
-    open_latency = [value for name, labels, value in samples
-                    if name == "stream_monitor_open_alerts" and labels["signal"] == "latency"]
+    open_latency = [
+        value
+        for name, labels, value in samples
+        if name == "stream_monitor_open_alerts" and labels["signal"] == "latency"
+    ]
     assert sum(open_latency) >= 1
     served = sum(1 for kind, _, _ in events if kind == "serving")
-    assert f'stream_monitor_events_consumed_total{{topic="{deployment.topics["serving"]}"}} {served}.0' in metrics
+    assert (
+        f'stream_monitor_events_consumed_total{{topic="{deployment.topics["serving"]}"}} {served}.0'
+        in metrics
+    )
 
     rate = len(events) / (all_counted - first_commit)
-    print(f"\nTHROUGHPUT worker: {len(events)} events in {all_counted - first_commit:.1f} s from first commit "
-          f"= {rate:.0f} events/s (startup to first commit {first_commit - began:.1f} s)")
+    print(
+        f"\nTHROUGHPUT worker: {len(events)} events in {all_counted - first_commit:.1f} s from first commit "
+        f"= {rate:.0f} events/s (startup to first commit {first_commit - began:.1f} s)"
+    )
 
 
 def test_kill_and_restart_counts_every_event_exactly_once(
@@ -105,16 +134,24 @@ def test_kill_and_restart_counts_every_event_exactly_once(
 
     first = WorkerProcess(deployment, tmp_path, "first").start()
     workers.append(first)
-    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) > len(events) // 4, 120,
-             "a quarter of the events to be counted", first)
+    wait_for(
+        lambda: totals(redis_client, deployment.prefix).get("consumed", 0) > len(events) // 4,
+        120,
+        "a quarter of the events to be counted",
+        first,
+    )
     first.kill()
     counted_at_kill = totals(redis_client, deployment.prefix)["consumed"]
     assert counted_at_kill < len(events), "the worker finished before it could be killed mid-stream"
 
     second = WorkerProcess(deployment, tmp_path, "second").start()
     workers.append(second)
-    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= len(events), 180,
-             "every event to be counted after the restart", second)
+    wait_for(
+        lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= len(events),
+        180,
+        "every event to be counted after the restart",
+        second,
+    )
     time.sleep(3)  # anything double-counted would show up in the totals by now
     assert totals(redis_client, deployment.prefix)["consumed"] == len(events)
 
@@ -131,8 +168,10 @@ def test_kill_and_restart_counts_every_event_exactly_once(
     stored_engagement = {s: int(sum(v for k, v in f.items() if "#eng." in k)) for s, f in sums.items()}
     assert {s: n for s, n in stored_serving.items() if n} == dict(expected_serving)
     assert {s: n for s, n in stored_engagement.items() if n} == dict(expected_engagement)
-    print(f"\nCRASH: killed at {counted_at_kill}/{len(events)} counted; after restart "
-          f"{totals(redis_client, deployment.prefix)['consumed']} counted, per-window sums exact")
+    print(
+        f"\nCRASH: killed at {counted_at_kill}/{len(events)} counted; after restart "
+        f"{totals(redis_client, deployment.prefix)['consumed']} counted, per-window sums exact"
+    )
 
 
 def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
@@ -145,11 +184,17 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
         (serving_topic, b"k1", b"{not json"),
         (serving_topic, b"k2", b"\xff\xfe\x00garbage"),
         (serving_topic, b"k3", orjson.dumps({"type": "serving", "request_id": "r", "ts": start})),
-        (serving_topic, b"k4", orjson.dumps({"type": "engagement", "request_id": "r", "ts": start,
-                                              "action": "click"})),
+        (
+            serving_topic,
+            b"k4",
+            orjson.dumps({"type": "engagement", "request_id": "r", "ts": start, "action": "click"}),
+        ),
         (serving_topic, b"k5", orjson.dumps([1, 2, 3])),
-        (deployment.topics["engagement"], b"k6",
-         orjson.dumps({"type": "engagement", "request_id": "r", "ts": start, "action": "hover"})),
+        (
+            deployment.topics["engagement"],
+            b"k6",
+            orjson.dumps({"type": "engagement", "request_id": "r", "ts": start, "action": "hover"}),
+        ),
     ]
     messages = events_to_messages(good, deployment)
     half = len(messages) // 2
@@ -158,16 +203,27 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
     worker = WorkerProcess(deployment, tmp_path).start()
     workers.append(worker)
     total = len(messages) + len(bad)
-    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= total, 120,
-             "every message to be consumed", worker)
+    wait_for(
+        lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= total,
+        120,
+        "every message to be consumed",
+        worker,
+    )
     counts = totals(redis_client, deployment.prefix)
     assert counts["consumed"] == total
     assert counts["rejected"] == len(bad)
     assert counts["accepted"] == len(messages)
 
     dead = wait_for(
-        lambda: (d := consume_all(deployment.bootstrap, deployment.topics["deadletter"])) and len(d) >= len(bad)
-        and d, 60, "dead letters", worker)
+        lambda: (
+            (d := consume_all(deployment.bootstrap, deployment.topics["deadletter"]))
+            and len(d) >= len(bad)
+            and d
+        ),
+        60,
+        "dead letters",
+        worker,
+    )
     records = [orjson.loads(v) for _k, v in dead]
     reasons = Counter(r["reason"] for r in records)
     assert reasons == Counter({"invalid_json": 3, "missing_field": 1, "unknown_type": 1, "invalid_field": 1})
@@ -175,8 +231,11 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
 
     originals = {base64.b64decode(r["value_b64"]) for r in records}
     assert {value for _t, _k, value in bad} == originals
-    assert all(r["topic"] in (serving_topic, deployment.topics["engagement"]) and r["offset"] >= 0
-               for r in records)
+    assert all(
+        r["topic"] in (serving_topic, deployment.topics["engagement"]) and r["offset"] >= 0 for r in records
+    )
     metrics = worker.metrics()
-    assert f'stream_monitor_events_deadlettered_total{{reason="invalid_json",topic="{serving_topic}"}} 3.0' \
+    assert (
+        f'stream_monitor_events_deadlettered_total{{reason="invalid_json",topic="{serving_topic}"}} 3.0'
         in metrics
+    )
