@@ -27,7 +27,7 @@ from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
 from stream_monitor.sinks.metrics import MonitorMetrics
-from stream_monitor.state.base import CommitResult, PartitionClaim, StateStore
+from stream_monitor.state.base import CommitResult, PartitionClaim, StateLost, StateStore
 
 __all__ = ["Engine", "EngineOptions", "PendingCommit"]
 
@@ -109,7 +109,12 @@ class Engine:
         return claims
 
     def adopt(self, claims: dict[str, PartitionClaim]) -> None:
-        """Start counting partitions claimed in the store (by :meth:`assign` or by the runtime)."""
+        """Start counting partitions claimed in the store (by :meth:`assign` or by the runtime).
+
+        Anything ingested but not committed for these partitions is dropped: counting restarts at the
+        claim's offset, and the consumer re-delivers from its committed offset, which is never ahead.
+        """
+        self.accumulator.discard(claims)
         self.claims.update(claims)
         self.fenced.difference_update(claims)
 
@@ -269,7 +274,9 @@ class Engine:
             self.metrics.store_up.set(0)
 
     def finish_commit(self, result: CommitResult) -> None:
-        """Apply a commit's outcome (on the ingesting thread)."""
+        """Apply a commit's outcome (on the ingesting thread); raises StateLost if the store forgot us."""
+        if result.lost:
+            raise StateLost(f"the state store has no record of partitions {result.lost}: it lost its state")
         for tp in result.refused:
             # Another worker owns it now (or already counted these offsets): drop ours, stop counting it.
             log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)

@@ -11,6 +11,7 @@ its own (a partition this worker no longer owns is refused, the rest still count
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stream_monitor.core.events import EngagementEvent, ServingEvent
@@ -86,6 +87,8 @@ class SeriesKeyer:
         folded = False
         for value, seen in zip(values, self._seen, strict=True):
             clean = value.replace(SEP_SERIES, "_").replace(SEP_METRIC, "_")
+            if clean == ALL:  # "*" means "rolled up"; a real value must never look like one
+                clean = "_"
             if clean not in seen:
                 if len(seen) >= self.max_values:
                     clean, folded = OTHER, True
@@ -200,6 +203,11 @@ class WindowAccumulator:
 
     def pending(self) -> bool:
         return bool(self._parts)
+
+    def discard(self, partitions: Iterable[str]) -> None:
+        """Forget what was accumulated for ``partitions`` (they were re-claimed and restart counting)."""
+        for partition in partitions:
+            self._parts.pop(partition, None)
 
     def restore(self, parts: dict[str, PartitionDelta]) -> None:
         """Put deltas back (a commit failed); only valid right after :meth:`take`."""

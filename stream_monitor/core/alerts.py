@@ -83,6 +83,11 @@ class DetectorState:
         if doc.get("version") != STATE_VERSION:
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
         try:
+            for name in ("volume_history", "volume_absent", "open_alerts"):
+                if not isinstance(doc.get(name), dict):
+                    raise StateFormatError(f"detector state {name} must be a JSON object")
+            if not all(isinstance(v, list) for v in doc["volume_history"].values()):
+                raise StateFormatError("detector state volume_history values must be lists")
             state = cls(
                 last_closed_end=doc["last_closed_end"],
                 volume_history={str(k): [float(x) for x in v] for k, v in doc["volume_history"].items()},

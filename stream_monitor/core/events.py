@@ -8,6 +8,7 @@ dead-letter record, never into a crash.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -33,6 +34,8 @@ MAX_ID_CHARS: Final = 128
 # Epoch-ms bounds: 2000-01-01 .. 2100-01-01. Anything outside is a unit mistake (seconds, micros).
 MIN_TS_MS: Final = 946_684_800_000
 MAX_TS_MS: Final = 4_102_444_800_000
+# RFC 3339 date-time (datetime.fromisoformat alone also takes other ISO 8601 forms).
+_RFC3339: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 class EventError(ValueError):
@@ -124,6 +127,10 @@ def parse_timestamp(value: object, name: str = "ts") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         ms = value
     elif isinstance(value, str):
+        if not _RFC3339.match(value):
+            raise EventError(
+                "invalid_field", name, f"{_short(value)} is not epoch milliseconds or an RFC 3339 date-time"
+            )
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -175,7 +182,8 @@ def _serving(doc: dict[str, Any]) -> ServingEvent:
     latency = _mapping(doc, "latency_ms", required=True)
     checked_latency: dict[str, float] = {}
     for stage, ms in latency.items():
-        checked_latency[stage] = _non_negative(ms, f"latency_ms.{stage}")
+        if ms is not None:
+            checked_latency[stage] = _non_negative(ms, f"latency_ms.{stage}")
     if "total" not in checked_latency:
         raise EventError("missing_field", "latency_ms.total", "is required")
     segment = _mapping(doc, "segment")
@@ -200,7 +208,7 @@ def _serving(doc: dict[str, Any]) -> ServingEvent:
         raise EventError("invalid_field", "error", f"{_short(error)} is not null or a string")
     return ServingEvent(
         request_id=_string(doc, "request_id"),
-        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        ts=_timestamp(doc),
         model=_string(doc, "model"),
         model_version=_string(doc, "model_version"),
         arm=arm,
@@ -230,7 +238,7 @@ def _engagement(doc: dict[str, Any]) -> EngagementEvent:
     value = doc.get("value", 0.0)
     return EngagementEvent(
         request_id=_string(doc, "request_id"),
-        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        ts=_timestamp(doc),
         action=action,
         item_id=item_id,
         position=position,
@@ -249,7 +257,7 @@ def _deployment(doc: dict[str, Any]) -> DeploymentEvent:
             raise EventError("invalid_field", "traffic", f"{traffic} is not a share in [0, 1]")
     baseline = doc.get("baseline_version")
     return DeploymentEvent(
-        ts=parse_timestamp(doc.get("ts"), "ts") if "ts" in doc else _missing("ts"),
+        ts=_timestamp(doc),
         model=_string(doc, "model"),
         model_version=_string(doc, "model_version"),
         arm=arm,
@@ -261,8 +269,10 @@ def _deployment(doc: dict[str, Any]) -> DeploymentEvent:
     )
 
 
-def _missing(name: str) -> Any:
-    raise EventError("missing_field", name, "is required")
+def _timestamp(doc: dict[str, Any]) -> int:
+    if doc.get("ts") is None:
+        raise EventError("missing_field", "ts", "is required")
+    return parse_timestamp(doc["ts"], "ts")
 
 
 def _string(doc: dict[str, Any], name: str) -> str:

@@ -96,7 +96,7 @@ def parse_window(
         if metric == "n":
             stats.n += value
         elif metric.startswith("lat."):
-            _, stage, bucket = metric.split(".", 2)
+            stage, _, bucket = metric[4:].rpartition(".")
             buckets = stats.latency.setdefault(stage, {})
             buckets[int(bucket)] = buckets.get(int(bucket), 0) + value
         else:
@@ -182,39 +182,90 @@ class WindowEvaluator:
     def explain_away(
         self, breaches: list[Breach], series: Mapping[tuple[str, ...], SeriesStats]
     ) -> list[Breach]:
-        """Keep the breaches that are not explained by a more specific, stronger one.
+        """Keep the breaches that say where the problem is.
 
         A tail quantile or a rate that breaches in one slice (region=eu) also breaches in every roll-up
-        that contains enough of that slice (platform=ios, the total). Breaches are taken strongest first
-        (observed / threshold); a later one is *explained* by a kept one when the same statistic computed
-        without the kept one's slice no longer breaches. What remains names where the problem is.
+        that contains enough of that slice (the platforms, the total). Within each (signal, metric, model,
+        version, arm, surface) group:
+
+        1. a segment dimension *localises* the breach when some, not all, of its values breach and the
+           rest of the traffic (its other values together) does not; when no dimension does on its own,
+           the dimensions with breaching values localise it together if the traffic outside all of
+           those values does not breach (two independent problems, e.g. eu and android);
+        2. the breaching values of localising dimensions are taken strongest first (observed /
+           threshold), then narrowest; one is kept unless a kept one *explains* it, i.e. the statistic
+           over its slice without the kept slice no longer breaches (two slices that explain each other
+           are both kept: the problem sits in their intersection);
+        3. the top-level roll-up is kept when nothing localises it, or when it still breaches without the
+           kept slices (a global problem on top of a local one);
+        4. with no top-level breach, slice breaches are kept strongest first unless explained.
         """
         n_base = len(KEY_DIMS)
         groups: dict[tuple[object, ...], list[Breach]] = {}
         for breach in breaches:
             groups.setdefault((breach.signal, breach.metric, breach.key[:n_base]), []).append(breach)
         kept: list[Breach] = []
-        for group in groups.values():
-            # Specific slices before roll-ups, strongest first, so a roll-up is judged last.
-            order = sorted(
-                group,
-                key=lambda b: (
-                    all(v == ALL for v in b.key[n_base:]),
-                    -(b.observed / b.threshold if b.threshold else 0.0),
-                ),
-            )
-            chosen: list[Breach] = []
-            for breach in order:
-                if not any(self._explained(breach, by, series) for by in chosen):
-                    chosen.append(breach)
-            kept.extend(chosen)
+        for (_, _, base), group in groups.items():
+            members = {k: v for k, v in series.items() if k[:n_base] == base}
+            kept.extend(self._localise_group(group, members, n_base))
         return kept
 
+    def _localise_group(
+        self, group: list[Breach], members: Mapping[tuple[str, ...], SeriesStats], n_base: int
+    ) -> list[Breach]:
+        top = next((b for b in group if all(v == ALL for v in b.key[n_base:])), None)
+        exemplar = group[0]
+
+        def breaches(stats: SeriesStats) -> bool:
+            value = self.measure(stats, exemplar.signal, exemplar.metric)
+            return value is not None and exemplar.threshold is not None and value > exemplar.threshold
+
+        # Dimensions where some, not all, values breach, with the breaching values.
+        partial: dict[int, set[str]] = {}
+        for dim in range(n_base, len(self._key_dims)):
+            breaching = {b.key[dim] for b in group if _only_dim(b.key, n_base) == dim}
+            if breaching and len(breaching) < len({k[dim] for k in members}):
+                partial[dim] = breaching
+        localising = [
+            dim
+            for dim, values in partial.items()
+            if not breaches(_merged(st for k, st in members.items() if k[dim] not in values))
+        ]
+        if not localising and partial:
+            # No single dimension explains it, but maybe several together (eu and android at once).
+            rest = _merged(
+                st for k, st in members.items() if not any(k[d] in values for d, values in partial.items())
+            )
+            if rest.n and not breaches(rest):
+                localising = list(partial)
+        slices = [b for b in group if _only_dim(b.key, n_base) in localising]
+        share = {id(b): sum(st.n for k, st in members.items() if _matches(k, b.key)) for b in slices}
+        chosen: list[Breach] = []
+        # Strongest first (the source of a tail problem has the worst tail), then the narrowest slice.
+        for breach in sorted(slices, key=lambda b: (-_strength(b), share[id(b)])):
+            if not any(
+                self._explained(breach, by, members) and not self._explained(by, breach, members)
+                for by in chosen
+            ):
+                chosen.append(breach)
+        if chosen:
+            if top is not None and breaches(
+                _merged(st for k, st in members.items() if not any(_matches(k, c.key) for c in chosen))
+            ):
+                chosen.append(top)  # a global problem on top of the local ones
+            return chosen
+        if top is not None:
+            return [top]
+        for breach in sorted(group, key=_strength, reverse=True):
+            if not any(self._explained(breach, by, members) for by in chosen):
+                chosen.append(breach)
+        return chosen
+
     def _explained(self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]) -> bool:
-        residual = SeriesStats()
-        for key, stats in series.items():
-            if _matches(key, breach.key) and not _matches(key, by.key):
-                residual.merge(stats)
+        """Whether ``breach`` no longer breaches once the slice of ``by`` is taken out of it."""
+        residual = _merged(
+            s for k, s in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
+        )
         value = self.measure(residual, breach.signal, breach.metric)
         return value is None or breach.threshold is None or value <= breach.threshold
 
@@ -320,6 +371,23 @@ class WindowEvaluator:
             if not breached:
                 past.append(count)
                 del past[: -rule.baseline_windows]
+
+
+def _strength(breach: Breach) -> float:
+    return breach.observed / breach.threshold if breach.threshold else 0.0
+
+
+def _only_dim(key: tuple[str, ...], n_base: int) -> int | None:
+    """The one segment dimension a roll-up key fixes (None for the top level or several dimensions)."""
+    fixed = [i for i in range(n_base, len(key)) if key[i] != ALL]
+    return fixed[0] if len(fixed) == 1 else None
+
+
+def _merged(parts: Iterable[SeriesStats]) -> SeriesStats:
+    total = SeriesStats()
+    for part in parts:
+        total.merge(part)
+    return total
 
 
 def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:

@@ -25,11 +25,13 @@ from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.runtime.kafka import KafkaAlertSink, KafkaDeadLetterSink, ensure_topics, make_producer
 from stream_monitor.sinks.metrics import MonitorMetrics
-from stream_monitor.state.base import StateStore, StoreUnavailable
+from stream_monitor.state.base import StateLost, StateStore, StoreUnavailable
 
 __all__ = ["WorkerRuntime", "build_worker"]
 
 log = logging.getLogger(__name__)
+
+EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
 
 
 class WorkerRuntime:
@@ -147,7 +149,14 @@ class WorkerRuntime:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                self.engine.finish_commit(result)
+                try:
+                    self.engine.finish_commit(result)
+                except StateLost as exc:
+                    # Nothing of this batch is acked; exiting now is the same as a crash, which the
+                    # commit protocol makes safe. The supervisor restarts us against the fresh store.
+                    log.critical("%s; exiting so a restart can resume from Kafka's offsets", exc)
+                    logging.shutdown()
+                    os._exit(EXIT_STATE_LOST)
                 return
 
     async def _close_windows(self) -> None:

@@ -17,11 +17,20 @@ from typing import Protocol
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.windows import PartitionProgress
 
-__all__ = ["CommitResult", "PartitionClaim", "StateStore", "StoreUnavailable"]
+__all__ = ["CommitResult", "PartitionClaim", "StateLost", "StateStore", "StoreUnavailable"]
 
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached; the caller should pause and retry, not drop data."""
+
+
+class StateLost(RuntimeError):
+    """The store no longer knows partitions this worker claimed (it came back empty).
+
+    The worker cannot tell what was counted any more; it must stop without acknowledging anything else
+    and be restarted, so that counting resumes from Kafka's committed offsets (never ahead of what the
+    store had counted).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,8 @@ class CommitResult:
     refused: list[str] = field(default_factory=list)
     late_events: int = 0
     closed_before: int | None = None
+    # Refused because the store has no record of the partition at all: its state was lost.
+    lost: list[str] = field(default_factory=list)
 
 
 class StateStore(Protocol):

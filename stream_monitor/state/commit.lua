@@ -3,17 +3,21 @@
 --   {"now": "<wall ms>", "window_ttl_s": N,
 --    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
 --               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...}}]}
--- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or ""}.
+-- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json}; a "lost"
+-- partition has no epoch at all: the store lost its state (e.g. Redis restarted empty).
 local p = ARGV[1]
 local doc = cjson.decode(ARGV[2])
 local closed = redis.call('GET', p .. ':closed_before')
 local closed_n = closed and tonumber(closed) or nil
-local applied, refused, late = {}, {}, 0
+local applied, refused, lost, late = {}, {}, {}, 0
 for _, part in ipairs(doc.parts) do
   local tp = part.tp
   local epoch = redis.call('HGET', p .. ':epoch', tp)
   local offset = tonumber(redis.call('HGET', p .. ':offset', tp) or '0')
-  if epoch ~= part.epoch or offset > tonumber(part.first) then
+  if not epoch then
+    table.insert(refused, tp)
+    table.insert(lost, tp)
+  elseif epoch ~= part.epoch or offset > tonumber(part.first) then
     table.insert(refused, tp)
   else
     for start, sums in pairs(part.windows) do
@@ -44,4 +48,4 @@ for _, part in ipairs(doc.parts) do
   end
 end
 if late > 0 then redis.call('HINCRBY', p .. ':totals', 'late', late) end
-return {cjson.encode(applied), cjson.encode(refused), late, closed or ''}
+return {cjson.encode(applied), cjson.encode(refused), late, closed or '', cjson.encode(lost)}

@@ -54,7 +54,11 @@ class MemoryStore:
             closed = self._closed_before
             for delta in deltas:
                 tp = delta.partition
-                if self._epoch.get(tp) != epochs.get(tp) or self._offset.get(tp, 0) > delta.first_offset:
+                if tp not in self._epoch:
+                    result.refused.append(tp)
+                    result.lost.append(tp)
+                    continue
+                if self._epoch[tp] != epochs.get(tp) or self._offset.get(tp, 0) > delta.first_offset:
                     result.refused.append(tp)
                     continue
                 for start, sums in delta.windows.items():

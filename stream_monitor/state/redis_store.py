@@ -95,7 +95,7 @@ class RedisStore:
         }
         if not payload["parts"]:
             return CommitResult()
-        applied, refused, late, closed = self._call(
+        applied, refused, late, closed, lost = self._call(
             self._commit, args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)]
         )
         return CommitResult(
@@ -103,6 +103,7 @@ class RedisStore:
             refused=orjson.loads(refused) or [],
             late_events=int(late),
             closed_before=int(closed) if closed else None,
+            lost=orjson.loads(lost) or [],
         )
 
     def progress(self) -> dict[str, PartitionProgress]:

@@ -154,3 +154,9 @@ def test_progress_reports_whether_a_partition_is_caught_up(store: StateStore) ->
     done.highwater = 10
     store.commit([done], {TP: 1}, now_ms=2)
     assert store.progress()[TP].caught_up
+
+
+def test_a_commit_for_a_partition_the_store_never_heard_of_reports_lost_state(store: StateStore) -> None:
+    result = store.commit([delta(0, 2, {0: {"s#n": 2}})], {TP: 3}, now_ms=1)
+    assert result.refused == [TP] and result.lost == [TP]
+    assert store.read_window(0) == {}

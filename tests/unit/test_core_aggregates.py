@@ -7,6 +7,7 @@ sum, so accumulating events in one batch or in several and adding the results mu
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -125,6 +126,8 @@ def test_keyer_cap_is_per_dimension() -> None:
         ("a#b", "a_b"),
         ("|#|", "___"),
         ("#n", "_n"),
+        ("*", "_"),  # the roll-up marker is not a value
+        ("a*b", "a*b"),
         ("plain-value.1", "plain-value.1"),
     ],
 )
@@ -288,7 +291,12 @@ def test_engagement_counted_under_the_engagement_series() -> None:
     acc.add_engagement(ENGAGEMENT, 9, EngagementEvent("r", T0 + MINUTE, "click"))
     delta = acc.take()[ENGAGEMENT]
     assert ENGAGEMENT_SERIES == "*"
-    assert delta.windows[T0] == {"*#eng.impression": 2, "*#eng.click": 1, "*#eng.play": 1, "*#eng.complete": 1}
+    assert delta.windows[T0] == {
+        "*#eng.impression": 2,
+        "*#eng.click": 1,
+        "*#eng.play": 1,
+        "*#eng.complete": 1,
+    }
     assert delta.windows[T0 + MINUTE] == {"*#eng.click": 1}
     assert delta.window_events == {T0: 5, T0 + MINUTE: 1}
 
@@ -319,13 +327,8 @@ def test_separators_in_values_cannot_forge_fields() -> None:
     assert stats.counters == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SeriesKeyer neutralises '|' and '#' but not the roll-up marker '*'; a segment value '*' "
-    "makes a per-dimension roll-up key equal to the top-level key, and WindowEvaluator.levels() "
-    "(out.update per group_by) overwrites the global roll-up with that slice",
-)
 def test_roll_up_marker_in_a_segment_value_does_not_corrupt_roll_ups() -> None:
+    # Regression: "*" was kept as a value, so the region="*" slice replaced the global roll-up in levels().
     topo = _topology()
     acc = WindowAccumulator(topo)
     for offset in range(100):
@@ -336,7 +339,9 @@ def test_roll_up_marker_in_a_segment_value_does_not_corrupt_roll_ups() -> None:
     series, _ = parse_window(window, n_dims=len(topo.key_dims))
     levels = WindowEvaluator(topo).levels(series, with_version=True)
     top = levels[("m", "v1", "control", "home", "*", "*")]
-    assert top.n == 200  # actual: 100, the region="*" slice replaced the global roll-up
+    assert top.n == 200
+    assert top.counters["err"] == 50
+    assert levels[("m", "v1", "control", "home", "*", "_")].n == 100
 
 
 # -- restore / take -------------------------------------------------------------------------------------
@@ -402,7 +407,9 @@ def _feed(acc: WindowAccumulator, partition: str, offset: int, item: Any) -> Non
         acc.add_rejected(partition, offset, item)
 
 
-def _sum_windows(deltas: list[PartitionDelta]) -> tuple[dict[int, dict[str, float]], Counter[str], Counter[int]]:
+def _sum_windows(
+    deltas: list[PartitionDelta],
+) -> tuple[dict[int, dict[str, float]], Counter[str], Counter[int]]:
     windows: dict[int, dict[str, float]] = {}
     counts: Counter[str] = Counter()
     events: Counter[int] = Counter()
@@ -450,7 +457,7 @@ def test_one_batch_or_many_gives_identical_sums(items: list[tuple[str, Any]], cu
         mine = sorted((d.first_offset, d.next_offset) for d in batches if d.partition == partition)
         (single,) = [(d.first_offset, d.next_offset) for d in one if d.partition == partition]
         assert mine[0][0] == single[0] and mine[-1][1] == single[1]
-        assert all(a[1] == b[0] for a, b in zip(mine, mine[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in pairwise(mine))
     _, counts, events = _sum_windows(one)
     assert counts["consumed"] == counts["accepted"] + counts["rejected"] == len(items)
     assert sum(events.values()) == sum(1 for _, item in items if not isinstance(item, str))

@@ -43,7 +43,9 @@ def _within(estimate: float, truth: float, accuracy: float) -> bool:
 
 
 @pytest.mark.parametrize("accuracy", [0.005, 0.01, 0.02, 0.05])
-@pytest.mark.parametrize(("seed", "mean", "sigma", "n"), [(1, 3.0, 0.5, 2_000), (2, 4.5, 1.2, 10_000), (3, 0.0, 2.0, 501)])
+@pytest.mark.parametrize(
+    ("seed", "mean", "sigma", "n"), [(1, 3.0, 0.5, 2_000), (2, 4.5, 1.2, 10_000), (3, 0.0, 2.0, 501)]
+)
 def test_quantiles_within_relative_accuracy_of_numpy(
     accuracy: float, seed: int, mean: float, sigma: float, n: int
 ) -> None:
@@ -75,7 +77,9 @@ def test_quantile_rank_discretisation_is_lower_nearest_rank() -> None:
     q=st.floats(min_value=0.0, max_value=1.0),
     accuracy=st.sampled_from([0.001, 0.01, 0.02, 0.1, 0.3]),
 )
-def test_quantile_relative_error_bound_on_any_positive_sample(values: list[float], q: float, accuracy: float) -> None:
+def test_quantile_relative_error_bound_on_any_positive_sample(
+    values: list[float], q: float, accuracy: float
+) -> None:
     lb = LogBuckets(relative_accuracy=accuracy)
     estimate = lb.quantile(_counts(lb, values), q)
     assert _within(estimate, _nearest_rank(values, q), accuracy)

@@ -155,8 +155,15 @@ def test_closable_before_is_monotonic_in_the_watermark(size: int, late: int, mar
 IDLE = 30_000
 
 
-def _p(max_event_ms: int, updated_wall_ms: int, next_offset: int = 1) -> PartitionProgress:
-    return PartitionProgress(next_offset=next_offset, max_event_ms=max_event_ms, updated_wall_ms=updated_wall_ms)
+def _p(
+    max_event_ms: int, updated_wall_ms: int, next_offset: int = 1, highwater: int | None = None
+) -> PartitionProgress:
+    return PartitionProgress(
+        next_offset=next_offset,
+        max_event_ms=max_event_ms,
+        updated_wall_ms=updated_wall_ms,
+        highwater=highwater,
+    )
 
 
 @pytest.mark.parametrize(
@@ -201,10 +208,48 @@ def _p(max_event_ms: int, updated_wall_ms: int, next_offset: int = 1) -> Partiti
             35_000,
             id="all idle: carried on from the last update of any partition",
         ),
+        pytest.param(
+            [_p(3_000, 1_000, next_offset=10, highwater=500), _p(9_000, 50_000)],
+            50_000,
+            3_000,
+            id="quiet but behind its log (next_offset < highwater): still holds it back",
+        ),
+        pytest.param(
+            [_p(3_000, 1_000, next_offset=500, highwater=500), _p(9_000, 50_000)],
+            50_000,
+            9_000,
+            id="quiet and caught up (next_offset == highwater): idle",
+        ),
+        pytest.param(
+            [_p(3_000, 1_000, next_offset=10, highwater=500), _p(9_000, 1_000)],
+            900_000,
+            3_000,
+            id="a lagging partition stops the wall clock carrying it on",
+        ),
+        pytest.param(
+            [_p(0, 40_000), _p(9_000, 50_000)],
+            50_000,
+            0,
+            id="claimed, nothing counted yet: holds it back until idle",
+        ),
+        pytest.param(
+            [_p(0, 40_000), _p(9_000, 50_000)],
+            70_000,
+            9_000,
+            id="claimed, nothing counted, idle: no longer holds it back",
+        ),
     ],
 )
 def test_watermark_table(parts: list[PartitionProgress], now: int, expected: int | None) -> None:
     assert watermark(parts, now_wall_ms=now, idle_timeout_ms=IDLE) == expected
+
+
+@pytest.mark.parametrize(
+    ("next_offset", "highwater", "caught_up"),
+    [(10, None, True), (10, 10, True), (11, 10, True), (9, 10, False), (0, 1, False), (0, 0, True)],
+)
+def test_caught_up(next_offset: int, highwater: int | None, caught_up: bool) -> None:
+    assert _p(0, 0, next_offset=next_offset, highwater=highwater).caught_up is caught_up
 
 
 def test_watermark_accepts_any_iterable() -> None:
@@ -215,15 +260,17 @@ def test_watermark_accepts_any_iterable() -> None:
 @HYPOTHESIS
 @given(
     parts=st.lists(
-        st.tuples(st.integers(0, 10**12), st.integers(0, 10**9)), min_size=1, max_size=8
-    ).map(lambda xs: [_p(m, u) for m, u in xs]),
+        st.tuples(st.integers(0, 10**12), st.integers(0, 10**9), st.none() | st.integers(0, 3)),
+        min_size=1,
+        max_size=8,
+    ).map(lambda xs: [_p(m, u, next_offset=1, highwater=h) for m, u, h in xs]),
     now=st.integers(0, 2 * 10**9),
     idle=st.integers(1, 10**8),
 )
 def test_watermark_properties(parts: list[PartitionProgress], now: int, idle: int) -> None:
     mark = watermark(parts, now_wall_ms=now, idle_timeout_ms=idle)
     assert mark is not None
-    active = [p for p in parts if now - p.updated_wall_ms < idle]
+    active = [p for p in parts if now - p.updated_wall_ms < idle or not p.caught_up]
     newest = max(p.max_event_ms for p in parts)
     if active:
         # Never ahead of an active partition, and equal to the slowest of them.
