@@ -98,6 +98,9 @@ class Engine:
         self._window = topology.window
         self._folded_seen = 0
         self.windows_closed = 0
+        self._consumed: dict[str, int] = {}
+        self._accepted: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -139,8 +142,13 @@ class Engine:
         key: bytes | None,
         value: bytes,
         timestamp_ms: int | None = None,
+        ndjson: bool = False,
     ) -> None:
-        """Take one message. Never raises for bad input: that becomes a dead letter."""
+        """Take one message. Never raises for bad input: that becomes a dead letter.
+
+        With ``ndjson`` the message holds several events, one JSON object per line (a batched message:
+        see docs/events.md); each line is validated and counted on its own.
+        """
         tp = f"{topic}/{partition}"
         claim = self.claims.get(tp)
         if claim is None:
@@ -148,20 +156,37 @@ class Engine:
                 return  # not ours (any more): the owner counts it
             claim = self.assign([tp])[tp]
         if offset < claim.next_offset:
-            if self.metrics:
-                self.metrics.skipped.labels(topic=topic).inc()
+            self._count(self._skipped, topic)
             return
-        if self.metrics:
-            self.metrics.consumed.labels(topic=topic).inc()
+        if not ndjson:
+            self._ingest_one(kind, tp, topic, partition, offset, key, value, timestamp_ms, None)
+            return
+        for number, line in enumerate(value.split(b"\n"), 1):
+            if line.strip():
+                self._ingest_one(kind, tp, topic, partition, offset, key, line, timestamp_ms, number)
+
+    def _ingest_one(
+        self,
+        kind: str | None,
+        tp: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None,
+        line: int | None,
+    ) -> None:
+        self._count(self._consumed, topic)
         try:
             event = parse_event(value, expected=kind)
         except EventError as exc:
-            self._reject(tp, topic, partition, offset, key, value, timestamp_ms, exc.reason, str(exc))
+            self._reject(tp, topic, partition, offset, key, value, timestamp_ms, exc.reason, str(exc), line)
             return
         if isinstance(event, ServingEvent | EngagementEvent):
             reason = self._timing_problem(event.ts)
             if reason is not None:
-                self._reject(tp, topic, partition, offset, key, value, timestamp_ms, *reason)
+                self._reject(tp, topic, partition, offset, key, value, timestamp_ms, *reason, line)
                 return
             if isinstance(event, ServingEvent):
                 self.accumulator.add_serving(tp, offset, event)
@@ -170,8 +195,13 @@ class Engine:
         else:
             self._deployment(event)
             self.accumulator.add_other(tp, offset)
-        if self.metrics:
-            self.metrics.accepted.labels(topic=topic).inc()
+        self._count(self._accepted, topic)
+
+    @staticmethod
+    def _count(counts: dict[str, int], topic: str) -> None:
+        # Plain dict counts on the hot path; they reach Prometheus once per commit (labels() per event
+        # would cost more than parsing the event).
+        counts[topic] = counts.get(topic, 0) + 1
 
     def note_highwater(self, topic: str, partition: int, highwater: int | None) -> None:
         """The partition's log-end offset as the consumer last saw it (see PartitionDelta.highwater)."""
@@ -212,8 +242,11 @@ class Engine:
         timestamp_ms: int | None,
         reason: str,
         detail: str,
+        line: int | None = None,
     ) -> None:
         self.accumulator.add_rejected(tp, offset, reason)
+        if line is not None:
+            detail = f"line {line} of the message: {detail}"
         if reason == "late_event" and not self.options.late_to_deadletter:
             if self.metrics:
                 self.metrics.late.inc()
@@ -254,6 +287,7 @@ class Engine:
         """Take the deltas ingested so far (on the ingesting thread)."""
         deltas = self.accumulator.take()
         if not deltas:
+            self.publish_counts()
             return None
         return PendingCommit(deltas, {tp: self.claims[tp].epoch for tp in deltas if tp in self.claims})
 
@@ -284,6 +318,7 @@ class Engine:
             self.fenced.add(tp)
         self._closed_before = result.closed_before
         if self.metrics:
+            self.publish_counts()
             self.metrics.store_up.set(1)
             self.metrics.commits.labels(result="applied").inc(len(result.applied))
             self.metrics.commits.labels(result="refused").inc(len(result.refused))
@@ -291,6 +326,19 @@ class Engine:
             folded = self.accumulator.keyer.folded
             self.metrics.series_folded.inc(folded - self._folded_seen)
             self._folded_seen = folded
+
+    def publish_counts(self) -> None:
+        """Move the hot-path message counts into the Prometheus counters."""
+        if self.metrics is None:
+            return
+        for counts, counter in (
+            (self._consumed, self.metrics.consumed),
+            (self._accepted, self.metrics.accepted),
+            (self._skipped, self.metrics.skipped),
+        ):
+            for topic, n in counts.items():
+                counter.labels(topic=topic).inc(n)
+            counts.clear()
 
     def _restore(self, deltas: dict[str, PartitionDelta]) -> None:
         # Put a failed batch back in front of whatever was ingested meanwhile, so a retry commits both.

@@ -81,6 +81,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--bootstrap", default=None, help="Kafka bootstrap servers (default: settings kafka_bootstrap)"
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pack up to N events of one partition into each Kafka message as newline-delimited JSON "
+        "(header content-type: application/x-ndjson); default 1: one event per message",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -116,12 +124,12 @@ class _JsonlSink:
 
 
 class _KafkaSink:
-    def __init__(self, bootstrap: str | None) -> None:
+    def __init__(self, bootstrap: str | None, batch: int = 1) -> None:
         # Imported here so `simulate --out` and the rest of the CLI work without touching librdkafka.
         from confluent_kafka import KafkaException, Producer
 
         from stream_monitor.config import Settings
-        from stream_monitor.runtime.kafka import client_config, ensure_topics
+        from stream_monitor.runtime.kafka import client_config, ensure_topics, murmur2_partition
 
         settings = Settings()
         if bootstrap:
@@ -153,6 +161,15 @@ class _KafkaSink:
         self.failed = 0
         self.first_error: str | None = None
         self._since_poll = 0
+        # Batched messages: events grouped by the partition a keyed produce would have chosen, so the
+        # topics stay co-partitioned by request_id.
+        self.batch = batch
+        self._partition_of = murmur2_partition
+        self._partitions = {
+            topic: len(meta.partitions)
+            for topic, meta in self._producer.list_topics(timeout=_CONNECT_TIMEOUT_S).topics.items()
+        }
+        self._pending: dict[tuple[str, int], list[bytes]] = {}
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -162,9 +179,38 @@ class _KafkaSink:
 
     def send(self, kind: TopicKind, key: bytes | None, value: bytes) -> None:
         topic = self._topics[kind]
+        if self.batch > 1 and key is not None and kind != "deployment":
+            partition = self._partition_of(key, self._partitions.get(topic, 1))
+            lines = self._pending.setdefault((topic, partition), [])
+            lines.append(value)
+            if len(lines) >= self.batch:
+                self._send_batch(topic, partition)
+            return
+        self._produce(topic, value, key)
+
+    def _send_batch(self, topic: str, partition: int) -> None:
+        lines = self._pending.pop((topic, partition), [])
+        if lines:
+            self._produce(
+                topic, b"\n".join(lines), None, partition, [("content-type", b"application/x-ndjson")]
+            )
+
+    def _flush_batches(self) -> None:
+        for topic, partition in list(self._pending):
+            self._send_batch(topic, partition)
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition, "headers": headers}
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, **extra)
                 break
             except BufferError:
                 # Local queue full: serve delivery reports until librdkafka has room again.
@@ -176,11 +222,13 @@ class _KafkaSink:
             self._since_poll = 0
 
     def wait(self, seconds: float) -> None:
+        self._flush_batches()
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             self._producer.poll(min(left, 0.1))
 
     def close(self) -> int:
+        self._flush_batches()
         undelivered = int(self._producer.flush(_FLUSH_TIMEOUT_S))
         return self.failed + undelivered
 
@@ -230,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
     try:
-        sink: _Sink = _JsonlSink(args.out) if args.out is not None else _KafkaSink(args.bootstrap)
+        sink: _Sink = _JsonlSink(args.out) if args.out is not None else _KafkaSink(args.bootstrap, args.batch)
     except OSError as exc:
         return _fail(f"cannot open {args.out}: {exc}")
     except Exception as exc:  # KafkaException is imported lazily, and a trace would bury the message

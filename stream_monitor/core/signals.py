@@ -194,8 +194,9 @@ class WindowEvaluator:
            those values does not breach (two independent problems, e.g. eu and android);
         2. the breaching values of localising dimensions are taken strongest first (observed /
            threshold), then narrowest; one is kept unless a kept one *explains* it, i.e. the statistic
-           over its slice without the kept slice no longer breaches (two slices that explain each other
-           are both kept: the problem sits in their intersection);
+           over its slice without the kept slice no longer breaches or has too little data to show a
+           breach of its own (two slices that explain each other are both kept: the problem sits in
+           their intersection);
         3. the top-level roll-up is kept when nothing localises it, or when it still breaches without the
            kept slices (a global problem on top of a local one);
         4. with no top-level breach, slice breaches are kept strongest first unless explained.
@@ -244,10 +245,25 @@ class WindowEvaluator:
         # Strongest first (the source of a tail problem has the worst tail), then the narrowest slice.
         for breach in sorted(slices, key=lambda b: (-_strength(b), share[id(b)])):
             if not any(
-                self._explained(breach, by, members) and not self._explained(by, breach, members)
+                self._explained(breach, by, members) is not False
+                and self._explained(by, breach, members) is not True
                 for by in chosen
             ):
                 chosen.append(breach)
+        # A slice chosen early (a tie, or noise) may turn out to be explained by one chosen later.
+        pruned = True
+        while pruned:
+            pruned = False
+            for breach in chosen:
+                if any(
+                    other is not breach
+                    and self._explained(breach, other, members) is not False
+                    and self._explained(other, breach, members) is not True
+                    for other in chosen
+                ):
+                    chosen.remove(breach)
+                    pruned = True
+                    break
         if chosen:
             if top is not None and breaches(
                 _merged(st for k, st in members.items() if not any(_matches(k, c.key) for c in chosen))
@@ -257,17 +273,24 @@ class WindowEvaluator:
         if top is not None:
             return [top]
         for breach in sorted(group, key=_strength, reverse=True):
-            if not any(self._explained(breach, by, members) for by in chosen):
+            if not any(self._explained(breach, by, members) is not False for by in chosen):
                 chosen.append(breach)
         return chosen
 
-    def _explained(self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]) -> bool:
-        """Whether ``breach`` no longer breaches once the slice of ``by`` is taken out of it."""
+    def _explained(
+        self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]
+    ) -> bool | None:
+        """Whether ``breach`` no longer breaches once the slice of ``by`` is taken out of it.
+
+        None when what is left has too little data to say either way.
+        """
         residual = _merged(
             s for k, s in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
         )
         value = self.measure(residual, breach.signal, breach.metric)
-        return value is None or breach.threshold is None or value <= breach.threshold
+        if value is None or breach.threshold is None:
+            return None if residual.n else True
+        return value <= breach.threshold
 
     def _rates(
         self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]

@@ -154,3 +154,37 @@ class KafkaDeadLetterSink(_KafkaOutput):
             )
             doc = truncated.to_dict()
         self._produce(record.key, orjson.dumps(doc))
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java) partitioner picks for ``key``.
+
+    Producers that batch events themselves must place each event where a keyed produce would have put
+    it, so serving and engagement events of one request stay co-partitioned.
+
+    >>> [murmur2_partition(k, 4) for k in (b"a", b"7f3c9a", b"")]
+    [0, 3, 1]
+    """
+    length = len(key)
+    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    whole = length - length % 4
+    for i in range(0, whole, 4):
+        k = key[i] | key[i + 1] << 8 | key[i + 2] << 16 | key[i + 3] << 24
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length % 4
+    if tail == 3:
+        h ^= key[whole + 2] << 16
+    if tail >= 2:
+        h ^= key[whole + 1] << 8
+    if tail >= 1:
+        h ^= key[whole]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions

@@ -118,6 +118,7 @@ class WorkerRuntime:
                         message.key,
                         message.value,
                         round(message.timestamp * 1000) if message.timestamp else None,
+                        ndjson=is_ndjson(message.headers),
                     )
                 consumer = self.app.consumer
                 for tp in {event.message.tp for event in events}:
@@ -202,6 +203,20 @@ class WorkerRuntime:
             self.settings.topic_partitions,
             compacted=[t.health],
         )
+
+
+NDJSON = b"application/x-ndjson"
+
+
+def is_ndjson(headers: Any) -> bool:
+    """Whether a message declares itself a batch of newline-delimited events (``content-type`` header)."""
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(
+        str(name).lower() == "content-type" and bytes(value or b"").split(b";")[0].strip() == NDJSON
+        for name, value in items
+    )
 
 
 def _faust_credentials(s: Settings) -> Any:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -89,7 +90,9 @@ def test_incident_alert_reaches_kafka_and_metrics(
     onset = start + 720_000
     assert onset <= alert["window"]["start"] <= onset + 3 * WINDOW_MS
     # Localised: no alert names another region or the global roll-up.
-    assert all(a["key"]["region"] == "eu" for a in alerts), alerts
+    assert all(a["key"]["region"] == "eu" for a in alerts), [
+        (a["metric"], a["series"], (a["window"]["start"] - start) // WINDOW_MS, a["observed"], start) for a in alerts
+    ]
 
     metrics = worker.metrics()
     samples = [
@@ -239,3 +242,45 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
         f'stream_monitor_events_deadlettered_total{{reason="invalid_json",topic="{serving_topic}"}} 3.0'
         in metrics
     )
+
+
+def test_batched_ndjson_messages_are_counted_per_event(
+    deployment: Deployment, workers: list[WorkerProcess], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Producers may pack many events of one partition into one message (content-type x-ndjson)."""
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO, free_port
+
+    start = aligned_past(2)
+    env = deployment.env(free_port(), free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_monitor.cli.main", "simulate", "--speed", "0", "--duration", "1800",
+         "--rate", "60", "--batch", "100", "--seed", "9", "--start-ms", str(start),
+         "--incident", "error_spike:platform=android,onset=900"],
+        cwd=REPO, env=env, capture_output=True, timeout=300, check=True,
+    )
+    summary = done.stderr.decode()
+    produced = sum(int(x) for x in re.findall(r"(?:serving|engagement|deployment)=(\d+)", summary))
+    assert produced > 100_000, summary
+
+    worker = WorkerProcess(deployment, tmp_path).start()
+    workers.append(worker)
+    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) > 0, 90, "the first commit",
+             worker)
+    first_commit = time.monotonic()
+    wait_for(lambda: totals(redis_client, deployment.prefix).get("consumed", 0) >= produced, 240,
+             "every event to be counted", worker)
+    elapsed = time.monotonic() - first_commit
+    counts = totals(redis_client, deployment.prefix)
+    assert counts["consumed"] == counts["accepted"] == produced
+
+    def error_alerts() -> list[dict[str, object]]:
+        found = [orjson.loads(v) for _k, v in consume_all(deployment.bootstrap, deployment.topics["alerts"])]
+        return [a for a in found if a["signal"] == "error_rate" and a["status"] == "firing"]
+
+    alerts = wait_for(error_alerts, 120, "an error-rate alert", worker)
+    assert all(a["key"]["platform"] == "android" for a in alerts), alerts
+    print(f"\nTHROUGHPUT worker, ndjson batches of 100: {produced} events in {elapsed:.1f} s from first "
+          f"commit = {produced / elapsed:.0f} events/s")

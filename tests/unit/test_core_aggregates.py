@@ -358,6 +358,16 @@ def test_restore_puts_deltas_back_and_refuses_after_new_events() -> None:
         acc.restore(parts)
 
 
+def test_discard_forgets_only_the_given_partitions() -> None:
+    acc = WindowAccumulator(_topology())
+    acc.add_serving(SERVING, 0, _serving())
+    acc.add_serving(SERVING_1, 0, _serving())
+    acc.discard([SERVING, "recs.serving/9"])  # unknown partitions are fine
+    assert list(acc.take()) == [SERVING_1]
+    acc.add_serving(SERVING, 5, _serving())  # counting restarts from scratch after a discard
+    assert acc.take()[SERVING].first_offset == 5
+
+
 def test_partition_delta_count_helper() -> None:
     delta = PartitionDelta("p", 0, 1)
     delta.count("consumed")

@@ -181,6 +181,8 @@ def test_empty_slate(
         ("2025-11-25T16:00:00+00:00", 1_764_086_400_000),
         ("2025-11-25T16:00:00.1234Z", 1_764_086_400_123),  # sub-millisecond fractions are rounded away
         ("2025-11-25T16:00:00.1236Z", 1_764_086_400_124),
+        ("2025-11-25T16:00:00.1234567890123Z", 1_764_086_400_123),  # any number of fraction digits
+        ("2025-11-25T16:00:00-00:00", 1_764_086_400_000),
         (946_684_800_000, 946_684_800_000),  # 2000-01-01: the lower bound is inclusive
         ("2000-01-01T00:00:00Z", 946_684_800_000),
         (4_102_444_799_999, 4_102_444_799_999),  # one ms before 2100-01-01
@@ -230,6 +232,7 @@ def test_parse_timestamp_rejects(value: object, fragment: str) -> None:
         "2025-W48-2T16:00:00Z",  # ISO week date
         "2025-11-25T16:00Z",  # no seconds
         "2025-11-25T16:00:00+0100",  # offset without a colon
+        "\uff12\uff10\uff12\uff15-11-25T16:00:00Z",  # full-width digits
         "2025-11-25T16:00:00Z\n",
         " 2025-11-25T16:00:00Z",
     ],
@@ -424,7 +427,12 @@ def test_long_offending_values_are_shortened_in_the_message() -> None:
     ("doc", "field"),
     [
         pytest.param(_serving(ts=None), "ts", id="ts null"),
+        pytest.param(_engagement(ts=None), "ts", id="engagement ts null"),
+        pytest.param(_deployment(ts=None), "ts", id="deployment ts null"),
         pytest.param(_serving(latency_ms={"total": None}), "latency_ms.total", id="latency_ms.total null"),
+        pytest.param(_serving(request_id=None), "request_id", id="request_id null"),
+        pytest.param(_engagement(action=None), "action", id="action null"),
+        pytest.param(_deployment(arm=None), "arm", id="arm null"),
     ],
 )
 def test_required_field_null_is_missing_field(doc: dict[str, Any], field: str) -> None:

@@ -491,6 +491,41 @@ def test_no_breach_no_report() -> None:
     assert _error_breaches({}) == []
 
 
+_cells_strategy = st.dictionaries(
+    st.tuples(st.sampled_from(PLATFORMS), st.sampled_from(REGIONS)),
+    st.tuples(st.integers(min_value=0, max_value=150), st.integers(min_value=0, max_value=150)),
+    min_size=1,
+).map(lambda c: {k: (n, min(e, n)) for k, (n, e) in c.items()})
+
+
+@HYPOTHESIS
+@given(cells=_cells_strategy)
+def test_localisation_keeps_a_subset_and_never_drops_a_whole_group(
+    cells: dict[tuple[str, str], tuple[int, int]],
+) -> None:
+    topo = _topology()
+    values, breaches, _ = _evaluate(topo, _window(topo, _cells(cells)))
+    raw = {v.key for v in values if v.signal == "error_rate" and v.value > 0.02}
+    kept = [b.key for b in breaches if b.signal == "error_rate"]
+    assert len(kept) == len(set(kept))
+    assert set(kept) <= raw  # never invents a breach
+    assert bool(kept) == bool(raw)  # something is reported whenever something breaches
+
+
+@HYPOTHESIS
+@given(cells=_cells_strategy, rnd=st.randoms(use_true_random=False))
+def test_localisation_does_not_depend_on_field_order(
+    cells: dict[tuple[str, str], tuple[int, int]], rnd: Any
+) -> None:
+    topo = _topology()
+    fields = _window(topo, _cells(cells))
+    shuffled = list(fields.items())
+    rnd.shuffle(shuffled)
+    _, first, _ = _evaluate(topo, fields)
+    _, second, _ = _evaluate(topo, dict(shuffled))
+    assert sorted(b.identity for b in first) == sorted(b.identity for b in second)
+
+
 def _b(key: tuple[str, ...], signal: str = "latency", metric: str = "p99.total") -> Breach:
     return Breach(signal, metric, key, 9.0, None, 1.0, "ms", "warning", "")
 

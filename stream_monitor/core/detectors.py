@@ -1,0 +1,585 @@
+"""Online anomaly detectors for one per-window signal series (a p99, a rate, a count per window).
+
+A :class:`SeriesDetector` takes the values of one series in time order, one :meth:`~SeriesDetector.update`
+per window, and returns an anomaly score in ``[0, 1]`` for that value: 0 is "as usual", 1 is "certainly
+not". A score depends only on the values seen so far (no look-ahead), is exactly 0 during the warm-up
+(the first :attr:`~SeriesDetector.warmup` values), and is deterministic. A value counts as anomalous when
+its score reaches :data:`DEFAULT_THRESHOLD`.
+
+Implementations:
+
+* :class:`RobustBaseline`: robust z-score of the value against the median and MAD of the last ``window``
+  values (or, with a ``period``, against the values at the same phase of earlier cycles), squashed into
+  ``[0, 1]``. Quick (one window) on jumps, blind to shifts smaller than about ``k`` robust sigmas.
+* :class:`RiverDrift`: river's ADWIN or Page-Hinkley change detectors, fed with the robust z-score of the
+  value so their thresholds mean the same on any scale. Slower (a few to tens of windows) but they
+  accumulate evidence, so they see sustained shifts too small for a per-value test.
+* :class:`EnsembleDetector`: several detectors on the same series, scored by the maximum of their scores.
+
+:func:`default_detector` builds the stack the project uses by default (tuned on the simulator's clean
+traffic: see docs/benchmarks.md), and :func:`load_detector` restores any detector from its state.
+
+State (:meth:`~SeriesDetector.to_state`) is a plain JSON-safe dict with a ``kind`` and a ``version``, checked
+field by field on load (:class:`DetectorStateError` says what is wrong): a checkpoint is data, never code,
+so nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+
+from river import drift
+
+from stream_monitor.core.alerts import StateFormatError
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DETECTOR_STATE_VERSION",
+    "SIDES",
+    "DetectorStateError",
+    "EnsembleDetector",
+    "RiverDrift",
+    "RobustBaseline",
+    "SeriesDetector",
+    "default_detector",
+    "load_detector",
+    "robust_location_scale",
+]
+
+DETECTOR_STATE_VERSION = 1
+# A value whose score reaches this is anomalous (alerts, the `alert` column of score-series).
+DEFAULT_THRESHOLD = 0.5
+# Which deviations count: above the baseline ("up": latency, error rates), below it ("down": traffic
+# volume), or either ("both": a series whose meaning is unknown).
+SIDES = ("both", "up", "down")
+
+# 1.4826 x MAD estimates the standard deviation of normal data (R's mad() applies the same constant).
+MAD_TO_SIGMA = 1.4826
+# When more than half the values are equal the MAD is 0; 1.2533 x the mean absolute deviation is then the
+# consistent estimate (the "modified z-score" fallback).
+MEAN_AD_TO_SIGMA = 1.2533
+
+
+class DetectorStateError(StateFormatError):
+    """A detector state that this version cannot load (wrong kind, version or shape)."""
+
+
+@runtime_checkable
+class SeriesDetector(Protocol):
+    """An online detector for one series; see the module docstring for the contract."""
+
+    kind: ClassVar[str]
+
+    @property
+    def warmup(self) -> int:
+        """How many first values are scored 0 whatever they are."""
+        ...
+
+    def update(self, value: float) -> float:
+        """Score ``value`` (in ``[0, 1]``) against the values before it, then learn it."""
+        ...
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-safe, versioned snapshot from which :meth:`from_state` rebuilds the detector."""
+        ...
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """Rebuild a detector from :meth:`to_state` output; raises :class:`DetectorStateError`."""
+        ...
+
+
+def robust_location_scale(values: Sequence[float], min_scale: float = 0.0) -> tuple[float, float]:
+    """Median and robust standard deviation (scaled MAD, mean-AD fallback), at least ``min_scale``.
+
+    >>> robust_location_scale([1.0, 2.0, 3.0, 4.0, 100.0])
+    (3.0, 1.4826)
+    >>> robust_location_scale([0.0, 0.0, 0.0, 2.0])  # MAD is 0: the mean absolute deviation steps in
+    (0.0, 0.62665)
+    """
+    center = statistics.median(values)
+    deviations = [abs(v - center) for v in values]
+    scale = MAD_TO_SIGMA * statistics.median(deviations)
+    if scale <= 0.0:
+        scale = MEAN_AD_TO_SIGMA * statistics.fmean(deviations)
+    return center, max(scale, min_scale)
+
+
+def _check_value(value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        # A NaN would poison every median after it; gaps are the caller's to handle (skip or impute).
+        raise ValueError(f"detector input must be a finite number, got {value!r}")
+    return value
+
+
+def _check_side(side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {list(SIDES)}, got {side!r}")
+    return side
+
+
+def _directed(z: float, side: str) -> float:
+    """The part of a signed z-score that counts for ``side``."""
+    if side == "up":
+        return max(z, 0.0)
+    if side == "down":
+        return max(-z, 0.0)
+    return abs(z)
+
+
+class RobustBaseline:
+    """Robust z-score against the recent median, squashed to ``[0, 1]``.
+
+    The expected value is the median of the last ``window`` values and the spread their MAD (scaled to a
+    standard deviation, with a mean-absolute-deviation fallback for flat or sparse series, and floors
+    ``min_scale`` and ``min_rel_scale`` x |median| so a constant series does not divide by zero). The
+    score of a value ``x`` with directed robust z-score ``z`` is ``1 - exp(-max(0, z - k) / softness)``:
+    0 up to ``k`` sigmas, 0.5 at ``k + 0.69 softness`` (4.35 with the defaults), 0.9 at ``k + 2.3
+    softness`` (5.15). ``min_delta`` additionally ignores deviations smaller than that absolute amount.
+
+    With ``period`` (in windows, e.g. 1440 for a daily cycle of one-minute windows), once at least
+    ``min_cycles`` earlier cycles are stored the expected value is the median of the values at the same
+    phase in the last ``cycles`` cycles, and the spread is that of the recent residuals against those
+    seasonal expectations; until then the plain rolling median is used.
+
+    Every value, anomalous or not, enters the history: a lasting level shift becomes the new normal after
+    about ``window / 2`` values (the median needs half its window to move), which ends its alert.
+
+    >>> det = RobustBaseline(window=20, min_history=10)
+    >>> [det.update(v) for v in [10.0, 11.0, 9.0, 10.5, 9.5] * 3][-1]  # warm-up, then ordinary values
+    0.0
+    >>> round(det.update(30.0), 3)  # far above the usual 9-11
+    1.0
+    >>> RobustBaseline.from_state(det.to_state()).update(10.0) == det.update(10.0)
+    True
+    """
+
+    kind: ClassVar[str] = "robust_baseline"
+
+    def __init__(
+        self,
+        window: int = 60,
+        min_history: int = 20,
+        k: float = 4.0,
+        softness: float = 0.5,
+        side: str = "both",
+        min_scale: float = 1e-9,
+        min_rel_scale: float = 1e-3,
+        min_delta: float = 0.0,
+        period: int | None = None,
+        cycles: int = 3,
+        min_cycles: int = 2,
+    ) -> None:
+        if window < 3 or not 3 <= min_history <= window:
+            raise ValueError(f"need window >= 3 and 3 <= min_history <= window, got {window}, {min_history}")
+        if not (math.isfinite(k) and k >= 0 and math.isfinite(softness) and softness > 0):
+            raise ValueError(f"need k >= 0 and softness > 0, got k={k!r}, softness={softness!r}")
+        if min_scale <= 0 or min_rel_scale < 0 or min_delta < 0:
+            raise ValueError("need min_scale > 0, min_rel_scale >= 0 and min_delta >= 0")
+        if period is not None and (period < 2 or not 1 <= min_cycles <= cycles):
+            raise ValueError(f"need period >= 2 and 1 <= min_cycles <= cycles, got {period}, {cycles}")
+        self.window = int(window)
+        self.min_history = int(min_history)
+        self.k = float(k)
+        self.softness = float(softness)
+        self.side = _check_side(side)
+        self.min_scale = float(min_scale)
+        self.min_rel_scale = float(min_rel_scale)
+        self.min_delta = float(min_delta)
+        self.period = None if period is None else int(period)
+        self.cycles = int(cycles)
+        self.min_cycles = int(min_cycles)
+        depth = self.window if self.period is None else max(self.window, self.period * self.cycles)
+        self._values: deque[float] = deque(maxlen=depth)
+        # Residuals against the seasonal expectation, for the seasonal spread (only with a period).
+        self._residuals: deque[float] = deque(maxlen=self.window)
+        self.seen = 0
+
+    @property
+    def warmup(self) -> int:
+        return self.min_history
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (part of the state)."""
+        return {
+            "window": self.window,
+            "min_history": self.min_history,
+            "k": self.k,
+            "softness": self.softness,
+            "side": self.side,
+            "min_scale": self.min_scale,
+            "min_rel_scale": self.min_rel_scale,
+            "min_delta": self.min_delta,
+            "period": self.period,
+            "cycles": self.cycles,
+            "min_cycles": self.min_cycles,
+        }
+
+    def expected(self) -> tuple[float, float] | None:
+        """(expected value, spread) for the next value, or None while warming up."""
+        if len(self._values) < self.min_history:
+            return None
+        seasonal = self._seasonal_expected()
+        if seasonal is not None and len(self._residuals) >= self.min_history:
+            _, spread = robust_location_scale(list(self._residuals), self.min_scale)
+            return seasonal, max(spread, self.min_rel_scale * abs(seasonal))
+        recent = list(self._values)[-self.window :]
+        center, spread = robust_location_scale(recent, self.min_scale)
+        return center, max(spread, self.min_rel_scale * abs(center))
+
+    def _seasonal_expected(self) -> float | None:
+        if self.period is None:
+            return None
+        n = len(self._values)
+        same_phase = [
+            self._values[n - j * self.period] for j in range(1, self.cycles + 1) if j * self.period <= n
+        ]
+        if len(same_phase) < self.min_cycles:
+            return None
+        return statistics.median(same_phase)
+
+    def update(self, value: float) -> float:
+        value = _check_value(value)
+        score = 0.0
+        baseline = self.expected()
+        if baseline is not None:
+            center, spread = baseline
+            delta = value - center
+            if abs(delta) >= self.min_delta:
+                excess = _directed(delta / spread, self.side) - self.k
+                score = 1.0 - math.exp(-excess / self.softness) if excess > 0 else 0.0
+        seasonal = self._seasonal_expected()
+        if seasonal is not None:
+            self._residuals.append(value - seasonal)
+        self._values.append(value)
+        self.seen += 1
+        return score
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": DETECTOR_STATE_VERSION,
+            "params": self.params(),
+            "values": list(self._values),
+            "residuals": list(self._residuals),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """Rebuild exactly the detector that wrote ``state``.
+
+        >>> RobustBaseline.from_state({"kind": "robust_baseline", "version": 2})
+        Traceback (most recent call last):
+        ...
+        stream_monitor.core.detectors.DetectorStateError: robust_baseline state version 2 is not 1
+        """
+        _check_header(state, cls.kind, ("params", "values", "residuals", "seen"))
+        det = _build(cls, cls.kind, state)
+        values = _floats(state, "values", cls.kind)
+        residuals = _floats(state, "residuals", cls.kind)
+        if len(values) > (det._values.maxlen or 0) or len(residuals) > (det._residuals.maxlen or 0):
+            raise DetectorStateError(f"{cls.kind} state holds more history than its params allow")
+        det._values.extend(values)
+        det._residuals.extend(residuals)
+        det.seen = _count(state, "seen", cls.kind)
+        if det.seen < len(values):
+            raise DetectorStateError(
+                f"{cls.kind} state seen={det.seen} is less than its {len(values)} values"
+            )
+        return det
+
+
+# river detectors RiverDrift can wrap, with the parameters each accepts (numbers only: a state is data).
+_RIVER_METHODS: Mapping[str, tuple[str, ...]] = {
+    "adwin": ("delta", "clock", "max_buckets", "min_window_length", "grace_period"),
+    "page_hinkley": ("min_instances", "delta", "threshold", "alpha"),
+}
+
+
+class RiverDrift:
+    """A river change detector (``"adwin"`` or ``"page_hinkley"``) on a series, score 1 where it fires.
+
+    With ``standardize`` (the default) the detector sees the robust z-score of each value against the
+    median and MAD of the previous ``window`` values (clipped to +-``clip``), not the raw value, so its
+    thresholds (Page-Hinkley's ``threshold`` and ``delta``) are in robust sigmas whatever the series'
+    unit, and a slow trend of the raw series is not a change. ``side`` keeps only increases ("up") or
+    decreases ("down"): Page-Hinkley is run in that mode, an ADWIN detection counts when its mean moved
+    that way.
+
+    State: river's detectors are not serialisable as data, so the state is the parameters plus the last
+    ``replay`` raw inputs, and :meth:`from_state` rebuilds the detector by feeding them again. The rebuilt
+    detector is *identical* to the original when the original has seen at most ``replay`` values (the
+    replay starts from the same empty state); after more, it is the detector that started ``replay``
+    values ago (warm-up included), which forgets whatever older evidence the original had accumulated.
+    That bound is the price of not pickling river objects.
+
+    >>> det = RiverDrift("page_hinkley", params={"threshold": 20.0})
+    >>> scores = [det.update(v) for v in [10.0, 10.4, 9.6, 10.1, 9.9] * 20 + [13.0] * 10]
+    >>> scores.index(1.0) >= 100, max(scores[:100])
+    (True, 0.0)
+    """
+
+    kind: ClassVar[str] = "river_drift"
+
+    def __init__(
+        self,
+        method: str = "page_hinkley",
+        params: Mapping[str, float] | None = None,
+        side: str = "both",
+        standardize: bool = True,
+        window: int = 60,
+        min_history: int = 20,
+        clip: float = 10.0,
+        replay: int = 1000,
+    ) -> None:
+        if method not in _RIVER_METHODS:
+            raise ValueError(f"method must be one of {sorted(_RIVER_METHODS)}, got {method!r}")
+        params = dict(params or {})
+        unknown = set(params) - set(_RIVER_METHODS[method])
+        if unknown:
+            raise ValueError(
+                f"unknown {method} params {sorted(unknown)}; known: {list(_RIVER_METHODS[method])}"
+            )
+        for name, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{method} param {name} must be a finite number, got {value!r}")
+        if window < 3 or not 3 <= min_history <= window or clip <= 0 or replay < window:
+            raise ValueError("need window >= 3, 3 <= min_history <= window, clip > 0 and replay >= window")
+        self.method = method
+        self.river_params = params
+        self.side = _check_side(side)
+        self.standardize = bool(standardize)
+        self.window = int(window)
+        self.min_history = int(min_history)
+        self.clip = float(clip)
+        self.replay = int(replay)
+        self._history: deque[float] = deque(maxlen=self.window)
+        self._inputs: deque[float] = deque(maxlen=self.replay)
+        self._detector = self._make()
+        self.seen = 0
+
+    def _make(self) -> Any:
+        # river is untyped: go through Callable[..., Any] so mypy --strict accepts the calls.
+        if self.method == "adwin":
+            adwin: Callable[..., Any] = drift.ADWIN
+            return adwin(**self.river_params)
+        page_hinkley: Callable[..., Any] = drift.PageHinkley
+        return page_hinkley(**self.river_params, mode=self.side)
+
+    @property
+    def warmup(self) -> int:
+        return self.min_history if self.standardize else 0
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": dict(self.river_params),
+            "side": self.side,
+            "standardize": self.standardize,
+            "window": self.window,
+            "min_history": self.min_history,
+            "clip": self.clip,
+            "replay": self.replay,
+        }
+
+    def update(self, value: float) -> float:
+        value = _check_value(value)
+        self._inputs.append(value)
+        self.seen += 1
+        if self.standardize:
+            if len(self._history) < self.min_history:
+                self._history.append(value)
+                return 0.0
+            center, spread = robust_location_scale(list(self._history), 1e-9)
+            spread = max(spread, 1e-3 * abs(center))
+            fed = min(max((value - center) / spread, -self.clip), self.clip)
+            self._history.append(value)
+        else:
+            fed = value
+        detector = self._detector
+        before = detector.estimation if isinstance(detector, drift.ADWIN) else 0.0
+        detector.update(fed)
+        if not detector.drift_detected:
+            return 0.0
+        if isinstance(detector, drift.ADWIN) and self.side != "both":
+            moved = detector.estimation - before
+            if (moved > 0) != (self.side == "up"):
+                return 0.0
+        return 1.0
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": DETECTOR_STATE_VERSION,
+            "params": self.params(),
+            "inputs": list(self._inputs),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """Rebuild by replaying the stored inputs (exact within the ``replay`` bound; see the class doc).
+
+        >>> RiverDrift.from_state({"kind": "river_drift", "version": 1, "params": {"method": "cusum"},
+        ...                        "inputs": [], "seen": 0})
+        Traceback (most recent call last):
+        ...
+        stream_monitor.core.detectors.DetectorStateError: river_drift state params are invalid: method must \
+be one of ['adwin', 'page_hinkley'], got 'cusum'
+        """
+        _check_header(state, cls.kind, ("params", "inputs", "seen"))
+        det = _build(cls, cls.kind, state)
+        inputs = _floats(state, "inputs", cls.kind)
+        seen = _count(state, "seen", cls.kind)
+        if len(inputs) > det.replay or seen < len(inputs):
+            raise DetectorStateError(
+                f"{cls.kind} state holds {len(inputs)} inputs for seen={seen} and replay={det.replay}"
+            )
+        for value in inputs:
+            det.update(value)
+        det.seen = seen
+        return det
+
+
+class EnsembleDetector:
+    """Several detectors on one series; the score is the maximum of theirs (every member always learns).
+
+    The maximum keeps each member's meaning: an ensemble alert is an alert of at least one member, so
+    its false alarms are at most the sum of the members' and its delay the smallest of theirs.
+
+    >>> ens = EnsembleDetector([RobustBaseline(window=10, min_history=5), RiverDrift(min_history=5)])
+    >>> ens.warmup, [ens.update(1.0) for _ in range(3)]
+    (5, [0.0, 0.0, 0.0])
+    >>> load_detector(ens.to_state()).to_state() == ens.to_state()
+    True
+    """
+
+    kind: ClassVar[str] = "ensemble"
+
+    def __init__(self, members: Iterable[SeriesDetector]) -> None:
+        self.members: list[SeriesDetector] = list(members)
+        if not self.members:
+            raise ValueError("an ensemble needs at least one member")
+
+    @property
+    def warmup(self) -> int:
+        return min(m.warmup for m in self.members)
+
+    def update(self, value: float) -> float:
+        value = _check_value(value)
+        return max([m.update(value) for m in self.members])
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": DETECTOR_STATE_VERSION,
+            "members": [m.to_state() for m in self.members],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        _check_header(state, cls.kind, ("members",))
+        members = state["members"]
+        if not isinstance(members, list) or not members:
+            raise DetectorStateError(f"{cls.kind} state members must be a non-empty list")
+        return cls(load_detector(m) for m in members)
+
+
+def default_detector(side: str = "both") -> EnsembleDetector:
+    """The project's default detector stack for one per-window series.
+
+    A :class:`RobustBaseline` (one-hour rolling median and MAD for one-minute windows; alerts from 4.35
+    robust sigmas) for jumps, and a Page-Hinkley :class:`RiverDrift` on the robust z-scores for sustained
+    shifts of one to three sigmas; see docs/benchmarks.md for how these values were chosen.
+
+    >>> det = default_detector(side="up")
+    >>> [m.kind for m in det.members], det.warmup
+    (['robust_baseline', 'river_drift'], 20)
+    """
+    return EnsembleDetector(
+        [
+            RobustBaseline(window=60, min_history=20, k=4.0, softness=0.5, side=side),
+            RiverDrift(
+                "page_hinkley",
+                params={"min_instances": 30, "delta": 0.5, "threshold": 25.0, "alpha": 0.999},
+                side=side,
+                window=60,
+                min_history=20,
+            ),
+        ]
+    )
+
+
+_KINDS: Mapping[str, type[RobustBaseline] | type[RiverDrift] | type[EnsembleDetector]] = {
+    cls.kind: cls for cls in (RobustBaseline, RiverDrift, EnsembleDetector)
+}
+
+
+def load_detector(state: object) -> SeriesDetector:
+    """Rebuild any detector from its :meth:`~SeriesDetector.to_state` output (dispatch on ``kind``).
+
+    >>> load_detector({"kind": "pickle", "version": 1})
+    Traceback (most recent call last):
+    ...
+    stream_monitor.core.detectors.DetectorStateError: unknown detector kind 'pickle'; expected one of \
+['ensemble', 'river_drift', 'robust_baseline']
+    """
+    if not isinstance(state, Mapping):
+        raise DetectorStateError(f"detector state must be a JSON object, got {type(state).__name__}")
+    cls = _KINDS.get(state.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise DetectorStateError(
+            f"unknown detector kind {state.get('kind')!r}; expected one of {sorted(_KINDS)}"
+        )
+    return cls.from_state(state)
+
+
+_Built = TypeVar("_Built")
+
+# -- state checks ----------------------------------------------------------------------------------------
+
+
+def _check_header(state: object, kind: str, fields: tuple[str, ...]) -> None:
+    if not isinstance(state, Mapping):
+        raise DetectorStateError(f"{kind} state must be a JSON object, got {type(state).__name__}")
+    if state.get("kind") != kind:
+        raise DetectorStateError(f"{kind} state has kind {state.get('kind')!r}")
+    version = state.get("version")
+    if isinstance(version, bool) or version != DETECTOR_STATE_VERSION:
+        raise DetectorStateError(f"{kind} state version {version!r} is not {DETECTOR_STATE_VERSION}")
+    missing = [name for name in fields if name not in state]
+    if missing:
+        raise DetectorStateError(f"{kind} state lacks {missing}")
+
+
+def _build(make: Callable[..., _Built], kind: str, state: Mapping[str, Any]) -> _Built:
+    """The detector described by a state's ``params``; the constructor's checks become state errors."""
+    params = state["params"]
+    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+        raise DetectorStateError(f"{kind} state params must be a JSON object")
+    try:
+        return make(**params)
+    except (TypeError, ValueError) as exc:
+        raise DetectorStateError(f"{kind} state params are invalid: {exc}") from None
+
+
+def _floats(state: Mapping[str, Any], name: str, kind: str) -> list[float]:
+    values = state[name]
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        raise DetectorStateError(f"{kind} state {name} must be a list of finite numbers")
+    return [float(v) for v in values]
+
+
+def _count(state: Mapping[str, Any], name: str, kind: str) -> int:
+    value = state[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DetectorStateError(f"{kind} state {name} must be a non-negative integer, got {value!r}")
+    return value
