@@ -195,8 +195,8 @@ class WindowEvaluator:
         2. the breaching values of localising dimensions are taken strongest first (observed /
            threshold), then narrowest; one is kept unless a kept one *explains* it, i.e. the statistic
            over its slice without the kept slice no longer breaches or has too little data to show a
-           breach of its own (two slices that explain each other are both kept: the problem sits in
-           their intersection);
+           breach of its own (two slices that clearly explain each other, each back below its clearing
+           level without the other, are both kept: the problem sits in their intersection);
         3. the top-level roll-up is kept when nothing localises it, or when it still breaches without the
            kept slices (a global problem on top of a local one);
         4. with no top-level breach, slice breaches are kept strongest first unless explained.
@@ -246,7 +246,7 @@ class WindowEvaluator:
         for breach in sorted(slices, key=lambda b: (-_strength(b), share[id(b)])):
             if not any(
                 self._explained(breach, by, members) is not False
-                and self._explained(by, breach, members) is not True
+                and self._explained(by, breach, members, clearly=True) is not True
                 for by in chosen
             ):
                 chosen.append(breach)
@@ -258,7 +258,7 @@ class WindowEvaluator:
                 if any(
                     other is not breach
                     and self._explained(breach, other, members) is not False
-                    and self._explained(other, breach, members) is not True
+                    and self._explained(other, breach, members, clearly=True) is not True
                     for other in chosen
                 ):
                     chosen.remove(breach)
@@ -278,11 +278,17 @@ class WindowEvaluator:
         return chosen
 
     def _explained(
-        self, breach: Breach, by: Breach, series: Mapping[tuple[str, ...], SeriesStats]
+        self,
+        breach: Breach,
+        by: Breach,
+        series: Mapping[tuple[str, ...], SeriesStats],
+        clearly: bool = False,
     ) -> bool | None:
         """Whether ``breach`` no longer breaches once the slice of ``by`` is taken out of it.
 
-        None when what is left has too little data to say either way.
+        None when what is left has too little data to say either way. ``clearly`` asks for what is left
+        to be back below the alert's clearing level (threshold x clear_ratio), not just the threshold:
+        it takes that much to claim a slice's whole problem sits inside another slice.
         """
         residual = _merged(
             s for k, s in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
@@ -290,7 +296,12 @@ class WindowEvaluator:
         value = self.measure(residual, breach.signal, breach.metric)
         if value is None or breach.threshold is None:
             return None if residual.n else True
-        return value <= breach.threshold
+        return value <= breach.threshold * (self._clear_ratio(breach.signal) if clearly else 1.0)
+
+    def _clear_ratio(self, signal: str) -> float:
+        if signal == "latency":
+            return self.topology.latency.clear_ratio
+        return self._rate_rules[signal].clear_ratio
 
     def _rates(
         self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]

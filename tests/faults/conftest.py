@@ -461,7 +461,7 @@ class PacedProducer(threading.Thread):
         self.sent = 0
         self.produced = Produced()
         self.flushed_ok: bool | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.marks: dict[str, int] = {}
         self.error: BaseException | None = None
 
@@ -470,19 +470,19 @@ class PacedProducer(threading.Thread):
         return self.sent
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         try:
             producer = make_producer(self.bootstrap)
             began = time.monotonic()
             for i, (topic, key, value) in enumerate(self.messages):
-                if self._stop.is_set() or time.monotonic() - began > self.max_s:
+                if self._halt.is_set() or time.monotonic() - began > self.max_s:
                     break
                 if i % 100 == 0:
                     ahead = i / self.rate - (time.monotonic() - began)
                     if ahead > 0:
-                        self._stop.wait(min(ahead, 1.0))
+                        self._halt.wait(min(ahead, 1.0))
                 for _ in range(100_000):
                     try:
                         producer.produce(topic, value=value, key=key, on_delivery=self.produced.callback(i))

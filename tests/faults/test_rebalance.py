@@ -42,22 +42,22 @@ class LeaseWatch(threading.Thread):
         self.client, self.key, self.max_s = client, f"{prefix}:lease:closer", max_s
         self.changes: list[tuple[float, str | None]] = []
         self.samples = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         began = time.monotonic()
         last: object = object()
-        while not self._stop.is_set() and time.monotonic() - began < self.max_s:
+        while not self._halt.is_set() and time.monotonic() - began < self.max_s:
             raw = self.client.get(self.key)
             holder = raw.decode() if raw else None
             self.samples += 1
             if holder != last:
                 self.changes.append((time.monotonic(), holder))
                 last = holder
-            self._stop.wait(0.1)
+            self._halt.wait(0.1)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 

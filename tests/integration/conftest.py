@@ -263,3 +263,30 @@ def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Wor
             (artefacts / f"{request.node.name}-{worker.log_path.name}").write_bytes(
                 worker.log_path.read_bytes()
             )
+
+
+def measure_counting_rate(
+    client: redis.Redis, prefix: str, expected: int, worker: WorkerProcess, timeout_s: float = 300
+) -> tuple[float, float]:
+    """Wait until ``expected`` events are counted; return (events/s between 10 % and 90 %, seconds).
+
+    Sampling the committed totals (not the first commit) keeps the worker's start-up and the first
+    large batch out of the rate.
+    """
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counted = totals(client, prefix).get("consumed", 0)
+        samples.append((time.monotonic(), counted))
+        if counted >= expected:
+            break
+        if not worker.alive():
+            pytest.fail(f"worker exited while counting:\n{worker.log_tail()}")
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"timed out: {samples[-1][1]} of {expected} counted\n{worker.log_tail()}")
+    low = next(s for s in samples if s[1] >= expected * 0.1)
+    high = next(s for s in samples if s[1] >= expected * 0.9)
+    if high[0] <= low[0]:
+        return float("nan"), samples[-1][0] - samples[0][0]
+    return (high[1] - low[1]) / (high[0] - low[0]), samples[-1][0] - samples[0][0]

@@ -1,0 +1,110 @@
+"""Scenarios 3 and 4: Redis goes away mid-stream.
+
+* outage: a private Redis (AOF on) is stopped for 30 s and started again with its data; the worker must
+  stay up, report ``stream_monitor_state_store_up 0`` meanwhile, keep its memory bounded, recover and
+  count every event exactly once;
+* restarted empty: a private Redis without persistence comes back empty; the worker exits with 75 on its
+  next commit and, restarted, counts every event from Kafka's committed offsets on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from tests.faults.conftest import (
+    PacedProducer,
+    aligned_past,
+    assert_exact,
+    counted,
+    events_to_messages,
+    metric_value,
+    produce_all,
+    rss_kb,
+    simulated,
+    start_worker,
+    totals,
+)
+from tests.integration.conftest import WorkerProcess, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+OUTAGE_S = 30.0
+
+
+def _deployment(ts: int, version: str, traffic: float) -> dict[str, object]:
+    return {
+        "type": "deployment", "ts": ts, "model": "home-ranker", "model_version": version, "arm": "canary",
+        "traffic": traffic, "baseline_version": "2026.11.20-3", "actor": "faults-test", "reason": "outage",
+    }
+
+
+@pytest.mark.timeout(300)
+def test_redis_outage_30s_worker_survives_and_counts_exactly_once(
+    make_deployment, private_redis, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    server = private_redis(appendonly=True)
+    dep = make_deployment(kafka_bootstrap, server.url)
+    start = aligned_past(2)
+    events = simulated(start, duration_s=10 * 60, rate=30, seed=3303)
+    producer = PacedProducer(dep.bootstrap, events_to_messages(events, dep), rate=1500)
+    # Deployments announced while Redis is down (a release does not wait for the monitor's Redis).
+    during = [("deployment", b"home-ranker", _deployment(start + 300_000 + i, f"2026.11.27-{i}", 0.05 * i))
+              for i in range(1, 4)]
+    all_events = events + during
+    client = redis.Redis.from_url(server.url, socket_timeout=5)
+
+    worker = start_worker(dep, fault_workers, tmp_path, "outage")
+    producer.start()
+    try:
+        wait_for(lambda: counted(client, dep.prefix) > 10_000, 90, "10k events counted", worker)
+        baseline = [rss_kb(worker.proc.pid) or 0 for _ in range(4) if time.sleep(0.25) is None]  # type: ignore[union-attr]
+        before = counted(client, dep.prefix)
+        producer.mark("outage")
+        client.close()
+        server.stop()  # SIGTERM: Redis writes its AOF and exits
+        down_at = time.monotonic()
+        produce_all(dep.bootstrap, events_to_messages(during, dep))
+        up_samples: list[float | None] = []
+        rss: list[int] = []
+        while time.monotonic() - down_at < OUTAGE_S:
+            assert worker.alive(), f"worker died during the Redis outage:\n{worker.log_tail()}"
+            rss.append(rss_kb(worker.proc.pid) or 0)  # type: ignore[union-attr]
+            up_samples.append(metric_value(worker, "stream_monitor_state_store_up"))
+            time.sleep(0.5)
+        sent_during = producer.sent - producer.marks["outage"]
+        server.start()
+        client = redis.Redis.from_url(server.url, socket_timeout=5)
+        after_restart = counted(client, dep.prefix)
+        assert after_restart >= before, "Redis lost data across its restart (AOF)"
+        recovered_in = wait_for(
+            lambda: metric_value(worker, "stream_monitor_state_store_up") == 1.0 and time.monotonic(),
+            60, "state_store_up back to 1", worker,
+        ) - down_at - OUTAGE_S
+        producer.finish()
+        wait_for(lambda: counted(client, dep.prefix) >= len(all_events), 120, "every event counted", worker)
+        time.sleep(3)
+    finally:
+        producer.stop()
+
+    final = totals(client, dep.prefix)
+    base_rss = max(baseline)
+    print(
+        f"\nFAULT redis-outage: {OUTAGE_S:.0f} s outage after {before} counted; produced={len(all_events)} "
+        f"(during the outage: {sent_during} + {len(during)} deployments) counted={final.get('consumed')}; "
+        f"store_up samples during outage {sorted({s for s in up_samples if s is not None})}; recovered "
+        f"{recovered_in:.1f} s after restart; VmRSS baseline {base_rss // 1024} MiB, outage max "
+        f"{max(rss) // 1024} MiB, growth {(max(rss) - base_rss) // 1024} MiB"
+    )
+    assert worker.alive(), worker.log_tail()
+    assert 0.0 in up_samples, f"state_store_up never showed 0 during the outage: {up_samples}"
+    assert max(rss) - base_rss < 200 * 1024, (base_rss, max(rss))
+    assert final["consumed"] == len(all_events), final
+    assert final.get("late", 0) == 0 and final.get("rejected", 0) == 0, final
+    assert_exact(client, dep.prefix, events)
+    stored = client.hget(f"{dep.prefix}:deploy:home-ranker", "canary")
+    assert stored is not None and orjson.loads(stored)["model_version"] == "2026.11.27-3", stored
