@@ -121,8 +121,16 @@ class WorkerRuntime:
                         ndjson=is_ndjson(message.headers),
                     )
                 consumer = self.app.consumer
-                for tp in {event.message.tp for event in events}:
-                    engine.note_highwater(tp.topic, tp.partition, consumer.highwater(tp))
+                last_offsets: dict[Any, int] = {}
+                for event in events:
+                    message = event.message
+                    last_offsets[message.tp] = max(last_offsets.get(message.tp, -1), message.offset)
+                for tp, last in last_offsets.items():
+                    highwater = consumer.highwater(tp)
+                    engine.note_highwater(tp.topic, tp.partition, highwater)
+                    if highwater is not None:
+                        lag = self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition))
+                        lag.set(max(0, highwater - last - 1))
                 await self.commit()
                 claims = engine.claims
                 for event in events:

@@ -116,6 +116,13 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Messages on the broker not yet read by this worker (log end minus position), per partition.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=registry,
+        )
         self._signal_labels: set[tuple[str, ...]] = set()
 
     def set_signals(self, values: Iterable[SignalValue]) -> None:

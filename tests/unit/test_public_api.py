@@ -1,0 +1,54 @@
+"""The public surface is exactly ``stream_monitor.__all__``, and the pure core stays pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import stream_monitor
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = Path(stream_monitor.__file__).parent
+
+
+def test_all_names_exist_and_are_sorted() -> None:
+    assert sorted(stream_monitor.__all__) == list(stream_monitor.__all__)
+    for name in stream_monitor.__all__:
+        assert hasattr(stream_monitor, name), name
+
+
+def test_importing_the_package_does_not_load_faust_or_kafka() -> None:
+    import subprocess
+    import sys
+
+    code = "import stream_monitor, sys; print(sorted(m for m in ('faust', 'confluent_kafka', 'redis') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_imports_only_the_standard_library_numpy_and_river(path: Path) -> None:
+    allowed_third_party = {"numpy", "river", "orjson"}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            assert top in allowed_third_party or top == "stream_monitor" or top in _stdlib(), (
+                f"{path.name}: {name}"
+            )
+            if top == "stream_monitor":
+                assert name.startswith("stream_monitor.core"), f"{path.name} imports {name} outside core"
+
+
+def _stdlib() -> frozenset[str]:
+    import sys
+
+    return frozenset(sys.stdlib_module_names) | {"__future__"}
