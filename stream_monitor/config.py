@@ -1,8 +1,10 @@
 """Runtime settings: one frozen object, read by the CLI and nowhere else.
 
 Components take typed arguments, not this object. Values come from (highest first) the environment
-(``STREAM_MONITOR_*``), a TOML file named by ``STREAM_MONITOR_CONFIG`` (default ``config/default.toml`` when
-it exists), and the defaults below. Secrets are ``SecretStr`` and never logged.
+(``STREAM_MONITOR_*``), secret files in ``STREAM_MONITOR_SECRETS_DIR`` (one file per setting, named like
+its variable, e.g. ``STREAM_MONITOR_KAFKA_SASL_PASSWORD``), a TOML file named by ``STREAM_MONITOR_CONFIG`` (default
+``config/default.toml`` when it exists), and the defaults below. Secrets are ``SecretStr``: they print as
+``**********`` and are never logged or put in alerts.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -56,7 +59,13 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    # redis:// or rediss:// (TLS); a password or ACL user goes in the URL (redis://user:pass@host/0).
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_ssl_ca_certs: Path | None = None
     redis_prefix: str = "sm"
     topics: Topics = Field(default_factory=Topics)
     topic_partitions: int = 4
@@ -80,7 +89,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets_dir = os.environ.get("STREAM_MONITOR_SECRETS_DIR")
+        if secrets_dir:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
         config_file = Path(os.environ.get("STREAM_MONITOR_CONFIG", "config/default.toml"))
         if config_file.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))

@@ -394,7 +394,7 @@ class Engine:
             end = window_start + size
             fields = self.store.read_window(window_start)
             values, breaches, _engagement = self.evaluator.evaluate(
-                fields, state.volume_history, state.volume_absent
+                fields, state.volume_history, state.volume_absent, state.baselines
             )
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
             alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)

@@ -11,7 +11,16 @@ from typing import Any
 
 import yaml
 
-from stream_monitor.core.topology import DEFAULT_RATES, LatencyRule, RateRule, Topology, VolumeRule
+from stream_monitor.core.topology import (
+    DEFAULT_RATES,
+    EngagementRatioRule,
+    FreshnessRule,
+    LatencyRule,
+    RateRule,
+    SourceRule,
+    Topology,
+    VolumeRule,
+)
 from stream_monitor.core.windows import WindowSpec
 
 __all__ = ["DEFAULT_TOPOLOGY", "TopologyError", "load_topology", "parse_duration_ms", "parse_topology"]
@@ -84,6 +93,15 @@ def parse_topology(doc: Any) -> Topology:
             volume=_volume(_mapping(signals, "volume", required=False)),
             latency=_latency(_mapping(signals, "latency", required=False)),
             rates=_rates(_mapping(signals, "rates", required=False)),
+            freshness=_freshness(_mapping(signals, "freshness", required=False)),
+            sources=_sources(_mapping(signals, "candidate_source", required=False)),
+            engagement=EngagementRatioRule(
+                **_known(
+                    _mapping(signals, "engagement_ratio", required=False),
+                    EngagementRatioRule,
+                    "signals.engagement_ratio",
+                )
+            ),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -96,19 +114,38 @@ def _volume(doc: dict[str, Any]) -> VolumeRule:
     return VolumeRule(**_known(doc, VolumeRule, "signals.volume"))
 
 
-def _latency(doc: dict[str, Any]) -> LatencyRule:
+def _quantile_slas(doc: object, where: str) -> dict[str, dict[float, float]]:
+    if not isinstance(doc, dict):
+        raise TopologyError(f"{where}: expected a mapping of name -> {{p99: limit}}")
     slas: dict[str, dict[float, float]] = {}
-    for stage, quantiles in (doc.get("sla_ms") or {"total": {"p99": 250}}).items():
+    for name, quantiles in doc.items():
         if not isinstance(quantiles, dict):
-            raise TopologyError(f"signals.latency.sla_ms.{stage}: expected a mapping like {{p99: 250}}")
-        slas[str(stage)] = {}
-        for name, limit in quantiles.items():
-            match = re.fullmatch(r"p(50|95|99)", str(name))
+            raise TopologyError(f"{where}.{name}: expected a mapping like {{p99: 250}}")
+        slas[str(name)] = {}
+        for q, limit in quantiles.items():
+            match = re.fullmatch(r"p(50|95|99)", str(q))
             if not match:
-                raise TopologyError(f"signals.latency.sla_ms.{stage}: {name!r} is not one of p50, p95, p99")
-            slas[str(stage)][int(match.group(1)) / 100] = float(limit)
+                raise TopologyError(f"{where}.{name}: {q!r} is not one of p50, p95, p99")
+            slas[str(name)][int(match.group(1)) / 100] = float(limit)
+    return slas
+
+
+def _latency(doc: dict[str, Any]) -> LatencyRule:
+    slas = _quantile_slas(doc.get("sla_ms") or {"total": {"p99": 250}}, "signals.latency.sla_ms")
     rest = {k: v for k, v in doc.items() if k != "sla_ms"}
     return LatencyRule(slas_ms=slas, **_known(rest, LatencyRule, "signals.latency"))
+
+
+def _freshness(doc: dict[str, Any]) -> FreshnessRule:
+    slas = _quantile_slas(doc.get("sla_s") or {}, "signals.freshness.sla_s")
+    rest = {k: v for k, v in doc.items() if k != "sla_s"}
+    return FreshnessRule(slas_s=slas, **_known(rest, FreshnessRule, "signals.freshness"))
+
+
+def _sources(doc: dict[str, Any]) -> SourceRule:
+    rest = dict(doc)
+    sources = tuple(_str_list(rest.pop("sources", []), "signals.candidate_source.sources"))
+    return SourceRule(sources=sources, **_known(rest, SourceRule, "signals.candidate_source"))
 
 
 def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
@@ -128,7 +165,7 @@ def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
 
 
 def _known(doc: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    fields = set(cls.__dataclass_fields__) - {"signal", "counter", "slas_ms"}  # type: ignore[attr-defined]
+    fields = set(cls.__dataclass_fields__) - {"signal", "counter", "slas_ms", "slas_s", "sources"}  # type: ignore[attr-defined]
     unknown = set(doc) - fields
     if unknown:
         raise TopologyError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(fields)})")

@@ -32,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from stream_monitor.state.redis_store import RedisStore
 
     settings, topology = load_settings_and_topology(args)
-    store = RedisStore.from_url(settings.redis_url.get_secret_value(), prefix=settings.redis_prefix)
+    store = RedisStore.from_url(
+        settings.redis_url.get_secret_value(),
+        prefix=settings.redis_prefix,
+        ssl_ca_certs=str(settings.redis_ssl_ca_certs) if settings.redis_ssl_ca_certs else None,
+    )
     registry = CollectorRegistry()
     runtime = build_worker(settings, topology, store, registry)
     runtime.prepare_topics()

@@ -28,6 +28,7 @@ __all__ = [
     "WindowAccumulator",
 ]
 
+FUNNEL_STAGES = frozenset({"retrieved", "filtered", "ranked", "returned"})
 SEP_SERIES = "|"
 SEP_METRIC = "#"
 ENGAGEMENT_SERIES = "*"
@@ -127,6 +128,8 @@ class WindowAccumulator:
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._size = topology.window.size_ms
         self._stages = topology.latency.stages
+        self._features = topology.freshness.features
+        self._sources = frozenset(topology.sources.sources)
         self._segment_dims = topology.segment_dims
         self._parts: dict[str, PartitionDelta] = {}
 
@@ -177,6 +180,22 @@ class WindowAccumulator:
             ms = latency.get(stage)
             if ms is not None:
                 _add(window, f"{prefix}lat.{stage}.{bucket(ms)}", 1)
+        if self._features:
+            feature_ts = event.feature_ts
+            for feature in self._features:
+                updated = feature_ts.get(feature)
+                if isinstance(updated, int) and not isinstance(updated, bool):
+                    # Age in seconds; a feature "from the future" (clock skew) counts as fresh.
+                    _add(window, f"{prefix}age.{feature}.{bucket(max(0, event.ts - updated) / 1000)}", 1)
+        if event.error is None:
+            for stage, count in event.funnel.items():
+                if stage in FUNNEL_STAGES:
+                    _add(window, f"{prefix}fun.{stage}", count)
+            if self._sources:
+                for source, count in event.sources.items():
+                    if isinstance(count, int | float) and count >= 0:
+                        name = source if source in self._sources else OTHER
+                        _add(window, f"{prefix}src.{name}", count)
 
     def add_engagement(self, partition: str, offset: int, event: EngagementEvent) -> None:
         """Count one valid engagement event."""

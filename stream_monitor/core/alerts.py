@@ -17,7 +17,7 @@ from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added `baselines`; version 1 checkpoints still load
 
 
 class StateFormatError(ValueError):
@@ -65,6 +65,7 @@ class DetectorState:
     volume_history: dict[str, list[float]] = field(default_factory=dict)
     volume_absent: dict[str, int] = field(default_factory=dict)
     open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -76,23 +77,26 @@ class DetectorState:
         >>> DetectorState.from_json_dict({"version": 99})
         Traceback (most recent call last):
         ...
-        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 1
+        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 2
         """
         if not isinstance(doc, dict):
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") != STATE_VERSION:
+        if doc.get("version") not in (1, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
+        doc = {"baselines": {}, **doc}
         try:
-            for name in ("volume_history", "volume_absent", "open_alerts"):
+            for name in ("volume_history", "volume_absent", "open_alerts", "baselines"):
                 if not isinstance(doc.get(name), dict):
                     raise StateFormatError(f"detector state {name} must be a JSON object")
-            if not all(isinstance(v, list) for v in doc["volume_history"].values()):
-                raise StateFormatError("detector state volume_history values must be lists")
+            for name in ("volume_history", "baselines"):
+                if not all(isinstance(v, list) for v in doc[name].values()):
+                    raise StateFormatError(f"detector state {name} values must be lists")
             state = cls(
                 last_closed_end=doc["last_closed_end"],
                 volume_history={str(k): [float(x) for x in v] for k, v in doc["volume_history"].items()},
                 volume_absent={str(k): int(v) for k, v in doc["volume_absent"].items()},
                 open_alerts={str(k): dict(v) for k, v in doc["open_alerts"].items()},
+                baselines={str(k): [float(x) for x in v] for k, v in doc["baselines"].items()},
             )
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)

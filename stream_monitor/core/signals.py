@@ -30,15 +30,17 @@ class SeriesStats:
     n: float = 0
     counters: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[int, float]] = field(default_factory=dict)
+    ages: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def merge(self, other: SeriesStats) -> None:
         self.n += other.n
         for name, value in other.counters.items():
             self.counters[name] = self.counters.get(name, 0) + value
-        for stage, buckets in other.latency.items():
-            mine = self.latency.setdefault(stage, {})
-            for bucket, count in buckets.items():
-                mine[bucket] = mine.get(bucket, 0) + count
+        for mine_all, theirs_all in ((self.latency, other.latency), (self.ages, other.ages)):
+            for name, buckets in theirs_all.items():
+                mine = mine_all.setdefault(name, {})
+                for bucket, count in buckets.items():
+                    mine[bucket] = mine.get(bucket, 0) + count
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +97,10 @@ def parse_window(
             stats = series[key] = SeriesStats()
         if metric == "n":
             stats.n += value
-        elif metric.startswith("lat."):
-            stage, _, bucket = metric[4:].rpartition(".")
-            buckets = stats.latency.setdefault(stage, {})
+        elif metric.startswith(("lat.", "age.")):
+            name, _, bucket = metric[4:].rpartition(".")
+            histograms = stats.latency if metric[0] == "l" else stats.ages
+            buckets = histograms.setdefault(name, {})
             buckets[int(bucket)] = buckets.get(int(bucket), 0) + value
         else:
             stats.counters[metric] = stats.counters.get(metric, 0) + value
@@ -153,17 +156,27 @@ class WindowEvaluator:
         fields: Mapping[str, float],
         volume_history: dict[str, list[float]],
         volume_absent: dict[str, int],
+        baselines: dict[str, list[float]] | None = None,
     ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
-        """Signal values, localised breaches and engagement counts for one window."""
+        """Signal values, localised breaches and engagement counts for one window.
+
+        ``baselines`` holds the trailing history of the baseline-relative signals (candidate-source
+        shares, engagement ratio), keyed ``signal|metric|series``; it is updated in place.
+        """
         series, engagement = parse_window(fields, len(self._key_dims))
+        history = {} if baselines is None else baselines
         values: list[SignalValue] = []
         ceiling: list[Breach] = []
         by_version = self.levels(series, with_version=True)
         self._rates(by_version, values, ceiling)
         self._latency(by_version, values, ceiling)
-        volume: list[Breach] = []
-        self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, volume)
-        kept = self.explain_away(ceiling, series) + localise(volume, values, self._key_dims)
+        self._freshness(by_version, values, ceiling)
+        self._funnel(by_version, values)
+        floor: list[Breach] = []
+        self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, floor)
+        self._sources(by_version, history, values, floor)
+        self._engagement_ratio(series, engagement, history, values, floor)
+        kept = self.explain_away(ceiling, series) + localise(floor, values, self._key_dims)
         return values, kept, engagement
 
     def measure(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
@@ -174,6 +187,12 @@ class WindowEvaluator:
             if stats.n < self.topology.latency.min_count or not buckets:
                 return None
             return self.buckets.quantile(buckets, int(quantile[1:]) / 100)
+        if signal == "freshness":
+            quantile, feature = metric.split(".", 1)
+            buckets = stats.ages.get(feature)
+            if not buckets or sum(buckets.values()) < self.topology.freshness.min_count:
+                return None
+            return self.buckets.quantile(buckets, int(quantile[1:].removesuffix("_age_s")) / 100)
         rule = self._rate_rules[signal]
         if stats.n < rule.min_count:
             return None
@@ -301,6 +320,8 @@ class WindowEvaluator:
     def _clear_ratio(self, signal: str) -> float:
         if signal == "latency":
             return self.topology.latency.clear_ratio
+        if signal == "freshness":
+            return self.topology.freshness.clear_ratio
         return self._rate_rules[signal].clear_ratio
 
     def _rates(
@@ -362,6 +383,134 @@ class WindowEvaluator:
                             )
                         )
 
+    def _freshness(
+        self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue], breaches: list[Breach]
+    ) -> None:
+        rule = self.topology.freshness
+        for key, stats in levels.items():
+            for feature, slas in rule.slas_s.items():
+                for q, sla in slas.items():
+                    metric = f"p{round(q * 100)}_age_s.{feature}"
+                    observed = self.measure(stats, "freshness", metric)
+                    if observed is None:
+                        continue
+                    values.append(SignalValue("freshness", metric, key, observed))
+                    if observed > sla:
+                        breaches.append(
+                            Breach(
+                                "freshness",
+                                metric,
+                                key,
+                                observed,
+                                None,
+                                sla,
+                                "s",
+                                "critical" if observed > sla * rule.critical_factor else "warning",
+                                f"feature {feature} is stale: p{round(q * 100)} age {_age(observed)}, "
+                                f"above the {_age(sla)} freshness SLA",
+                            )
+                        )
+
+    def _funnel(self, levels: Mapping[tuple[str, ...], SeriesStats], values: list[SignalValue]) -> None:
+        # Stage-to-stage pass rates: exported for dashboards and diagnosis; no alert rule of their own yet.
+        for key, stats in levels.items():
+            retrieved = stats.counters.get("fun.retrieved", 0)
+            if not retrieved:
+                continue
+            for stage in ("filtered", "ranked", "returned"):
+                values.append(
+                    SignalValue(
+                        "funnel",
+                        f"{stage}_per_retrieved",
+                        key,
+                        stats.counters.get(f"fun.{stage}", 0) / retrieved,
+                    )
+                )
+
+    def _sources(
+        self,
+        levels: Mapping[tuple[str, ...], SeriesStats],
+        history: dict[str, list[float]],
+        values: list[SignalValue],
+        breaches: list[Breach],
+    ) -> None:
+        rule = self.topology.sources
+        if not rule.sources:
+            return
+        for key, stats in levels.items():
+            total = sum(v for k, v in stats.counters.items() if k.startswith("src."))
+            if stats.n < rule.min_count or total <= 0:
+                continue
+            series = SEP_SERIES.join(key)
+            for source in rule.sources:
+                share = stats.counters.get(f"src.{source}", 0) / total
+                metric = f"share.{source}"
+                values.append(SignalValue("candidate_source", metric, key, share))
+                past = _touch(history, f"candidate_source|{metric}|{series}")
+                breached = False
+                if len(past) >= rule.min_history:
+                    expected = statistics.median(past)
+                    floor = expected * (1.0 - rule.drop_ratio)
+                    if expected >= rule.min_share and share < floor:
+                        breached = True
+                        breaches.append(
+                            Breach(
+                                "candidate_source",
+                                metric,
+                                key,
+                                share,
+                                expected,
+                                floor,
+                                "ratio",
+                                "critical" if share == 0 else "warning",
+                                f"candidate source {source} supplies {share:.1%} of candidates, against "
+                                f"a trailing median of {expected:.1%}",
+                            )
+                        )
+                if not breached:
+                    past.append(share)
+                    del past[: -rule.baseline_windows]
+
+    def _engagement_ratio(
+        self,
+        series: Mapping[tuple[str, ...], SeriesStats],
+        engagement: Mapping[str, float],
+        history: dict[str, list[float]],
+        values: list[SignalValue],
+        breaches: list[Breach],
+    ) -> None:
+        # Engagement events carry only a request id, so without the serving join this is one global ratio.
+        rule = self.topology.engagement
+        requests = sum(s.n for s in series.values())
+        if requests < rule.min_requests:
+            return
+        key = (ALL,) * len(self._key_dims)
+        metric = f"{rule.action}s_per_request"
+        ratio = engagement.get(rule.action, 0) / requests
+        values.append(SignalValue("engagement_ratio", metric, key, ratio))
+        past = _touch(history, f"engagement_ratio|{metric}|*")
+        if len(past) >= rule.min_history:
+            expected = statistics.median(past)
+            floor = expected * (1.0 - rule.drop_ratio)
+            if ratio < floor:
+                breaches.append(
+                    Breach(
+                        "engagement_ratio",
+                        metric,
+                        key,
+                        ratio,
+                        expected,
+                        floor,
+                        "ratio",
+                        "critical",
+                        f"{ratio:.2f} {rule.action} events logged per serving request against a trailing "
+                        f"median of {expected:.2f}: engagement logging looks broken",
+                    )
+                )
+                return
+        past.append(ratio)
+        del past[: -rule.baseline_windows]
+
     def _volume(
         self,
         levels: Mapping[tuple[str, ...], SeriesStats],
@@ -405,6 +554,26 @@ class WindowEvaluator:
             if not breached:
                 past.append(count)
                 del past[: -rule.baseline_windows]
+
+
+MAX_BASELINES = 20_000
+
+
+def _touch(history: dict[str, list[float]], key: str) -> list[float]:
+    """The history under ``key``, moved to the end of the (insertion-ordered) dict.
+
+    The dict is thereby ordered by last use, so the least recently used histories (of series that went
+    away) are the first dropped once there are more than MAX_BASELINES.
+    """
+    past = history.pop(key, [])
+    history[key] = past
+    while len(history) > MAX_BASELINES:
+        del history[next(iter(history))]
+    return past
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def _strength(breach: Breach) -> float:

@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 
 from stream_monitor.core.windows import WindowSpec
 
-__all__ = ["DEFAULT_RATES", "LatencyRule", "RateRule", "Topology", "VolumeRule"]
+__all__ = [
+    "DEFAULT_RATES",
+    "EngagementRatioRule",
+    "FreshnessRule",
+    "LatencyRule",
+    "RateRule",
+    "SourceRule",
+    "Topology",
+    "VolumeRule",
+]
 
 KEY_DIMS = ("model", "model_version", "arm", "surface")
 
@@ -48,6 +57,43 @@ class LatencyRule:
         return tuple(self.slas_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class FreshnessRule:
+    """Per-feature age (event ts minus the feature's ``feature_ts``) quantiles against SLAs in seconds."""
+
+    slas_s: dict[str, dict[float, float]] = field(default_factory=dict)
+    min_count: int = 100
+    critical_factor: float = 4.0
+    clear_ratio: float = 0.9
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.slas_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRule:
+    """Candidate-source mix: a source's share of candidates against its own trailing median."""
+
+    sources: tuple[str, ...] = ()
+    baseline_windows: int = 15
+    min_history: int = 5
+    drop_ratio: float = 0.7
+    min_share: float = 0.02
+    min_count: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementRatioRule:
+    """Impressions logged per serving request, against its trailing median (logging breaks)."""
+
+    action: str = "impression"
+    baseline_windows: int = 15
+    min_history: int = 5
+    drop_ratio: float = 0.5
+    min_requests: int = 100
+
+
 DEFAULT_RATES = (
     RateRule("error_rate", "err", threshold=0.02),
     RateRule("fallback_rate", "fb", threshold=0.05),
@@ -77,6 +123,9 @@ class Topology:
         default_factory=lambda: LatencyRule(slas_ms={"total": {0.99: 250.0}}),
     )
     rates: tuple[RateRule, ...] = DEFAULT_RATES
+    freshness: FreshnessRule = field(default_factory=FreshnessRule)
+    sources: SourceRule = field(default_factory=SourceRule)
+    engagement: EngagementRatioRule = field(default_factory=EngagementRatioRule)
 
     def __post_init__(self) -> None:
         if not self.group_by:

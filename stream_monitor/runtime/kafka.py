@@ -36,6 +36,15 @@ def client_config(settings: Settings) -> dict[str, Any]:
         conf["sasl.username"] = settings.kafka_sasl_username or ""
         if settings.kafka_sasl_password is not None:
             conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    for option, path in (
+        ("ssl.ca.location", settings.kafka_ssl_cafile),
+        ("ssl.certificate.location", settings.kafka_ssl_certfile),
+        ("ssl.key.location", settings.kafka_ssl_keyfile),
+    ):
+        if path is not None:
+            conf[option] = str(path)
+    if settings.kafka_ssl_key_password is not None:
+        conf["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
     return conf
 
 

@@ -228,12 +228,28 @@ def is_ndjson(headers: Any) -> bool:
 
 
 def _faust_credentials(s: Settings) -> Any:
-    if not s.kafka_sasl_mechanism:
-        return None
-    password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
-    return faust.SASLCredentials(
-        username=s.kafka_sasl_username or "", password=password, mechanism=s.kafka_sasl_mechanism
-    )
+    """Faust's broker credentials from the same settings as the confluent-kafka clients."""
+    context = None
+    if s.kafka_security_protocol.upper() in ("SSL", "SASL_SSL"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+        if s.kafka_ssl_certfile is not None:
+            key_password = s.kafka_ssl_key_password.get_secret_value() if s.kafka_ssl_key_password else None
+            context.load_cert_chain(
+                str(s.kafka_ssl_certfile),
+                str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
+                key_password,
+            )
+    if s.kafka_sasl_mechanism:
+        password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username or "",
+            password=password,
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def build_worker(

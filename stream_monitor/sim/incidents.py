@@ -8,16 +8,35 @@ pairing is what lets the demo and the tests score detection instead of eyeballin
 
 Kinds (see :data:`INCIDENT_KINDS`):
 
-=====================  =====================  ==================================================  ========
-kind                   signal                 effect on matching requests after onset             default
-=====================  =====================  ==================================================  ========
-``latency_regression``  ``latency``           one stage's latency (``stage``, default ranking)    x4
-                                              is multiplied by ``magnitude``
-``traffic_drop``        ``volume``            a fraction ``magnitude`` of requests disappears     1.0
-``error_spike``         ``error_rate``        the error rate becomes ``magnitude``                0.2
-``fallback_spike``      ``fallback_rate``     the fallback rate becomes ``magnitude``             0.3
-``empty_slates``        ``empty_slate_rate``  the empty-slate rate becomes ``magnitude``          0.2
-=====================  =====================  ==================================================  ========
+============================  =====================  ===========================================  ========
+kind                          signal                 effect on matching requests after onset      default
+============================  =====================  ===========================================  ========
+``latency_regression``        ``latency``            one stage's latency (``stage``, default      x4
+                                                     ranking) is multiplied by ``magnitude``
+``traffic_drop``              ``volume``             a fraction ``magnitude`` of requests         1.0
+                                                     disappears
+``error_spike``               ``error_rate``         the error rate becomes ``magnitude``         0.2
+``fallback_spike``            ``fallback_rate``      the fallback rate becomes ``magnitude``      0.3
+``empty_slates``              ``empty_slate_rate``   the empty-slate rate becomes ``magnitude``   0.2
+``stale_feature``             ``freshness``          one feature's ``feature_ts`` (``feature``,   21600 s
+                                                     default watch_minutes_7d) moves back, so
+                                                     its age grows by ``magnitude`` seconds
+``source_outage``             ``candidate_source``   one candidate source (``source``, default    1.0
+                                                     trending) returns nothing for a fraction
+                                                     ``magnitude`` of requests; the others fill
+                                                     its candidates and slate positions
+``engagement_logging_break``  ``engagement_ratio``   a fraction ``magnitude`` of engagement       0.9
+                                                     events (every action) is never emitted
+============================  =====================  ===========================================  ========
+
+Ground truth names the slice the monitor must report (:attr:`GroundTruth.key`, the incident's target) and,
+for ``stale_feature`` and ``source_outage``, the feature or source in :attr:`GroundTruth.detail`.
+``engagement_logging_break`` is the exception: engagement events carry only a request id, no segment, so
+the monitor can see their ratio to serving requests only fleet-wide. Its ground-truth key is therefore always
+``{}`` (global), and a spec naming no slice hits every request. An explicit slice is still allowed (only
+engagement of that slice's requests is then lost, a smaller global dip), but the key stays ``{}``. Unlike
+the request-level kinds, its window applies to each engagement event's own ``ts``: engagement of a request
+served before onset that would be logged after it is lost too.
 
 This module is pure: standard library only.
 """
@@ -33,10 +52,12 @@ __all__ = [
     "ARMS",
     "DEFAULT_ONSET_S",
     "DEFAULT_TARGET",
+    "FRESHNESS_FEATURES",
     "INCIDENT_KINDS",
     "PLATFORMS",
     "REGIONS",
     "SEGMENT_DIMS",
+    "SOURCES",
     "STAGES",
     "TARGET_DIMS",
     "TENURES",
@@ -53,12 +74,17 @@ REGIONS: tuple[str, ...] = ("us", "eu", "latam", "apac")
 TENURES: tuple[str, ...] = ("new", "established")
 ARMS: tuple[str, ...] = ("control", "canary")
 STAGES: tuple[str, ...] = ("retrieval", "features", "ranking")
+# Candidate sources (the serving event's ``sources`` keys and each item's ``source``).
+SOURCES: tuple[str, ...] = ("collab", "trending", "continue_watching")
+# Features whose computation time the simulator reports in ``feature_ts`` (what stale_feature can age).
+FRESHNESS_FEATURES: tuple[str, ...] = ("watch_minutes_7d", "days_since_signup")
 SEGMENT_DIMS: tuple[str, ...] = ("platform", "region", "tenure")
 # Order matters only for display: ground-truth keys list the routing dims before the user segment.
 TARGET_DIMS: tuple[str, ...] = ("model", "surface", "arm", *SEGMENT_DIMS)
 
 # A CLI spec that names no slice hits EU traffic: a whole-fleet incident would not exercise the monitor's
 # ability to localise a fault, which is the point of the demo. Build an Incident directly for a global one.
+# (Kinds whose ground truth is always global, see IncidentKind.global_key, default to every request.)
 DEFAULT_TARGET: Mapping[str, str] = MappingProxyType({"region": "eu"})
 DEFAULT_ONSET_S = 900.0
 
@@ -84,6 +110,12 @@ class IncidentKind:
     min_inclusive: bool
     description: str
     uses_stage: bool = False
+    # Default ``feature`` / ``source`` for kinds that take one; ``None``: the kind does not accept the key.
+    default_feature: str | None = None
+    default_source: str | None = None
+    # The monitor sees this signal only fleet-wide: the ground-truth key is always {} and a spec naming no
+    # slice targets every request instead of DEFAULT_TARGET.
+    global_key: bool = False
 
     def check_magnitude(self, magnitude: float) -> None:
         """Raise ValueError unless ``magnitude`` is finite and inside this kind's range."""
@@ -119,6 +151,36 @@ INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
             IncidentKind(
                 "empty_slates", "empty_slate_rate", 0.2, 0.0, 1.0, True, "empty-slate rate becomes magnitude"
             ),
+            IncidentKind(
+                "stale_feature",
+                "freshness",
+                6 * 3600.0,
+                0.0,
+                math.inf,
+                False,
+                "one feature's age grows by magnitude seconds",
+                default_feature="watch_minutes_7d",
+            ),
+            IncidentKind(
+                "source_outage",
+                "candidate_source",
+                1.0,
+                0.0,
+                1.0,
+                False,
+                "one candidate source returns nothing for a fraction magnitude of requests",
+                default_source="trending",
+            ),
+            IncidentKind(
+                "engagement_logging_break",
+                "engagement_ratio",
+                0.9,
+                0.0,
+                1.0,
+                False,
+                "a fraction magnitude of engagement events is not emitted",
+                global_key=True,
+            ),
         )
     }
 )
@@ -130,7 +192,9 @@ class GroundTruth:
 
     ``key`` holds only the dimensions that identify the affected slice (an empty key means global);
     ``stage`` names the latency stage for latency incidents and is ``None`` otherwise. ``end_ms`` is
-    ``None`` for an incident that never recovers.
+    ``None`` for an incident that never recovers. ``detail`` names what inside the slice broke when the
+    signal is per feature or per source: the feature of a ``stale_feature``, the source of a
+    ``source_outage``; ``None`` otherwise.
 
     >>> GroundTruth("volume", {"region": "eu"}, 1_000).key
     {'region': 'eu'}
@@ -141,22 +205,30 @@ class GroundTruth:
     onset_ms: int
     stage: str | None = None
     end_ms: int | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Incident:
     """One fault to inject into simulated traffic, with its ground truth.
 
-    ``magnitude=None`` and (for latency) ``stage=None`` are replaced by the kind's defaults, so the stored
-    object always says exactly what was injected.
+    ``magnitude=None``, and ``stage`` / ``feature`` / ``source`` left ``None`` for a kind that takes one,
+    are replaced by the kind's defaults, so the stored object always says exactly what was injected. Units
+    of ``magnitude``: a multiplier (latency), a fraction or rate in [0, 1] (the others), seconds of extra
+    feature age (``stale_feature``).
 
     >>> inc = Incident("latency_regression", onset_ms=1_000, target={"region": "eu"})
     >>> inc.magnitude, inc.stage
     (4.0, 'ranking')
-    >>> inc.ground_truth
-    GroundTruth(signal='latency', key={'region': 'eu'}, onset_ms=1000, stage='ranking', end_ms=None)
+    >>> inc.ground_truth  # doctest: +NORMALIZE_WHITESPACE
+    GroundTruth(signal='latency', key={'region': 'eu'}, onset_ms=1000, stage='ranking', end_ms=None,
+                detail=None)
     >>> inc.active(999), inc.active(1_000)
     (False, True)
+    >>> Incident("stale_feature", 1_000, target={"region": "eu"}).ground_truth.detail
+    'watch_minutes_7d'
+    >>> Incident("engagement_logging_break", 1_000, target={"region": "eu"}).ground_truth.key
+    {}
     """
 
     kind: str
@@ -165,6 +237,8 @@ class Incident:
     magnitude: float | None = None
     target: Mapping[str, str] = field(default_factory=dict)
     stage: str | None = None
+    feature: str | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         spec = INCIDENT_KINDS.get(self.kind)
@@ -181,6 +255,8 @@ class Incident:
                 raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
         elif stage is not None:
             raise ValueError(f"stage applies only to latency_regression, not {self.kind}")
+        feature = _check_choice(self.kind, "feature", self.feature, spec.default_feature, FRESHNESS_FEATURES)
+        source = _check_choice(self.kind, "source", self.source, spec.default_source, SOURCES)
         for dim, value in self.target.items():
             if dim not in TARGET_DIMS:
                 raise ValueError(f"unknown target dimension {dim!r}; expected one of {list(TARGET_DIMS)}")
@@ -190,6 +266,8 @@ class Incident:
         # canonical dimension order) so a caller mutating its dict later cannot change a running incident.
         object.__setattr__(self, "magnitude", magnitude)
         object.__setattr__(self, "stage", stage)
+        object.__setattr__(self, "feature", feature)
+        object.__setattr__(self, "source", source)
         object.__setattr__(self, "target", {d: self.target[d] for d in TARGET_DIMS if d in self.target})
 
     @property
@@ -214,8 +292,10 @@ class Incident:
 
     @property
     def ground_truth(self) -> GroundTruth:
-        """The signal that must fire and the slice key it must name."""
-        return GroundTruth(self.signal, dict(self.target), self.onset_ms, self.stage, self.end_ms)
+        """The signal that must fire, the slice key it must name, and the feature or source at fault."""
+        key = {} if INCIDENT_KINDS[self.kind].global_key else dict(self.target)
+        detail = self.feature or self.source
+        return GroundTruth(self.signal, key, self.onset_ms, self.stage, self.end_ms, detail)
 
     def active(self, ts_ms: int) -> bool:
         """Whether the incident is in effect at event time ``ts_ms``."""
@@ -223,14 +303,43 @@ class Incident:
         return ts_ms >= self.onset_ms and (end is None or ts_ms < end)
 
     def describe(self) -> str:
-        """One human line: kind, slice, magnitude and timing (for CLI banners and logs)."""
-        key = ",".join(f"{k}={v}" for k, v in self.target.items()) or "global"
-        stage = f" stage={self.stage}" if self.stage else ""
+        """One human line: kind, slice, magnitude and timing (for CLI banners and logs).
+
+        >>> Incident("stale_feature", 0, 60_000, target={"region": "eu"}).describe().split(" onset")[0]
+        'stale_feature: signal=freshness key={region=eu} feature=watch_minutes_7d magnitude=21600'
+        >>> Incident("engagement_logging_break", 0, target={"region": "eu"}).describe().split(" magnitude")[0]
+        'engagement_logging_break: signal=engagement_ratio key={global} slice={region=eu}'
+        """
+        truth = self.ground_truth
+        key = ",".join(f"{k}={v}" for k, v in truth.key.items()) or "global"
+        if truth.key != self.target:
+            # A global-key kind injected on a slice: say where it was injected as well as what to expect.
+            key += "} slice={" + ",".join(f"{k}={v}" for k, v in self.target.items())
+        extra = "".join(
+            f" {name}={value}"
+            for name, value in (("stage", self.stage), ("feature", self.feature), ("source", self.source))
+            if value
+        )
         dur = "open-ended" if self.duration_ms is None else f"for {self.duration_ms / 1000:g}s"
         return (
-            f"{self.kind}: signal={self.signal} key={{{key}}}{stage} magnitude={self.factor:g} "
+            f"{self.kind}: signal={self.signal} key={{{key}}}{extra} magnitude={self.factor:g} "
             f"onset_ms={self.onset_ms} {dur}"
         )
+
+
+def _check_choice(
+    kind: str, name: str, value: str | None, default: str | None, allowed: tuple[str, ...]
+) -> str | None:
+    """Normalise an incident's ``feature`` / ``source``: the kind's default, a known value, or ``None``."""
+    if default is None:
+        if value is not None:
+            users = [k.name for k in INCIDENT_KINDS.values() if getattr(k, f"default_{name}") is not None]
+            raise ValueError(f"{name} applies only to {', '.join(users)}, not {kind}")
+        return None
+    value = value or default
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
+    return value
 
 
 def _parse_float(spec: str, name: str, raw: str) -> float:
@@ -247,14 +356,25 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
     """Parse a CLI incident spec ``kind[:key=value,...]`` into an :class:`Incident`.
 
     Keys: slice dimensions (``platform``, ``region``, ``tenure``, ``arm``, ``model``, ``surface``),
-    ``stage`` (latency only), ``magnitude``, ``onset`` and ``duration`` (seconds; onset is relative to
-    ``start_ms``). A spec naming no slice dimension targets :data:`DEFAULT_TARGET` (region=eu).
+    ``stage`` (latency_regression only), ``feature`` (stale_feature only), ``source`` (source_outage only),
+    ``magnitude``, ``onset`` and ``duration`` (seconds; onset is relative to ``start_ms``). A spec naming no
+    slice dimension targets :data:`DEFAULT_TARGET` (region=eu), except for a kind whose ground truth is
+    global (engagement_logging_break), which then targets every request.
 
     >>> inc = parse_incident("latency_regression:region=eu,stage=ranking,magnitude=4,onset=900", 0)
     >>> inc.onset_ms, inc.target, inc.stage, inc.magnitude
     (900000, {'region': 'eu'}, 'ranking', 4.0)
-    >>> parse_incident("traffic_drop", 1_000, default_onset_s=60).ground_truth
-    GroundTruth(signal='volume', key={'region': 'eu'}, onset_ms=61000, stage=None, end_ms=None)
+    >>> truth = parse_incident("traffic_drop", 1_000, default_onset_s=60).ground_truth
+    >>> truth  # doctest: +NORMALIZE_WHITESPACE
+    GroundTruth(signal='volume', key={'region': 'eu'}, onset_ms=61000, stage=None, end_ms=None,
+                detail=None)
+    >>> inc = parse_incident("stale_feature:feature=days_since_signup,magnitude=7200", 0)
+    >>> inc.target, inc.feature, inc.magnitude
+    ({'region': 'eu'}, 'days_since_signup', 7200.0)
+    >>> parse_incident("source_outage:source=collab,tenure=new", 0).ground_truth.detail
+    'collab'
+    >>> parse_incident("engagement_logging_break", 0).target
+    {}
     >>> parse_incident("error_spike:region=mars", 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -278,9 +398,11 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
             raise ValueError(f"incident spec {spec!r}: {name} given twice")
         seen[name] = value
 
+    spec_kind = INCIDENT_KINDS[kind]
     target: dict[str, str] = {}
     magnitude: float | None = None
     stage: str | None = None
+    choices: dict[str, str] = {}
     onset_s = default_onset_s
     duration_ms: int | None = None
     for name, value in seen.items():
@@ -299,10 +421,20 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                     f"incident spec {spec!r}: unknown stage {value!r}; expected one of {list(STAGES)}"
                 )
             stage = value
+        elif name in ("feature", "source"):
+            if getattr(spec_kind, f"default_{name}") is None:
+                users = [k.name for k in INCIDENT_KINDS.values() if getattr(k, f"default_{name}") is not None]
+                raise ValueError(f"incident spec {spec!r}: {name} applies only to {', '.join(users)}")
+            allowed = FRESHNESS_FEATURES if name == "feature" else SOURCES
+            if value not in allowed:
+                raise ValueError(
+                    f"incident spec {spec!r}: unknown {name} {value!r}; expected one of {list(allowed)}"
+                )
+            choices[name] = value
         elif name == "magnitude":
             magnitude = _parse_float(spec, name, value)
             try:
-                INCIDENT_KINDS[kind].check_magnitude(magnitude)
+                spec_kind.check_magnitude(magnitude)
             except ValueError as exc:
                 raise ValueError(f"incident spec {spec!r}: {exc}") from None
         elif name == "onset":
@@ -315,13 +447,15 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                 raise ValueError(f"incident spec {spec!r}: duration={value!r} must be > 0 seconds")
             duration_ms = round(duration_s * 1000)
         else:
-            known = [*TARGET_DIMS, "stage", "magnitude", "onset", "duration"]
+            known = [*TARGET_DIMS, "stage", "feature", "source", "magnitude", "onset", "duration"]
             raise ValueError(f"incident spec {spec!r}: unknown key {name!r}; expected one of {known}")
     return Incident(
         kind=kind,
         onset_ms=start_ms + round(onset_s * 1000),
         duration_ms=duration_ms,
         magnitude=magnitude,
-        target=target or dict(DEFAULT_TARGET),
+        target=target or ({} if spec_kind.global_key else dict(DEFAULT_TARGET)),
         stage=stage,
+        feature=choices.get("feature"),
+        source=choices.get("source"),
     )

@@ -15,7 +15,12 @@ Design choices that callers may rely on:
   :meth:`TrafficSimulator.events_until` calls gives exactly the same stream as one call. The stream is a
   function of (seed, start_ms, rate_per_s, incidents, config) only.
 * Incident-transparent: the random draws never depend on the incidents, so a run with incidents equals the
-  run without them everywhere outside the incidents' slices and windows (the tests check this).
+  run without them everywhere outside the incidents' slices and windows (the tests check this). For
+  ``engagement_logging_break`` the window applies to each engagement event's own ``ts``.
+* Two random streams: everything the first version of the simulator drew comes from ``numpy`` generator
+  ``seed`` in the same order as before; draws added later (the ``days_since_signup`` feature age, the
+  per-request and per-engagement-event uniforms of ``source_outage`` and ``engagement_logging_break``)
+  come from a second generator seeded ``[seed, 1]``, so adding them changed no earlier field.
 * Ordered: events come out in non-decreasing ``ts``; engagement that lands later waits in a per-block
   calendar queue. A pull up to time T yields exactly the events with ``ts < T``; engagement scheduled past
   the end of a run is simply never yielded.
@@ -25,6 +30,19 @@ status rate only. An errored response has ``error`` set, ``items == []`` and all
 an empty slate has ``error is None``, ``items == []`` and ``funnel["returned"] == 0`` (the monitor's
 ``empty_slate`` excludes errors the same way); a fallback serves the fixed trending list with ``fallback``
 true. Only ok and fallback responses get engagement.
+
+``feature_ts`` carries :data:`~stream_monitor.sim.incidents.FRESHNESS_FEATURES`: ``watch_minutes_7d``
+(streaming aggregate, age median 12 min, p99 about 50 min, at most 2 h) and ``days_since_signup`` (hourly
+batch, age median about 33 min, p99 about 65 min, at most 2 h).
+
+A ``source_outage`` of source S zeroes ``sources[S]`` and hands its candidates to the remaining sources in
+proportion to their counts (``retrieved`` and the rest of the funnel are unchanged, so only the source mix
+moves); items of a served slate that came from S are re-labelled with another source drawn from the
+remaining sources' mix (ids, scores and order unchanged; items from other sources keep their label). A
+fallback response still serves the fixed trending list: it is a precomputed cache, not the live candidate
+source, so with S = trending the fallback's items keep source ``trending``. If overlapping outages leave a
+request with no source at all, nothing is retrieved: an ok response becomes an empty slate with an all-zero
+funnel.
 
 This module is pure: standard library and numpy only (``to_jsonl`` imports orjson lazily).
 """
@@ -44,6 +62,8 @@ import numpy.typing as npt
 
 from stream_monitor.sim.incidents import (
     ARMS,
+    FRESHNESS_FEATURES,
+    SOURCES,
     STAGES,
     TENURES,
     GroundTruth,
@@ -68,7 +88,6 @@ _PER_BLOCK = 250
 # Engagement comes at least this long after its request; it must be >= MAX_BLOCK_MS so that engagement
 # never lands in the block being generated (see TrafficSimulator._load_block).
 _MIN_ENGAGEMENT_DELAY_MS = 1000
-SOURCES: tuple[str, ...] = ("collab", "trending", "continue_watching")
 _ERRORS: tuple[str, ...] = ("timeout", "feature_store_unavailable", "ranker_unavailable")
 _COUNTRIES: Mapping[str, tuple[str, ...]] = {
     "us": ("US",),
@@ -77,6 +96,14 @@ _COUNTRIES: Mapping[str, tuple[str, ...]] = {
     "apac": ("JP", "KR", "AU", "IN"),
 }
 _MS_PER_DAY = 86_400_000
+_MINUTE_MS = 60_000
+# Clean feature ages (ts - feature_ts). watch_minutes_7d comes from a streaming aggregate: lognormal around
+# 12 min, clipped to [2 min, 2 h]. days_since_signup comes from an hourly batch job: a lognormal landing lag
+# around 5 min (clipped to [1, 60] min) plus the uniform time since that run, so never above 2 h.
+_WATCH_AGE_MEDIAN_MS, _WATCH_AGE_SIGMA = 12 * _MINUTE_MS, 0.6
+_WATCH_AGE_RANGE_MS = (2 * _MINUTE_MS, 120 * _MINUTE_MS)
+_BATCH_PERIOD_MS, _BATCH_LAG_MEDIAN_MS, _BATCH_LAG_SIGMA = 55 * _MINUTE_MS, 5 * _MINUTE_MS, 0.5
+_BATCH_LAG_RANGE_MS = (1 * _MINUTE_MS, 60 * _MINUTE_MS)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -193,6 +220,9 @@ class TrafficSimulator:
         self.config = cfg = config or SimConfig()
         self.incidents: tuple[Incident, ...] = tuple(incidents)
         self._rng = np.random.default_rng(seed)
+        # Draws added after the first version live on their own stream, so the original fields stay as they
+        # were for a given seed (see the module docstring).
+        self._rng2 = np.random.default_rng([seed, 1])
         self.block_ms = next((b for b in _BLOCK_LADDER_MS if rate_per_s * b / 1000 <= _PER_BLOCK), 10)
 
         self._platforms, self._platform_cum = _cumulative(cfg.platforms)
@@ -400,18 +430,75 @@ class TrafficSimulator:
 
     def _incident_masks(
         self, ts: IntArray, codes: Mapping[str, IntArray], names: Mapping[str, npt.NDArray[np.object_]]
-    ) -> list[tuple[Incident, BoolArray]]:
-        out: list[tuple[Incident, BoolArray]] = []
+    ) -> list[tuple[Incident, BoolArray, BoolArray]]:
+        """Per incident: (incident, request in its slice, request in its slice and window)."""
+        out: list[tuple[Incident, BoolArray, BoolArray]] = []
         for inc in self.incidents:
-            mask = ts >= inc.onset_ms
-            if inc.end_ms is not None:
-                mask &= ts < inc.end_ms
+            in_slice = np.ones(len(ts), dtype=bool)
             for dim, value in inc.target.items():
                 # Compare integer codes, not strings: the value's code is its index in the dim's names.
                 where = np.flatnonzero(names[dim] == value)
-                mask &= np.isin(codes[dim], where)
-            out.append((inc, mask))
+                in_slice &= np.isin(codes[dim], where)
+            mask = in_slice & (ts >= inc.onset_ms)
+            if inc.end_ms is not None:
+                mask &= ts < inc.end_ms
+            out.append((inc, in_slice, mask))
         return out
+
+    def _source_outage(
+        self,
+        dead: BoolArray,
+        tenure: IntArray,
+        u_src: FloatArray,
+        item_src: IntArray,
+        sources: IntArray,
+        funnel: IntArray,
+        status: IntArray,
+    ) -> IntArray:
+        """Apply candidate-source outages in place (counts, funnel, status); return the new item sources.
+
+        ``dead[i, j]``: source j returned nothing for request i. Deterministic given the draws (no new
+        randomness), so requests without a dead source are untouched.
+        """
+        item_src = item_src.copy()
+        none_left = dead.all(axis=1)
+        if none_left.any():
+            # Nothing retrieved at all: an ok response becomes an empty slate (errors and fallbacks stay).
+            sources[none_left] = 0
+            funnel[none_left] = 0
+            status[none_left & (status == 0)] = 3
+        rows = np.flatnonzero(dead.any(axis=1) & ~none_left)
+        if rows.size == 0:
+            return item_src
+        d = dead[rows]
+        alive = ~d
+        # Counts: the dead sources' candidates go to the others in proportion to their own counts, the
+        # rounding remainder to the largest; retrieved (and so the funnel) is unchanged.
+        cnt = sources[rows]
+        lost = (cnt * d).sum(axis=1)
+        kept = cnt * alive
+        kept_total = kept.sum(axis=1)
+        # A request whose remaining sources retrieved nothing splits by the configured mix instead.
+        mix = self._source_p[tenure[rows]] * alive
+        weight = np.where((kept_total > 0)[:, None], kept.astype(np.float64), mix)
+        add = np.floor(lost[:, None] * weight / weight.sum(axis=1, keepdims=True)).astype(np.int64)
+        add[np.arange(rows.size), np.argmax(weight, axis=1)] += lost - add.sum(axis=1)
+        sources[rows] = kept + add
+        # Items: one that came from a dead source gets a source drawn from the remaining sources' mix, reusing
+        # its own uniform rescaled to [0, 1) within the bucket that picked the dead source.
+        src = item_src[rows]
+        cum = self._source_cum[tenure[rows]]
+        hi = np.take_along_axis(cum, src, axis=1)
+        lo = np.take_along_axis(np.concatenate([np.zeros((rows.size, 1)), cum[:, :-1]], axis=1), src, axis=1)
+        u = (u_src[rows] - lo) / np.maximum(hi - lo, 1e-12)
+        cum_alive = np.cumsum(mix, axis=1) / mix.sum(axis=1, keepdims=True)
+        # Past the last live source every boundary is 2 (> any u), so the pick never lands on a dead source
+        # at the end; a dead source before a live one has a zero-width bucket and is skipped exactly.
+        live_after = np.flip(np.cumsum(np.flip(alive, axis=1), axis=1), axis=1) > alive
+        cum_alive[~live_after] = 2.0
+        new = (u[:, :, None] >= cum_alive[:, None, :]).sum(axis=2)
+        item_src[rows] = np.where(np.take_along_axis(d, src, axis=1), new, src)
+        return item_src
 
     def _generate_block(self, t0: int) -> list[_Entry]:
         """Requests of the block starting at ``t0``, sorted by ts; their engagement goes to later blocks."""
@@ -458,7 +545,6 @@ class TrafficSimulator:
         u_src = rng.random((n, k))
         cum = self._source_cum[tenure]
         item_src = (u_src[:, :, None] >= cum[:, None, :]).sum(axis=2).clip(0, len(SOURCES) - 1)
-        item_src_names = np.array(SOURCES, dtype=object)[item_src]
 
         is_new = self._is_new[tenure]
         watch = np.where(
@@ -472,8 +558,9 @@ class TrafficSimulator:
             np.minimum(30 + np.exp(np.log(400.0) + 0.8 * rng.standard_normal(n)), 4000).astype(np.int64),
         )
         country_i = self._country_off[region] + (rng.random(n) * self._country_len[region]).astype(np.int64)
-        feature_age = np.clip(
-            np.exp(np.log(30 * 60_000) + 1.0 * rng.standard_normal(n)), 120_000, 6 * 3_600_000
+        watch_age = np.clip(
+            np.exp(np.log(_WATCH_AGE_MEDIAN_MS) + _WATCH_AGE_SIGMA * rng.standard_normal(n)),
+            *_WATCH_AGE_RANGE_MS,
         )
 
         # Engagement draws (used only for ok/fallback responses, drawn for all to keep the stream stable).
@@ -487,6 +574,25 @@ class TrafficSimulator:
         complete_delay = np.clip(
             np.exp(np.log(20 * 60_000.0) + 0.6 * rng.standard_normal(n)), 60_000, 3 * 3_600_000
         )
+
+        # Second stream (see the module docstring): also drawn for all n, whatever the incidents.
+        rng2 = self._rng2
+        batch_lag = np.clip(
+            np.exp(np.log(_BATCH_LAG_MEDIAN_MS) + _BATCH_LAG_SIGMA * rng2.standard_normal(n)),
+            *_BATCH_LAG_RANGE_MS,
+        )
+        days_age = batch_lag + _BATCH_PERIOD_MS * rng2.random(n)
+        u_outage = rng2.random(n)
+        n_imp = cfg.impressions if cfg.engagement else 0
+        # One uniform per possible engagement event: each impression, then click, play, complete.
+        u_eng = rng2.random((n, n_imp + 3)) if n_imp else None
+        feature_ts = {
+            "watch_minutes_7d": ts - watch_age.astype(np.int64),
+            "days_since_signup": ts - days_age.astype(np.int64),
+        }
+        click_pos = np.minimum(click_pos, max(cfg.impressions - 1, 0))
+        click_delay_ms = click_delay.astype(np.int64)
+        complete_delay_ms = complete_delay.astype(np.int64)
 
         # --- incidents: deterministic transformations of the draws above.
         codes = {
@@ -509,7 +615,21 @@ class TrafficSimulator:
         p_err = np.full(n, cfg.error_rate)
         p_fb = np.full(n, cfg.fallback_rate)
         p_empty = np.full(n, cfg.empty_slate_rate)
-        for inc, mask in self._incident_masks(ts, codes, names):
+        dead_src: BoolArray | None = None  # (n, sources): which source returned nothing for which request
+        eng_drop: IntArray | None = None  # per request: bit i set = its i-th engagement event is not emitted
+        for inc, in_slice, mask in self._incident_masks(ts, codes, names):
+            if inc.kind == "engagement_logging_break":
+                # Timed on each engagement event's own ts, so requests served before onset count too.
+                if u_eng is not None and in_slice.any():
+                    times = _engagement_times(
+                        ts + imp_delay, n_imp, click_pos, click_delay_ms, play_delay, complete_delay_ms
+                    )
+                    lost = in_slice[:, None] & (times >= inc.onset_ms) & (u_eng < inc.factor)
+                    if inc.end_ms is not None:
+                        lost &= times < inc.end_ms
+                    bits = lost @ (np.int64(1) << np.arange(n_imp + 3, dtype=np.int64))
+                    eng_drop = bits if eng_drop is None else eng_drop | bits
+                continue
             if not mask.any():
                 continue
             if inc.kind == "latency_regression":
@@ -522,6 +642,15 @@ class TrafficSimulator:
                 p_fb[mask] = inc.factor
             elif inc.kind == "empty_slates":
                 p_empty[mask] = inc.factor
+            elif inc.kind == "stale_feature":
+                fts = feature_ts[inc.feature or FRESHNESS_FEATURES[0]]
+                # Clamped at epoch 0 so an absurd magnitude cannot overflow int64 or go negative.
+                shift = min(round(inc.factor * 1000), 2**62)
+                fts[mask] = np.maximum(fts[mask] - shift, 0)
+            elif inc.kind == "source_outage":
+                if dead_src is None:
+                    dead_src = np.zeros((n, len(SOURCES)), dtype=bool)
+                dead_src[mask & (u_outage < inc.factor), SOURCES.index(inc.source or "trending")] = True
 
         # One uniform, cumulative thresholds: each status rate is exactly its configured (or incident)
         # value, so an error spike does not leak into the fallback or empty-slate rates.
@@ -529,6 +658,12 @@ class TrafficSimulator:
         status[u_status < p_err + p_fb + p_empty] = 3
         status[u_status < p_err + p_fb] = 2
         status[u_status < p_err] = 1
+
+        funnel = np.stack([retrieved, filtered, ranked], axis=1)
+        sources = np.stack([src_collab, src_trending, src_cw], axis=1)
+        if dead_src is not None and dead_src.any():
+            item_src = self._source_outage(dead_src, tenure, u_src, item_src, sources, funnel, status)
+        item_src_names = np.array(SOURCES, dtype=object)[item_src]
 
         lat_r = np.round(lat, 1)
         total = np.round(lat_r.sum(axis=1) + overhead, 1)
@@ -546,23 +681,25 @@ class TrafficSimulator:
             err_kind=err_kind,
             lat=lat_r,
             total=total,
-            funnel=np.stack([retrieved, filtered, ranked], axis=1),
-            sources=np.stack([src_collab, src_trending, src_cw], axis=1),
+            funnel=funnel,
+            sources=sources,
             slate=slate,
             scores=scores,
             item_src=item_src_names,
             watch=np.round(watch, 1),
             days=days,
             country=self._country_flat[country_i],
-            feature_ts=ts - feature_age.astype(np.int64),
+            fts_watch=feature_ts["watch_minutes_7d"],
+            fts_days=feature_ts["days_since_signup"],
             imp_delay=imp_delay,
             click=u_click < cfg.click_rate,
-            click_pos=np.minimum(click_pos, max(cfg.impressions - 1, 0)),
-            click_delay=click_delay.astype(np.int64),
+            click_pos=click_pos,
+            click_delay=click_delay_ms,
             play=u_play < cfg.play_rate,
             play_delay=play_delay,
             complete=u_complete < cfg.complete_rate,
-            complete_delay=complete_delay.astype(np.int64),
+            complete_delay=complete_delay_ms,
+            eng_drop=np.zeros(n, dtype=np.int64) if eng_drop is None else eng_drop,
         )
 
     def _rows_to_events(self, idx: IntArray | None, **cols: npt.NDArray[Any]) -> list[_Entry]:
@@ -584,14 +721,17 @@ class TrafficSimulator:
         rows = zip(
             c["ts"], c["rid"], c["status"], c["model"], c["arm"], c["lat"], c["total"], c["funnel"],
             c["sources"], c["slate"], c["scores"], c["item_src"], c["plat"], c["region"], c["tenure"],
-            c["watch"], c["days"], c["country"], c["feature_ts"], c["err_kind"], c["imp_delay"], c["click"],
-            c["click_pos"], c["click_delay"], c["play"], c["play_delay"], c["complete"], c["complete_delay"],
+            c["watch"], c["days"], c["country"], c["fts_watch"], c["fts_days"], c["err_kind"], c["imp_delay"],
+            c["click"], c["click_pos"], c["click_delay"], c["play"], c["play_delay"], c["complete"],
+            c["complete_delay"], c["eng_drop"],
             strict=True,
         )  # fmt: skip
+        bit_click, bit_play, bit_complete = 1 << n_imp, 2 << n_imp, 4 << n_imp
         for (
             ts, rid_int, status, m, a, stages, total, (retrieved, filtered, ranked), (collab, trending, cw),
-            slate, scores, item_src, plat, region, tenure, watch, days, country, feature_ts, err_kind,
-            imp_delay, click, click_pos, click_delay, play, play_delay, complete, complete_delay,
+            slate, scores, item_src, plat, region, tenure, watch, days, country, fts_watch, fts_days,
+            err_kind, imp_delay, click, click_pos, click_delay, play, play_delay, complete, complete_delay,
+            drop,
         ) in rows:  # fmt: skip
             rid = f"{rid_int:016x}"
             key = rid.encode()
@@ -639,16 +779,19 @@ class TrafficSimulator:
                 "sources": {"collab": collab, "trending": trending, "continue_watching": cw},
                 "items": items,
                 "features": {"watch_minutes_7d": watch, "days_since_signup": days, "country": country},
-                "feature_ts": {"watch_minutes_7d": feature_ts},
+                "feature_ts": {"watch_minutes_7d": fts_watch, "days_since_signup": fts_days},
                 "fallback": status == 2,
                 "error": _ERRORS[err_kind] if status == 1 else None,
             }
             append((ts, "serving", key, event))
             if not (n_imp and ids):
                 continue
-            # Engagement delays are >= one block, so every event below lands in a later block's list.
+            # Engagement delays are >= one block, so every event below lands in a later block's list. A set
+            # bit in drop (engagement_logging_break) skips that event only; the user's actions go on.
             t_imp = ts + imp_delay
             for pos in range(min(n_imp, len(ids))):
+                if drop and drop >> pos & 1:
+                    continue
                 t = t_imp + 25 * pos  # the client renders the row left to right
                 ev = _engagement(rid, t, ids[pos], pos, "impression", 0.0)
                 pending[(t - start) // block_ms].append((t, "engagement", key, ev))
@@ -656,22 +799,40 @@ class TrafficSimulator:
                 continue
             item = ids[click_pos]
             t = t_imp + 25 * click_pos + click_delay
-            pending[(t - start) // block_ms].append(
-                (t, "engagement", key, _engagement(rid, t, item, click_pos, "click", 0.0))
-            )
+            if not drop & bit_click:
+                pending[(t - start) // block_ms].append(
+                    (t, "engagement", key, _engagement(rid, t, item, click_pos, "click", 0.0))
+                )
             if not play:
                 continue
             t += play_delay
-            pending[(t - start) // block_ms].append(
-                (t, "engagement", key, _engagement(rid, t, item, click_pos, "play", 0.0))
-            )
+            if not drop & bit_play:
+                pending[(t - start) // block_ms].append(
+                    (t, "engagement", key, _engagement(rid, t, item, click_pos, "play", 0.0))
+                )
             if not complete:
                 continue
             t += complete_delay
-            # value: seconds watched, as the contract defines it for play/complete.
-            ev = _engagement(rid, t, item, click_pos, "complete", round(complete_delay / 1000, 1))
-            pending[(t - start) // block_ms].append((t, "engagement", key, ev))
+            if not drop & bit_complete:
+                # value: seconds watched, as the contract defines it for play/complete.
+                ev = _engagement(rid, t, item, click_pos, "complete", round(complete_delay / 1000, 1))
+                pending[(t - start) // block_ms].append((t, "engagement", key, ev))
         return out
+
+
+def _engagement_times(
+    t_imp: IntArray,
+    n_imp: int,
+    click_pos: IntArray,
+    click_delay: IntArray,
+    play_delay: IntArray,
+    complete_delay: IntArray,
+) -> IntArray:
+    """(n, n_imp + 3) ts of each request's possible engagement events, as _rows_to_events schedules them."""
+    t_click = t_imp + 25 * click_pos + click_delay
+    t_play = t_click + play_delay
+    imps = t_imp[:, None] + 25 * np.arange(n_imp, dtype=np.int64)
+    return np.concatenate([imps, np.stack([t_click, t_play, t_play + complete_delay], axis=1)], axis=1)
 
 
 def _engagement(rid: str, ts: int, item: str, pos: int, action: str, value: float) -> Event:

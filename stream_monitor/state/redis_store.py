@@ -48,8 +48,14 @@ class RedisStore:
         self.round_trips = 0
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "sm", **kwargs: Any) -> RedisStore:
-        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    def from_url(
+        cls, url: str, prefix: str = "sm", ssl_ca_certs: str | None = None, **kwargs: Any
+    ) -> RedisStore:
+        """Connect by URL (``rediss://`` for TLS; user and password in the URL for ACLs)."""
+        options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+        if ssl_ca_certs:
+            options["ssl_ca_certs"] = ssl_ca_certs
+        client = redis.Redis.from_url(url, **options)
         return cls(client, prefix=prefix, **kwargs)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -83,7 +83,7 @@ def test_demo_prints_the_injected_incident_and_serves_metrics() -> None:
             "--metrics-port",
             str(port),
             "--incident",
-            "latency_regression:region=eu,stage=ranking,magnitude=4,onset=600",
+            "latency_regression:region=eu,stage=ranking,magnitude=4,onset=300",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -198,11 +198,11 @@ def test_river_state_beyond_the_replay_bound_restores_a_younger_detector() -> No
     for v in values[:300]:
         original.update(v)
     restored = RiverDrift.from_state(original.to_state())
+    assert restored.seen == original.seen == 300
     younger = RiverDrift("page_hinkley", replay=100)
     for v in values[200:300]:
         younger.update(v)
     assert [restored.update(v) for v in values[300:]] == [younger.update(v) for v in values[300:]]
-    assert restored.seen == original.seen == 300
 
 
 # -- behaviour ------------------------------------------------------------------------------------------------
