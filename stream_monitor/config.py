@@ -3,8 +3,8 @@
 Components take typed arguments, not this object. Values come from (highest first) the environment
 (``STREAM_MONITOR_*``), secret files in ``STREAM_MONITOR_SECRETS_DIR`` (one file per setting, named like
 its variable, e.g. ``STREAM_MONITOR_KAFKA_SASL_PASSWORD``), a TOML file named by
-``STREAM_MONITOR_CONFIG`` (default ``config/default.toml`` when it exists), and the defaults below. Secrets are ``SecretStr``: they print as
-``**********`` and are never logged or put in alerts.
+``STREAM_MONITOR_CONFIG`` (default ``config/default.toml`` when it exists), and the defaults below.
+Secrets are ``SecretStr``: they print as ``**********`` and are never logged or put in alerts.
 """
 
 from __future__ import annotations
