@@ -20,6 +20,7 @@ from tests.faults.conftest import (
     PacedProducer,
     aligned_past,
     assert_exact,
+    committed_offsets,
     counted,
     events_to_messages,
     metric_value,
@@ -134,7 +135,7 @@ def test_deployment_event_during_redis_outage_is_not_lost(
         server.start()
         client = redis.Redis.from_url(server.url, socket_timeout=5)
         want = len(events) + len(during)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline and counted(client, dep.prefix) < want:
             time.sleep(0.5)
         got = counted(client, dep.prefix)
@@ -148,3 +149,66 @@ def test_deployment_event_during_redis_outage_is_not_lost(
     finally:
         # A graceful stop waits for the unacked deployment messages (Faust wait_empty): SIGKILL instead.
         kill_worker(worker)
+
+
+@pytest.mark.timeout(300)
+def test_redis_restarted_empty_worker_exits_75_and_recounts_from_kafka_offsets(
+    make_deployment, private_redis, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    server = private_redis(appendonly=False)
+    dep = make_deployment(kafka_bootstrap, server.url)
+    events = simulated(aligned_past(2), duration_s=8 * 60, rate=30, seed=4404)
+    messages = events_to_messages(events, dep)
+    producer = PacedProducer(dep.bootstrap, messages, rate=2000)
+    inputs = [dep.topics["serving"], dep.topics["engagement"], dep.topics["deployments"]]
+    client = redis.Redis.from_url(server.url, socket_timeout=5)
+
+    first = start_worker(dep, fault_workers, tmp_path, "empty-first")
+    producer.start()
+    try:
+        wait_for(lambda: counted(client, dep.prefix) > 15_000, 90, "15k events counted", first)
+        # Freeze writes so that what we read is exactly what Redis had counted when it lost it all.
+        client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        old_offsets = {k.decode(): int(v) for k, v in client.hgetall(f"{dep.prefix}:offset").items()}
+        old_counted = counted(client, dep.prefix)
+        wipe_mark = producer.mark("wipe")
+        client.close()
+        server.stop()  # no persistence: everything is gone
+        server.start()
+        client = redis.Redis.from_url(server.url, socket_timeout=5)
+        assert client.dbsize() <= 1, "the restarted Redis is not empty"
+        wiped_at = time.monotonic()
+        assert first.proc is not None
+        rc = first.proc.wait(timeout=60)
+        exit_after = time.monotonic() - wiped_at
+        log = first.log_path.read_text(errors="replace")
+        assert rc == 75, f"worker exited with {rc}, expected 75 (EX_TEMPFAIL)\n{first.log_tail()}"
+        assert "exiting so a restart can resume" in log, first.log_tail()
+
+        committed = committed_offsets(dep.bootstrap, f"it-{dep.tag}", inputs, dep.partitions)
+        committed = {tp: max(0, off) for tp, off in committed.items()}
+        ahead = {f"{t}/{p}": (off, old_offsets.get(f"{t}/{p}", 0)) for (t, p), off in committed.items()
+                 if off > old_offsets.get(f"{t}/{p}", 0)}
+        assert not ahead, f"Kafka's committed offsets were ahead of what Redis had counted: {ahead}"
+
+        second = start_worker(dep, fault_workers, tmp_path, "empty-second")
+        produced = producer.finish()
+        # Exactly the messages at or after the committed offsets are counted again.
+        recount = [i for i, (t, p, off) in produced.where.items() if off >= committed[(t, p)]]
+        want = len(recount)
+        wait_for(lambda: counted(client, dep.prefix) >= want, 150, "every event from the committed offsets", second)
+        time.sleep(3)
+    finally:
+        producer.stop()
+    final = totals(client, dep.prefix)
+    assert final["consumed"] == want, (final, want)
+    after_wipe = [i for i in range(wipe_mark, len(messages))]
+    assert all(produced.where[i][2] >= committed[produced.where[i][:2]] for i in after_wipe)
+    assert_exact(client, dep.prefix, [events[i] for i in sorted(recount)])
+    recounted = sum(max(0, old_offsets.get(f"{t}/{p}", 0) - off) for (t, p), off in committed.items())
+    print(
+        f"\nFAULT redis-empty: wiped after {old_counted} counted; worker exited {rc} {exit_after:.1f} s later; "
+        f"produced={len(messages)} (after the wipe: {len(after_wipe)}); counted again={final['consumed']} "
+        f"= {len(after_wipe)} after + {final['consumed'] - len(after_wipe)} before the wipe, of which "
+        f"{recounted} had already been counted in the lost Redis (Kafka offsets lag Redis by that much)"
+    )
