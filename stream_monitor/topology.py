@@ -89,6 +89,7 @@ def parse_topology(doc: Any) -> Topology:
             segment_dims=segment_dims,
             group_by=group_by,
             max_values_per_dim=int(doc.get("max_values_per_dim", 64)),
+            max_series=int(doc.get("max_series", 10_000)),
             relative_accuracy=float(doc.get("relative_accuracy", 0.02)),
             volume=_volume(_mapping(signals, "volume", required=False)),
             latency=_latency(_mapping(signals, "latency", required=False)),

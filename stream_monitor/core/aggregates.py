@@ -64,19 +64,28 @@ class SeriesKeyer:
     """Turns an event's key dimensions into a canonical series string with bounded cardinality.
 
     Each dimension keeps at most ``max_values`` distinct values; later newcomers fold into ``other``
-    (counted in ``folded``) so a flood of made-up segment values cannot grow state or metrics.
+    (counted in ``folded``) so a flood of made-up segment values cannot grow state or metrics. Capping
+    each dimension still allows their product to grow, so at most ``max_series`` distinct series are
+    kept; an event of a new series past that counts under the series whose every dimension is
+    ``other``.
 
     >>> keyer = SeriesKeyer(("model", "region"), max_values=2)
     >>> [keyer.key(("m", r)) for r in ("us", "eu", "apac", "us")]
     ['m|us', 'm|eu', 'm|other', 'm|us']
     >>> keyer.folded
     1
+    >>> small = SeriesKeyer(("model", "region"), max_values=10, max_series=2)
+    >>> [small.key(("m", r)) for r in ("us", "eu", "apac")]
+    ['m|us', 'm|eu', 'other|other']
     """
 
-    def __init__(self, dims: tuple[str, ...], max_values: int) -> None:
+    def __init__(self, dims: tuple[str, ...], max_values: int, max_series: int = 10_000) -> None:
         self.dims = dims
         self.max_values = max_values
+        self.max_series = max_series
         self._seen: list[set[str]] = [set() for _ in dims]
+        self._series: set[str] = set()
+        self._overflow = SEP_SERIES.join(OTHER for _ in dims)
         self._cache: dict[tuple[str, ...], str] = {}
         self.folded = 0
 
@@ -97,6 +106,11 @@ class SeriesKeyer:
                     seen.add(clean)
             parts.append(clean)
         series = SEP_SERIES.join(parts)
+        if series not in self._series:
+            if len(self._series) >= self.max_series:
+                series, folded = self._overflow, True
+            else:
+                self._series.add(series)
         if folded:
             self.folded += 1
         elif len(self._cache) < 65_536:
@@ -124,7 +138,7 @@ class WindowAccumulator:
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.keyer = SeriesKeyer(topology.key_dims, topology.max_values_per_dim)
+        self.keyer = SeriesKeyer(topology.key_dims, topology.max_values_per_dim, topology.max_series)
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._size = topology.window.size_ms
         self._stages = topology.latency.stages

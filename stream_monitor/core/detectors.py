@@ -106,7 +106,7 @@ def robust_location_scale(values: Sequence[float], min_scale: float = 0.0) -> tu
       up): a single step of a quantised series is never an anomaly on its own.
 
     >>> robust_location_scale([1.0, 2.0, 3.0, 4.0, 5.0])
-    (3.0, 1.5066)
+    (3.0, 1.50396)
     >>> robust_location_scale([0.0, 0.0, 0.0, 0.0, 1.0])  # MAD 0; one step up is the resolution
     (0.0, 1.0)
     """
@@ -166,12 +166,13 @@ class RobustBaseline:
     * ``squash(z - k)`` for the value alone, and
     * ``squash(min(z over the last run values) - k_run)`` for a run of ``run`` values that all deviate,
 
-    with ``squash(e) = 1 - exp(-max(0, e) / softness)``. With the defaults (k=5, k_run=3.5, run=2,
-    softness=0.5) one value alone scores 0.5 at 5.35 sigmas and 0.9 at 6.15, two values in a row 0.5 at
-    3.85 and 0.9 at 4.65: noise rarely produces either (the defaults give a few false alarms a day over
-    the ~180 per-window series of the default topology on clean simulated traffic; docs/benchmarks.md),
-    while a level shift of five sigmas scores above 0.9 at its second value. ``min_delta`` ignores
-    deviations smaller than that absolute amount (e.g. a rate change of less than a percentage point).
+    with ``squash(e) = 1 - exp(-max(0, e) / softness)``. With the defaults (k=6, k_run=3.5, run=2,
+    softness=0.35) one value alone scores 0.5 at 6.24 sigmas and 0.9 at 6.8, two values in a row 0.5 at
+    3.74 and 0.9 at 4.3. Noise rarely produces either: tuned on two simulated clean days, this gives
+    about 4 false alarms a day over the 265 per-window series of the default topology, i.e. one per
+    series every two months (docs/benchmarks.md), while a level shift of five sigmas usually scores
+    above 0.9 at its second value. ``min_delta`` ignores deviations smaller than that absolute amount
+    (e.g. a rate change of less than a percentage point).
 
     With ``period`` (in windows, e.g. 1440 for a daily cycle of one-minute windows), once at least
     ``min_cycles`` earlier cycles are stored the expected value is the median of the values at the same
@@ -196,8 +197,8 @@ class RobustBaseline:
         self,
         window: int = 120,
         min_history: int = 20,
-        k: float = 5.0,
-        softness: float = 0.5,
+        k: float = 6.0,
+        softness: float = 0.35,
         side: str = "both",
         k_run: float | None = 3.5,
         run: int = 2,
@@ -381,9 +382,9 @@ class RiverDrift:
         params: Mapping[str, float] | None = None,
         side: str = "both",
         standardize: bool = True,
-        window: int = 60,
+        window: int = 120,
         min_history: int = 20,
-        lag: int = 0,
+        lag: int = 15,
         clip: float = 10.0,
         replay: int = 1000,
     ) -> None:
@@ -548,9 +549,15 @@ class EnsembleDetector:
 def default_detector(side: str = "both") -> EnsembleDetector:
     """The project's default detector stack for one per-window series.
 
-    A :class:`RobustBaseline` (one-hour rolling median and MAD for one-minute windows; alerts from 4.35
-    robust sigmas) for jumps, and a Page-Hinkley :class:`RiverDrift` on the robust z-scores for sustained
-    shifts of one to three sigmas; see docs/benchmarks.md for how these values were chosen.
+    * :class:`RobustBaseline` with its defaults (two-hour rolling median and spread for one-minute
+      windows; a value alone alerts from 6.24 robust sigmas, two in a row from 3.74): jumps and shifts.
+    * :class:`RiverDrift` Page-Hinkley on the robust z-scores against a reference lagged by 15 values
+      (``delta`` 1 sigma, ``threshold`` 30, no forgetting): sustained shifts of two to three sigmas,
+      after 15-30 values.
+
+    Tuned on two simulated clean days (265 series of the default topology): about 6.5 false alarms a
+    day in all, mostly Page-Hinkley on traffic volume while the daily curve falls fastest, and the
+    Poisson tail of small slices' error counts (docs/benchmarks.md).
 
     >>> det = default_detector(side="up")
     >>> [m.kind for m in det.members], det.warmup
@@ -558,13 +565,14 @@ def default_detector(side: str = "both") -> EnsembleDetector:
     """
     return EnsembleDetector(
         [
-            RobustBaseline(window=60, min_history=20, k=4.0, softness=0.5, side=side),
+            RobustBaseline(side=side),
             RiverDrift(
                 "page_hinkley",
-                params={"min_instances": 30, "delta": 0.5, "threshold": 25.0, "alpha": 0.999},
+                params={"min_instances": 30, "delta": 1.0, "threshold": 30.0, "alpha": 1.0},
                 side=side,
-                window=60,
+                window=120,
                 min_history=20,
+                lag=15,
             ),
         ]
     )

@@ -117,6 +117,7 @@ class Topology:
     segment_dims: tuple[str, ...] = ()
     group_by: tuple[tuple[str, ...], ...] = ()
     max_values_per_dim: int = 64
+    max_series: int = 10_000
     relative_accuracy: float = 0.02
     volume: VolumeRule = field(default_factory=VolumeRule)
     latency: LatencyRule = field(

@@ -271,8 +271,12 @@ def test_flag_counters() -> None:
         acc.add_serving(SERVING, offset, event)
     window = acc.take()[SERVING].windows[T0]
     prefix = f"{_series()}#"
-    counters = {k[len(prefix) :]: v for k, v in window.items() if not k[len(prefix) :].startswith("lat.")}
+    counters = {
+        k[len(prefix) :]: v for k, v in window.items() if not k[len(prefix) :].startswith(("lat.", "fun."))
+    }
     assert counters == {"n": 5, "err": 2, "fb": 2, "empty": 1}
+    # Funnel stage counts are summed over successful responses only (3 of the 5 here).
+    assert window[f"{prefix}fun.returned"] == 20 + 20 + 0  # ok, fallback, empty slate
 
 
 def test_series_key_uses_segment_dims_and_unknown_for_missing() -> None:
@@ -324,7 +328,7 @@ def test_separators_in_values_cannot_forge_fields() -> None:
     assert list(series) == [("m_x", "v1", "control", "home", "ios", "eu_err")]
     stats = series[("m_x", "v1", "control", "home", "ios", "eu_err")]
     assert stats.n == 1
-    assert stats.counters == {}
+    assert {k: v for k, v in stats.counters.items() if not k.startswith("fun.")} == {}
 
 
 def test_roll_up_marker_in_a_segment_value_does_not_corrupt_roll_ups() -> None:
