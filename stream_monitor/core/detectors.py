@@ -358,8 +358,12 @@ class RiverDrift:
     trend of the raw series is not a change. The lag matters: a reference that included the newest
     values would absorb a shift (its spread widens as soon as a few shifted values enter it) before a
     cumulative test has gathered the evidence; with a lag it has ``lag`` values to do so. ``side`` keeps
-    only increases ("up") or decreases ("down"): Page-Hinkley is run in that mode, an ADWIN detection
-    counts when its mean moved that way.
+    only increases ("up") or decreases ("down"): Page-Hinkley is run in that mode, and a detection
+    counts only when the value that triggers it is at least ``confirm`` robust sigmas off the reference
+    in that direction. The confirmation matters because the reference follows the series: once it has
+    caught up with a shift, the z-scores fall back to 0, which is itself a change (the other way) that
+    would otherwise be reported as a new one, e.g. right after a traffic drop recovers. Without
+    ``standardize`` an ADWIN detection counts when ADWIN's mean moved in the watched direction.
 
     State: river's detectors are not serialisable as data, so the state is the parameters plus the last
     ``replay`` raw inputs, and :meth:`from_state` rebuilds the detector by feeding them again. The rebuilt
@@ -386,6 +390,7 @@ class RiverDrift:
         min_history: int = 20,
         lag: int = 15,
         clip: float = 10.0,
+        confirm: float = 1.0,
         replay: int = 1000,
     ) -> None:
         if method not in _RIVER_METHODS:
@@ -399,6 +404,8 @@ class RiverDrift:
         for name, value in params.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{method} param {name} must be a finite number, got {value!r}")
+        if not (math.isfinite(confirm) and confirm >= 0):
+            raise ValueError(f"need confirm >= 0, got {confirm!r}")
         if window < 3 or not 3 <= min_history <= window or lag < 0 or clip <= 0 or replay < window + lag:
             raise ValueError(
                 "need window >= 3, 3 <= min_history <= window, lag >= 0, clip > 0 and replay >= window + lag"
@@ -411,6 +418,7 @@ class RiverDrift:
         self.min_history = int(min_history)
         self.lag = int(lag)
         self.clip = float(clip)
+        self.confirm = float(confirm)
         self.replay = int(replay)
         self._history: deque[float] = deque(maxlen=self.window + self.lag)
         self._inputs: deque[float] = deque(maxlen=self.replay)
@@ -439,6 +447,7 @@ class RiverDrift:
             "min_history": self.min_history,
             "lag": self.lag,
             "clip": self.clip,
+            "confirm": self.confirm,
             "replay": self.replay,
         }
 
@@ -462,6 +471,8 @@ class RiverDrift:
         detector.update(fed)
         if not detector.drift_detected:
             return 0.0
+        if self.standardize:
+            return 1.0 if _directed(fed, self.side) >= self.confirm else 0.0
         if isinstance(detector, drift.ADWIN) and self.side != "both":
             moved = detector.estimation - before
             if (moved > 0) != (self.side == "up"):

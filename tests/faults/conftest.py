@@ -419,7 +419,7 @@ def make_producer(bootstrap: str) -> Any:
             "partitioner": "murmur2_random",
             "compression.type": "lz4",
             "message.timeout.ms": 120_000,
-            "log_level": 3,
+            "log_level": 0,
         }
     )
 

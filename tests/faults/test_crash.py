@@ -40,6 +40,7 @@ def _wait_counted(client: redis.Redis, prefix: str, target: int, timeout_s: floa
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {target} counted (at {now})\n{worker.log_tail()}")
 
 
+@pytest.mark.slow  # 12 restarts, each waits out the 6 s group session of the killed worker: ~100 s
 @pytest.mark.timeout(420)
 def test_sigkill_at_random_points_counts_every_event_exactly_once(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path

@@ -42,12 +42,14 @@ IMPLEMENTATIONS: dict[str, Factory] = {
     "river_page_hinkley": lambda: RiverDrift("page_hinkley", params={"threshold": 10.0}),
     "river_page_hinkley_raw_down": lambda: RiverDrift("page_hinkley", side="down", standardize=False),
     "ensemble_default": default_detector,
-    "ensemble_custom": lambda: EnsembleDetector([RobustBaseline(window=10, min_history=5), RiverDrift("adwin")]),
+    "ensemble_custom": lambda: EnsembleDetector(
+        [RobustBaseline(window=10, min_history=5), RiverDrift("adwin")]
+    ),
 }
 
 
 def _series(seed: int, n: int = 400) -> list[float]:
-    """Noise around 100 with a daily-ish wave, spikes, a level shift and a drop: something for every member."""
+    """Noise around 100 with a wave, spikes, a level shift and a drop: something for every member."""
     rng = random.Random(seed)
     values = []
     for i in range(n):
@@ -175,7 +177,7 @@ def test_robust_baseline_state_shape_errors(change: dict[str, Any], message: str
 
 
 def test_river_state_refuses_unknown_params_and_oversized_replay() -> None:
-    state = RiverDrift("adwin", replay=100).to_state()
+    state = RiverDrift("adwin", window=60, lag=0, replay=100).to_state()
     with pytest.raises(DetectorStateError, match=r"unknown adwin params \['threshold'\]"):
         RiverDrift.from_state({**state, "params": {**state["params"], "params": {"threshold": 3}}})
     with pytest.raises(DetectorStateError, match="must be a finite number"):
@@ -194,18 +196,18 @@ def test_ensemble_state_errors() -> None:
 def test_river_state_beyond_the_replay_bound_restores_a_younger_detector() -> None:
     # Documented bound: past `replay` inputs the restored detector is the one that started `replay` ago.
     values = _series(5)
-    original = RiverDrift("page_hinkley", replay=100)
+    original = RiverDrift("page_hinkley", window=60, lag=0, replay=100)
     for v in values[:300]:
         original.update(v)
     restored = RiverDrift.from_state(original.to_state())
     assert restored.seen == original.seen == 300
-    younger = RiverDrift("page_hinkley", replay=100)
+    younger = RiverDrift("page_hinkley", window=60, lag=0, replay=100)
     for v in values[200:300]:
         younger.update(v)
     assert [restored.update(v) for v in values[300:]] == [younger.update(v) for v in values[300:]]
 
 
-# -- behaviour ------------------------------------------------------------------------------------------------
+# -- behaviour ---------------------------------------------------------------------------------------------
 
 
 def _noise(seed: int, n: int, sigma: float = 1.0, level: float = 100.0) -> list[float]:
@@ -307,3 +309,13 @@ def test_constructor_arguments_are_checked() -> None:
         RiverDrift("kswin")
     with pytest.raises(ValueError, match="at least one member"):
         EnsembleDetector([])
+
+
+def test_drift_detector_does_not_report_the_reference_catching_up_after_a_recovery() -> None:
+    # A drop, held long enough for the reference to adapt, then a recovery: a "down" detector may fire
+    # during the drop, never after the recovery (when the z-scores fall back from positive to 0).
+    values = _noise(10, 200) + _noise(11, 150, level=96.0) + _noise(12, 200)
+    det = RiverDrift("page_hinkley", side="down", params={"threshold": 20.0, "delta": 0.5})
+    scores = [det.update(v) for v in values]
+    assert 1.0 in scores[200:350]
+    assert 1.0 not in scores[350:]

@@ -164,7 +164,7 @@ def test_duplicate_request_ids_are_counted_as_sent() -> None:
 
 def test_cardinality_attack_is_folded_and_bounded() -> None:
     """50,000 events, each with a fresh segment value, model version, feature and stage name."""
-    engine, sink, registry = _engine()
+    engine, _, registry = _engine()
     n = 50_000
     for i in range(n):
         event = _serving(

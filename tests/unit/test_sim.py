@@ -30,7 +30,7 @@ from stream_monitor.sim import (
     TrafficSimulator,
     parse_incident,
 )
-from stream_monitor.sim.incidents import PLATFORMS, REGIONS, STAGES, TENURES
+from stream_monitor.sim.incidents import FRESHNESS_FEATURES, PLATFORMS, REGIONS, SOURCES, STAGES, TENURES
 
 pytestmark = pytest.mark.unit
 
@@ -62,6 +62,12 @@ def full_run() -> list[tuple[str, Any, Any]]:
 def baseline() -> list[dict[str, Any]]:
     """Serving events of the incident-free twin of every incident run."""
     return _serving(_run(seed=9, rate=INCIDENT_RATE, duration_s=INCIDENT_RUN_S, config=NO_ENGAGEMENT))
+
+
+@pytest.fixture(scope="module")
+def engaged_baseline() -> list[tuple[str, Any, Any]]:
+    """The incident-free twin of the engagement incident runs (with engagement)."""
+    return _run(seed=9, rate=INCIDENT_RATE, duration_s=INCIDENT_RUN_S)
 
 
 # --- determinism and ordering -----------------------------------------------------------------------
@@ -295,6 +301,18 @@ def test_catalogue_popularity_is_long_tailed(baseline: list[dict[str, Any]]) -> 
     assert top[0][1] > 20 * top[len(top) // 2][1]  # the head dominates
 
 
+def test_clean_feature_ages_are_minutes_to_an_hour(baseline: list[dict[str, Any]]) -> None:
+    assert all(set(e["feature_ts"]) == set(FRESHNESS_FEATURES) for e in baseline)
+    assert len(FRESHNESS_FEATURES) >= 2
+    for feature, p50_min, p99_max in (("watch_minutes_7d", (8, 16), 60), ("days_since_signup", (25, 40), 70)):
+        ages_min = np.array([e["ts"] - e["feature_ts"][feature] for e in baseline]) / 60_000
+        assert all(type(e["feature_ts"][feature]) is int for e in baseline[:100])
+        assert ages_min.min() >= 1, feature
+        assert ages_min.max() <= 120, feature  # a 2 h tail at most: a stale feature stands out
+        p50, p99 = np.percentile(ages_min, [50, 99])
+        assert p50_min[0] < p50 < p50_min[1] and p99 < p99_max, (feature, p50, p99)
+
+
 # --- incidents --------------------------------------------------------------------------------------
 
 
@@ -393,6 +411,142 @@ def test_rate_incidents_set_the_slice_rate_for_their_window(
             assert _rate(new, lambda e, o=other: bool(e[o])) < 0.05
 
 
+@pytest.mark.parametrize(
+    ("feature", "magnitude", "duration_ms"),
+    [(None, None, None), ("days_since_signup", 900.0, 120_000)],
+)
+def test_stale_feature_ages_one_feature_in_the_slice_only(
+    baseline: list[dict[str, Any]], feature: str | None, magnitude: float | None, duration_ms: int | None
+) -> None:
+    inc = Incident("stale_feature", ONSET, duration_ms, magnitude, {"region": "eu"}, feature=feature)
+    assert inc.feature == (feature or "watch_minutes_7d")
+    assert inc.magnitude == (magnitude or 21_600.0)
+    hit = _split(_incident_run(inc), baseline, inc)
+    assert len(hit) > 1000
+    shift_ms = round(inc.factor * 1000)
+    for new, old in hit:
+        for f in FRESHNESS_FEATURES:
+            expected = old["feature_ts"][f] - (shift_ms if f == inc.feature else 0)
+            assert new["feature_ts"][f] == expected
+        assert {k: v for k, v in new.items() if k != "feature_ts"} == {
+            k: v for k, v in old.items() if k != "feature_ts"
+        }
+    if inc.feature == "watch_minutes_7d":
+        # 6 h older: every request of the slice is past the clean 2 h ceiling.
+        assert min(new["ts"] - new["feature_ts"][inc.feature] for new, _ in hit) >= 6 * 3_600_000
+
+
+def _source_of_items(events: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(it["source"] for e in events if not e["fallback"] for it in e["items"])
+
+
+@pytest.mark.parametrize("source", ["trending", "collab", "continue_watching"])
+def test_source_outage_empties_one_source_in_the_slice_only(
+    baseline: list[dict[str, Any]], source: str
+) -> None:
+    inc = Incident("source_outage", ONSET, 120_000, target={"region": "eu"}, source=source)
+    hit = _split(_incident_run(inc), baseline, inc)
+    assert len(hit) > 500
+    others = [s for s in SOURCES if s != source]
+    for new, old in hit:
+        assert new["sources"][source] == 0
+        assert sum(new["sources"].values()) == sum(old["sources"].values())
+        if old["error"] is None:
+            assert sum(new["sources"].values()) == new["funnel"]["retrieved"]
+            # Its candidates went to the others: none of them lost any.
+            assert all(new["sources"][s] >= old["sources"][s] for s in others)
+        assert {k: v for k, v in new.items() if k not in ("sources", "items")} == {
+            k: v for k, v in old.items() if k not in ("sources", "items")
+        }
+        # Slates stay full: same ids, scores and order; only the dead source's items are re-labelled.
+        assert [(it["id"], it["score"]) for it in new["items"]] == [
+            (it["id"], it["score"]) for it in old["items"]
+        ]
+        for it_new, it_old in zip(new["items"], old["items"], strict=True):
+            if new["fallback"]:
+                assert it_new == it_old  # the precomputed fallback list is not the live source
+            elif it_old["source"] == source:
+                assert it_new["source"] in others
+            else:
+                assert it_new == it_old
+    served = [new for new, _ in hit]
+    new_mix, old_mix = _source_of_items(served), _source_of_items([old for _, old in hit])
+    assert new_mix[source] == 0 and old_mix[source] > 100
+    assert sum(new_mix.values()) == sum(old_mix.values())
+    # The re-labelled items follow the remaining sources' mix rather than all landing on one of them.
+    assert all(new_mix[s] > old_mix[s] for s in others)
+
+
+def test_partial_source_outage_hits_that_fraction(baseline: list[dict[str, Any]]) -> None:
+    inc = Incident("source_outage", ONSET, magnitude=0.5, target={"tenure": "new"})
+    assert inc.source == "trending"
+    hit = _split(_incident_run(inc), baseline, inc)
+    out = sum(1 for new, _ in hit if new["sources"]["trending"] == 0) / len(hit)
+    assert 0.4 < out < 0.6
+
+
+def test_source_outage_of_every_source_leaves_nothing_to_serve(baseline: list[dict[str, Any]]) -> None:
+    incs = [Incident("source_outage", ONSET, target={"region": "eu"}, source=s) for s in SOURCES]
+    sim = TrafficSimulator(9, START, INCIDENT_RATE, incs, config=NO_ENGAGEMENT)
+    hit = _split(_serving(list(sim.events(INCIDENT_RUN_S))), baseline, incs[0])
+    for new, old in hit:
+        assert set(new["sources"].values()) == {0}
+        if old["error"] is not None:
+            assert new == old  # an error retrieved nothing anyway
+        elif old["fallback"]:
+            # Nothing retrieved, the precomputed fallback list still served.
+            assert new["items"] == old["items"] and new["funnel"]["returned"] == 20
+            assert new["funnel"]["retrieved"] == 0 == sum(new["sources"].values())
+        else:
+            assert new["items"] == [] and set(new["funnel"].values()) == {0} and new["error"] is None
+
+
+def _engagement_id(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["request_id"], e["action"], e["position"], e["ts"])
+
+
+def _in_target(region: str, target: dict[str, str]) -> bool:
+    """Whether a request of ``region`` is in ``target`` (the engagement tests target at most a region)."""
+    assert set(target) <= {"region"}
+    return target.get("region", region) == region
+
+
+@pytest.mark.parametrize(
+    ("target", "magnitude", "duration_ms"),
+    [({}, None, None), ({"region": "eu"}, 1.0, 120_000)],
+)
+def test_engagement_logging_break_drops_engagement_in_its_window_only(
+    engaged_baseline: list[tuple[str, Any, Any]],
+    target: dict[str, str],
+    magnitude: float | None,
+    duration_ms: int | None,
+) -> None:
+    inc = Incident("engagement_logging_break", ONSET, duration_ms, magnitude, target)
+    assert inc.ground_truth.key == {}  # engagement carries no segment: the monitor sees it only globally
+    events = _run(seed=9, rate=INCIDENT_RATE, duration_s=INCIDENT_RUN_S, incidents=[inc])
+    # Serving and deployments are untouched.
+    assert [e for kind, _, e in events if kind != "engagement"] == [
+        e for kind, _, e in engaged_baseline if kind != "engagement"
+    ]
+    region = {e["request_id"]: e["segment"]["region"] for e in _serving(engaged_baseline)}
+    kept_ids = {_engagement_id(e) for kind, _, e in events if kind == "engagement"}
+    base = [e for kind, _, e in engaged_baseline if kind == "engagement"]
+    # Nothing new, the order kept: the run is the baseline with some engagement events removed.
+    assert [e for e in base if _engagement_id(e) in kept_ids] == [
+        e for kind, _, e in events if kind == "engagement"
+    ]
+    in_window = [inc.active(e["ts"]) and _in_target(region[e["request_id"]], target) for e in base]
+    hit = [e for e, h in zip(base, in_window, strict=True) if h]
+    assert len(hit) > 3000
+    # Outside the window (and, when targeted, outside the slice) every engagement event is still there.
+    assert all(_engagement_id(e) in kept_ids for e, h in zip(base, in_window, strict=True) if not h)
+    lost = Counter(e["action"] for e in hit if _engagement_id(e) not in kept_ids)
+    total = Counter(e["action"] for e in hit)
+    assert abs(sum(lost.values()) / len(hit) - inc.factor) < 0.02
+    for action in ("impression", "click", "play"):
+        assert abs(lost[action] / total[action] - inc.factor) < 0.1, action
+
+
 def test_incidents_targeting_arm_and_model() -> None:
     cfg = SimConfig(engagement=False, canary_share=0.2)
     inc = Incident("error_spike", START, magnitude=1.0, target={"arm": "canary", "model": "home-ranker"})
@@ -429,6 +583,66 @@ def test_ground_truth_names_signal_key_and_stage(kind: str, signal: str, stage: 
     assert sim.ground_truth == [inc.ground_truth]
 
 
+@pytest.mark.parametrize(
+    ("inc", "expected"),
+    [
+        (
+            Incident("stale_feature", ONSET, 60_000, target={"tenure": "new", "region": "eu"}),
+            GroundTruth(
+                "freshness",
+                {"region": "eu", "tenure": "new"},
+                ONSET,
+                None,
+                ONSET + 60_000,
+                "watch_minutes_7d",
+            ),
+        ),
+        (
+            Incident("stale_feature", ONSET, target={"platform": "tv"}, feature="days_since_signup"),
+            GroundTruth("freshness", {"platform": "tv"}, ONSET, detail="days_since_signup"),
+        ),
+        (
+            Incident("source_outage", ONSET, 60_000, target={"region": "eu"}),
+            GroundTruth("candidate_source", {"region": "eu"}, ONSET, None, ONSET + 60_000, "trending"),
+        ),
+        (
+            Incident("source_outage", ONSET, target={"arm": "control"}, source="collab"),
+            GroundTruth("candidate_source", {"arm": "control"}, ONSET, detail="collab"),
+        ),
+        (
+            Incident("engagement_logging_break", ONSET, 60_000),
+            GroundTruth("engagement_ratio", {}, ONSET, None, ONSET + 60_000),
+        ),
+        # Injected on a slice, still reported globally: engagement events carry no segment.
+        (
+            Incident("engagement_logging_break", ONSET, target={"region": "eu"}),
+            GroundTruth("engagement_ratio", {}, ONSET),
+        ),
+    ],
+)
+def test_ground_truth_of_new_kinds_names_signal_key_and_detail(inc: Incident, expected: GroundTruth) -> None:
+    assert inc.ground_truth == expected
+    assert TrafficSimulator(1, START, 1.0, [inc]).ground_truth == [expected]
+
+
+def test_existing_kinds_have_no_detail_and_keep_their_defaults() -> None:
+    expected = {
+        "latency_regression": ("latency", 4.0),
+        "traffic_drop": ("volume", 1.0),
+        "error_spike": ("error_rate", 0.2),
+        "fallback_spike": ("fallback_rate", 0.3),
+        "empty_slates": ("empty_slate_rate", 0.2),
+        "stale_feature": ("freshness", 21_600.0),
+        "source_outage": ("candidate_source", 1.0),
+        "engagement_logging_break": ("engagement_ratio", 0.9),
+    }
+    assert {k: (v.signal, v.default_magnitude) for k, v in INCIDENT_KINDS.items()} == expected
+    for kind in list(expected)[:5]:
+        inc = parse_incident(kind, START)
+        assert inc.target == {"region": "eu"} and inc.ground_truth.detail is None
+        assert inc.feature is None and inc.source is None
+
+
 def test_incident_validation() -> None:
     with pytest.raises(ValueError, match="unknown incident kind 'meltdown'"):
         Incident("meltdown", 0)
@@ -442,6 +656,20 @@ def test_incident_validation() -> None:
         Incident("traffic_drop", 0, magnitude=1.5)
     with pytest.raises(ValueError, match="duration_ms must be positive"):
         Incident("traffic_drop", 0, duration_ms=0)
+    with pytest.raises(ValueError, match="feature applies only to stale_feature, not error_spike"):
+        Incident("error_spike", 0, feature="watch_minutes_7d")
+    with pytest.raises(ValueError, match="source applies only to source_outage, not stale_feature"):
+        Incident("stale_feature", 0, source="trending")
+    with pytest.raises(ValueError, match=r"unknown feature 'country'; expected one of \['watch_minutes_7d'"):
+        Incident("stale_feature", 0, feature="country")
+    with pytest.raises(ValueError, match="unknown source 'search'"):
+        Incident("source_outage", 0, source="search")
+    with pytest.raises(
+        ValueError, match=r"magnitude 0\.0 out of range for stale_feature: expected \(0, inf\)"
+    ):
+        Incident("stale_feature", 0, magnitude=0)
+    with pytest.raises(ValueError, match=r"out of range for engagement_logging_break: expected \(0, 1\]"):
+        Incident("engagement_logging_break", 0, magnitude=1.2)
     target = {"region": "eu"}
     inc = Incident("error_spike", 0, target=target)
     target["region"] = "us"
@@ -479,6 +707,36 @@ def test_incident_validation() -> None:
             "latency_regression:stage=features,region=apac",
             Incident("latency_regression", START + 900_000, target={"region": "apac"}, stage="features"),
         ),
+        (
+            "stale_feature",
+            Incident(
+                "stale_feature", START + 900_000, None, 21_600.0, {"region": "eu"}, None, "watch_minutes_7d"
+            ),
+        ),
+        (
+            "stale_feature:feature=days_since_signup,magnitude=3600,platform=ios,onset=60,duration=300",
+            Incident(
+                "stale_feature",
+                START + 60_000,
+                300_000,
+                3600.0,
+                {"platform": "ios"},
+                feature="days_since_signup",
+            ),
+        ),
+        (
+            "source_outage",
+            Incident("source_outage", START + 900_000, target={"region": "eu"}, source="trending"),
+        ),
+        (
+            "source_outage:source=collab,magnitude=0.5,tenure=new",
+            Incident("source_outage", START + 900_000, None, 0.5, {"tenure": "new"}, source="collab"),
+        ),
+        ("engagement_logging_break", Incident("engagement_logging_break", START + 900_000, None, 0.9, {})),
+        (
+            "engagement_logging_break:region=eu,magnitude=1,onset=0",
+            Incident("engagement_logging_break", START, None, 1.0, {"region": "eu"}),
+        ),
     ],
 )
 def test_parse_incident_accepts_good_specs(spec: str, expected: Incident) -> None:
@@ -509,6 +767,23 @@ def test_parse_incident_accepts_good_specs(spec: str, expected: Incident) -> Non
         ("error_spike:onset=soon", "onset='soon' is not a number"),
         ("error_spike:duration=0", "duration='0' must be > 0 seconds"),
         ("error_spike:colour=red", "unknown key 'colour'"),
+        ("error_spike:feature=watch_minutes_7d", "feature applies only to stale_feature"),
+        ("engagement_logging_break:feature=watch_minutes_7d", "feature applies only to stale_feature"),
+        ("stale_feature:source=trending", "source applies only to source_outage"),
+        ("latency_regression:source=collab", "source applies only to source_outage"),
+        ("stale_feature:stage=ranking", "stage applies only to latency_regression"),
+        ("stale_feature:feature=country", "unknown feature 'country'; expected one of ['watch_minutes_7d'"),
+        ("source_outage:source=search", "unknown source 'search'; expected one of ['collab', 'trending'"),
+        ("stale_feature:feature=", "expected key=value, got 'feature='"),
+        ("stale_feature:magnitude=0", "magnitude 0.0 out of range for stale_feature: expected (0, inf)"),
+        ("stale_feature:magnitude=-60", "out of range for stale_feature"),
+        ("source_outage:magnitude=0", "out of range for source_outage: expected (0, 1]"),
+        (
+            "engagement_logging_break:magnitude=1.5",
+            "out of range for engagement_logging_break: expected (0, 1]",
+        ),
+        ("source_outage:source=collab,source=trending", "source given twice"),
+        ("error_spike:colour=red", "'feature', 'source', 'magnitude'"),
     ],
 )
 def test_parse_incident_rejects_bad_specs_precisely(spec: str, message: str) -> None:
@@ -552,6 +827,21 @@ def test_simulate_out_writes_valid_jsonl(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "ground truth: error_spike: signal=error_rate key={region=us}" in err
     assert f"serving={kinds['serving']} engagement={kinds['engagement']} deployment=1" in err
+
+
+def test_simulate_reports_global_ground_truth_for_a_logging_break(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.jsonl"
+    rc = _cli(
+        "--out", str(out), "--speed", "0", "--duration", "20", "--rate", "20", "--seed", "3",
+        "--start-ms", str(START), "--incident", "engagement_logging_break:onset=5",
+        "--incident", "stale_feature:feature=days_since_signup,region=us,onset=5",
+    )  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "ground truth: engagement_logging_break: signal=engagement_ratio key={global} magnitude=0.9" in err
+    assert "stale_feature: signal=freshness key={region=us} feature=days_since_signup magnitude=21600" in err
 
 
 def test_simulate_count_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
