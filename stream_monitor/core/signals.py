@@ -9,6 +9,7 @@ above it (which breach only because they contain it) are not reported separately
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -331,9 +332,12 @@ class WindowEvaluator:
             for key, stats in levels.items():
                 if stats.n < rule.min_count:
                     continue
-                rate = stats.counters.get(rule.counter, 0) / stats.n
+                flagged = stats.counters.get(rule.counter, 0)
+                rate = flagged / stats.n
                 values.append(SignalValue(rule.signal, "ratio", key, rate))
-                if rate > rule.threshold:
+                # Alert only when the rate is above the ceiling with confidence, not when a small slice
+                # happens to catch a few unlucky requests (4 of 198 is 2.02 %, but says little).
+                if rate > rule.threshold and wilson_lower_bound(flagged, stats.n, rule.z) > rule.threshold:
                     severity = "critical" if rate > rule.threshold * rule.critical_factor else "warning"
                     breaches.append(
                         Breach(
@@ -570,6 +574,21 @@ def _touch(history: dict[str, list[float]], key: str) -> list[float]:
     while len(history) > MAX_BASELINES:
         del history[next(iter(history))]
     return past
+
+
+def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
+    """One-sided Wilson score lower bound of a proportion (z = 2.326 for 99 % confidence).
+
+    >>> round(wilson_lower_bound(4, 198, 2.326), 4), round(wilson_lower_bound(120, 800, 2.326), 3)
+    (0.0067, 0.123)
+    """
+    if trials <= 0:
+        return 0.0
+    p = successes / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    margin = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, (centre - margin) / (1 + z2 / trials))
 
 
 def _age(seconds: float) -> str:

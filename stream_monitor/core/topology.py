@@ -41,6 +41,8 @@ class RateRule:
     min_count: int = 50
     critical_factor: float = 5.0
     clear_ratio: float = 0.8
+    # z of the one-sided confidence that the true rate is above the threshold (2.326: 99 %).
+    z: float = 2.326
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ kind                          signal                 effect on matching requests
 ``stale_feature``             ``freshness``          one feature's ``feature_ts`` (``feature``,   21600 s
                                                      default watch_minutes_7d) moves back, so
                                                      its age grows by ``magnitude`` seconds
+                                                     (at most a year)
 ``source_outage``             ``candidate_source``   one candidate source (``source``, default    1.0
                                                      trending) returns nothing for a fraction
                                                      ``magnitude`` of requests; the others fill
@@ -87,6 +88,10 @@ TARGET_DIMS: tuple[str, ...] = ("model", "surface", "arm", *SEGMENT_DIMS)
 # (Kinds whose ground truth is always global, see IncidentKind.global_key, default to every request.)
 DEFAULT_TARGET: Mapping[str, str] = MappingProxyType({"region": "eu"})
 DEFAULT_ONSET_S = 900.0
+
+# A stale_feature ages a feature by at most a year: far past any freshness SLA, and feature_ts stays a valid
+# epoch-ms timestamp (the event schema rejects dates before 2000) for any simulated time after 2001.
+_MAX_STALENESS_S = 365 * 86_400.0
 
 _CLOSED_VOCAB: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"platform": PLATFORMS, "region": REGIONS, "tenure": TENURES, "arm": ARMS}
@@ -156,7 +161,7 @@ INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
                 "freshness",
                 6 * 3600.0,
                 0.0,
-                math.inf,
+                _MAX_STALENESS_S,
                 False,
                 "one feature's age grows by magnitude seconds",
                 default_feature="watch_minutes_7d",

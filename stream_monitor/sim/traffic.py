@@ -33,7 +33,7 @@ true. Only ok and fallback responses get engagement.
 
 ``feature_ts`` carries :data:`~stream_monitor.sim.incidents.FRESHNESS_FEATURES`: ``watch_minutes_7d``
 (streaming aggregate, age median 12 min, p99 about 50 min, at most 2 h) and ``days_since_signup`` (hourly
-batch, age median about 33 min, p99 about 65 min, at most 2 h).
+batch, age median about 33 min, p99 about 63 min, at most 2 h).
 
 A ``source_outage`` of source S zeroes ``sources[S]`` and hands its candidates to the remaining sources in
 proportion to their counts (``retrieved`` and the rest of the funnel are unchanged, so only the source mix
@@ -643,13 +643,11 @@ class TrafficSimulator:
             elif inc.kind == "empty_slates":
                 p_empty[mask] = inc.factor
             elif inc.kind == "stale_feature":
-                fts = feature_ts[inc.feature or FRESHNESS_FEATURES[0]]
-                # Clamped at epoch 0 so an absurd magnitude cannot overflow int64 or go negative.
-                shift = min(round(inc.factor * 1000), 2**62)
-                fts[mask] = np.maximum(fts[mask] - shift, 0)
+                feature_ts[inc.feature or FRESHNESS_FEATURES[0]][mask] -= round(inc.factor * 1000)
             elif inc.kind == "source_outage":
                 if dead_src is None:
                     dead_src = np.zeros((n, len(SOURCES)), dtype=bool)
+                # One uniform per request for every outage: partial outages of two sources overlap.
                 dead_src[mask & (u_outage < inc.factor), SOURCES.index(inc.source or "trending")] = True
 
         # One uniform, cumulative thresholds: each status rate is exactly its configured (or incident)

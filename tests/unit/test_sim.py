@@ -224,6 +224,27 @@ def test_events_validate_against_the_published_schemas(full_run: list[tuple[str,
         assert not errors, (kind, errors)
 
 
+def test_events_of_the_new_incident_kinds_validate_against_the_schemas() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+    if not (schemas / "serving.schema.json").is_file():
+        pytest.skip("schemas not present")
+    validators = {
+        kind: jsonschema.Draft202012Validator(orjson.loads((schemas / f"{kind}.schema.json").read_bytes()))
+        for kind in ("serving", "engagement", "deployment")
+    }
+    # The largest staleness still leaves feature_ts a valid (post-2000) timestamp.
+    specs = (
+        "stale_feature:onset=0,magnitude=31536000",
+        "source_outage:onset=0",
+        "engagement_logging_break:onset=0",
+    )
+    events = _run(seed=2, rate=40.0, duration_s=20, incidents=[parse_incident(s, START) for s in specs])
+    for kind, _, e in events:
+        errors = [f"{err.json_path}: {err.message}" for err in validators[kind].iter_errors(e)]
+        assert not errors, (kind, errors)
+
+
 def test_engagement_follows_serving(full_run: list[tuple[str, Any, Any]]) -> None:
     serving = {e["request_id"]: e for e in _serving(full_run)}
     chains: dict[str, list[dict[str, Any]]] = {}
@@ -665,7 +686,7 @@ def test_incident_validation() -> None:
     with pytest.raises(ValueError, match="unknown source 'search'"):
         Incident("source_outage", 0, source="search")
     with pytest.raises(
-        ValueError, match=r"magnitude 0\.0 out of range for stale_feature: expected \(0, inf\)"
+        ValueError, match=r"magnitude 0\.0 out of range for stale_feature: expected \(0, 3\.1536e\+07\]"
     ):
         Incident("stale_feature", 0, magnitude=0)
     with pytest.raises(ValueError, match=r"out of range for engagement_logging_break: expected \(0, 1\]"):
@@ -775,8 +796,12 @@ def test_parse_incident_accepts_good_specs(spec: str, expected: Incident) -> Non
         ("stale_feature:feature=country", "unknown feature 'country'; expected one of ['watch_minutes_7d'"),
         ("source_outage:source=search", "unknown source 'search'; expected one of ['collab', 'trending'"),
         ("stale_feature:feature=", "expected key=value, got 'feature='"),
-        ("stale_feature:magnitude=0", "magnitude 0.0 out of range for stale_feature: expected (0, inf)"),
+        (
+            "stale_feature:magnitude=0",
+            "magnitude 0.0 out of range for stale_feature: expected (0, 3.1536e+07]",
+        ),
         ("stale_feature:magnitude=-60", "out of range for stale_feature"),
+        ("stale_feature:magnitude=4e7", "magnitude 40000000.0 out of range for stale_feature"),
         ("source_outage:magnitude=0", "out of range for source_outage: expected (0, 1]"),
         (
             "engagement_logging_break:magnitude=1.5",
