@@ -34,12 +34,20 @@ _DATE_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
 
 
 class InputError(ValueError):
-    """A row (or the file) that cannot be scored; the message names the line."""
+    """A row (or the file) that cannot be scored; the message names the line.
+
+    >>> str(InputError("line 3: value 'x' is not a finite number"))
+    "line 3: value 'x' is not a finite number"
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One input row: the text as written, and the parsed time (seconds, or epoch units) and value."""
+    """One input row: the text as written, and the parsed time (seconds, or epoch units) and value.
+
+    >>> read_series(["2025-11-24T10:00:00Z,1.50"])[0][0].value_text
+    '1.50'
+    """
 
     line: int
     timestamp: str

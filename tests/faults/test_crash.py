@@ -1,4 +1,4 @@
-"""Scenario 1: SIGKILL the worker at >= 10 seeded random points mid-stream; every event counted exactly once."""
+"""Scenario 1: SIGKILL the worker at >= 10 seeded random points mid-stream; each event counted once."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ SEED = 1125
 KILLS = 12
 
 
-def _wait_counted(client: redis.Redis, prefix: str, target: int, timeout_s: float, worker: WorkerProcess) -> int:
+def _wait_counted(
+    client: redis.Redis, prefix: str, target: int, timeout_s: float, worker: WorkerProcess
+) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now = counted(client, prefix)
@@ -37,7 +39,9 @@ def _wait_counted(client: redis.Redis, prefix: str, target: int, timeout_s: floa
         if not worker.alive():
             pytest.fail(f"worker exited while waiting for {target} counted:\n{worker.log_tail()}")
         time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {target} counted (at {now})\n{worker.log_tail()}")
+    pytest.fail(
+        f"timed out after {timeout_s:.0f} s waiting for {target} counted (at {now})\n{worker.log_tail()}"
+    )
 
 
 @pytest.mark.slow  # 12 restarts, each waits out the 6 s group session of the killed worker: ~100 s

