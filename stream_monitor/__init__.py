@@ -3,7 +3,8 @@
 The public surface is what ``__all__`` lists; everything else may change without notice.
 
 >>> import stream_monitor
->>> stream_monitor.parse_event(b'{"type":"engagement","request_id":"r","ts":1764086400000,"action":"play"}').action
+>>> event = b'{"type":"engagement","request_id":"r","ts":1764086400000,"action":"play"}'
+>>> stream_monitor.parse_event(event).action
 'play'
 """
 

@@ -98,6 +98,9 @@ class Engine:
         self._window = topology.window
         self._folded_seen = 0
         self.windows_closed = 0
+        self._retry: PendingCommit | None = None
+        # Next offset counted per partition, as this worker last committed it (for the lag metric).
+        self.committed_offsets: dict[str, int] = {}
         self._consumed: dict[str, int] = {}
         self._accepted: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
@@ -107,19 +110,29 @@ class Engine:
     def assign(self, partitions: Iterable[str]) -> dict[str, PartitionClaim]:
         """Claim newly assigned partitions; returns where counting resumes for each."""
         claims = self.store.claim(list(partitions), self.clock.now_ms())
-        self.adopt(claims)
-        self._closed_before = self.store.closed_before()
+        self.adopt(claims, self.store.closed_before())
         return claims
 
-    def adopt(self, claims: dict[str, PartitionClaim]) -> None:
+    def adopt(self, claims: dict[str, PartitionClaim], closed_before: int | None = None) -> None:
         """Start counting partitions claimed in the store (by :meth:`assign` or by the runtime).
 
         Anything ingested but not committed for these partitions is dropped: counting restarts at the
         claim's offset, and the consumer re-delivers from its committed offset, which is never ahead.
         """
         self.accumulator.discard(claims)
+        if self._retry is not None:
+            # A commit still waiting for its retry was made under the old claim: drop those partitions'
+            # part of it (their messages were not acked and come again).
+            for tp in claims:
+                self._retry.deltas.pop(tp, None)
+            if not self._retry.deltas:
+                self._retry = None
         self.claims.update(claims)
         self.fenced.difference_update(claims)
+        for tp, claim in claims.items():
+            self.committed_offsets[tp] = claim.next_offset
+        if closed_before is not None:
+            self._closed_before = closed_before
 
     def revoke(self, partitions: Iterable[str]) -> None:
         """Stop counting revoked partitions (flush first: their pending deltas still count if ours).
@@ -129,6 +142,7 @@ class Engine:
         """
         for tp in partitions:
             self.claims.pop(tp, None)
+            self.committed_offsets.pop(tp, None)
             self.fenced.add(tp)
 
     # -- ingest ---------------------------------------------------------------------------------------
@@ -193,8 +207,8 @@ class Engine:
             else:
                 self.accumulator.add_engagement(tp, offset, event)
         else:
-            self._deployment(event)
-            self.accumulator.add_other(tp, offset)
+            record = self._deployment_record(event)
+            self.accumulator.add_deployment(tp, offset, event.model, event.arm, record)
         self._count(self._accepted, topic)
 
     @staticmethod
@@ -215,8 +229,9 @@ class Engine:
             return ("future_event", f"ts: {ts} is {(ts - now) // 1000} s in the future")
         return None
 
-    def _deployment(self, event: DeploymentEvent) -> None:
-        record = orjson.dumps(
+    @staticmethod
+    def _deployment_record(event: DeploymentEvent) -> bytes:
+        return orjson.dumps(
             {
                 "ts": event.ts,
                 "model": event.model,
@@ -229,7 +244,6 @@ class Engine:
                 "reason": event.reason,
             }
         )
-        self.store.put_deployment(event.model, event.arm, record)
 
     def _reject(
         self,
@@ -271,7 +285,7 @@ class Engine:
     # -- commit ---------------------------------------------------------------------------------------
 
     def flush(self) -> CommitResult:
-        """Commit everything ingested since the last flush. On a store error the deltas are kept."""
+        """Commit everything ingested since the last flush. On a store error the commit is kept for retry."""
         pending = self.prepare_commit()
         if pending is None:
             return CommitResult(closed_before=self._closed_before)
@@ -280,11 +294,18 @@ class Engine:
         except Exception:
             self.abort_commit(pending)
             raise
-        self.finish_commit(result)
+        self.finish_commit(result, pending)
         return result
 
     def prepare_commit(self) -> PendingCommit | None:
-        """Take the deltas ingested so far (on the ingesting thread)."""
+        """The commit to make next (on the ingesting thread).
+
+        After a failed attempt that is the very same commit again: the store may have applied it even
+        though the reply was lost (a timeout), and only an identical retry can be recognised as such.
+        What was ingested meanwhile waits for the next commit.
+        """
+        if self._retry is not None:
+            return self._retry
         deltas = self.accumulator.take()
         if not deltas:
             self.publish_counts()
@@ -302,20 +323,32 @@ class Engine:
         return result
 
     def abort_commit(self, pending: PendingCommit) -> None:
-        """A prepared commit failed: keep its deltas for the next attempt."""
-        self._restore(pending.deltas)
+        """A prepared commit failed: keep it, unchanged, for the next attempt."""
+        self._retry = pending
         if self.metrics:
             self.metrics.store_up.set(0)
 
-    def finish_commit(self, result: CommitResult) -> None:
-        """Apply a commit's outcome (on the ingesting thread); raises StateLost if the store forgot us."""
+    def finish_commit(self, result: CommitResult, pending: PendingCommit | None = None) -> None:
+        """Apply a commit's outcome (on the ingesting thread).
+
+        Raises StateLost when the store no longer knows our partitions, or disagrees with us about what
+        was counted: the worker must restart from Kafka's committed offsets.
+        """
+        self._retry = None
         if result.lost:
             raise StateLost(f"the state store has no record of partitions {result.lost}: it lost its state")
+        if result.conflict:
+            raise StateLost(f"the state store's offsets for {result.conflict} disagree with this worker's")
         for tp in result.refused:
-            # Another worker owns it now (or already counted these offsets): drop ours, stop counting it.
+            # Another worker claimed it since: drop our delta, stop counting it until it is assigned again.
             log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)
             self.claims.pop(tp, None)
             self.fenced.add(tp)
+        if pending is not None:
+            for tp in result.applied:
+                delta = pending.deltas.get(tp)
+                if delta is not None:
+                    self.committed_offsets[tp] = delta.next_offset
         self._closed_before = result.closed_before
         if self.metrics:
             self.publish_counts()
@@ -339,16 +372,6 @@ class Engine:
             for topic, n in counts.items():
                 counter.labels(topic=topic).inc(n)
             counts.clear()
-
-    def _restore(self, deltas: dict[str, PartitionDelta]) -> None:
-        # Put a failed batch back in front of whatever was ingested meanwhile, so a retry commits both.
-        newer = self.accumulator.take()
-        for tp, old in deltas.items():
-            new = newer.pop(tp, None)
-            if new is not None:
-                _merge_into(old, new)
-        deltas.update(newer)
-        self.accumulator.restore(deltas)
 
     # -- close ----------------------------------------------------------------------------------------
 
@@ -435,17 +458,3 @@ class Engine:
         m.open_alerts.clear()
         for doc in state.open_alerts.values():
             m.open_alerts.labels(signal=doc["signal"], severity=doc["severity"]).inc()
-
-
-def _merge_into(target: PartitionDelta, newer: PartitionDelta) -> None:
-    target.next_offset = newer.next_offset
-    target.highwater = newer.highwater if newer.highwater is not None else target.highwater
-    target.max_event_ms = max(target.max_event_ms, newer.max_event_ms)
-    for start, sums in newer.windows.items():
-        window = target.windows.setdefault(start, {})
-        for name, value in sums.items():
-            window[name] = window.get(name, 0) + value
-    for start, n in newer.window_events.items():
-        target.window_events[start] = target.window_events.get(start, 0) + n
-    for name, n in newer.counts.items():
-        target.counts[name] = target.counts.get(name, 0) + n

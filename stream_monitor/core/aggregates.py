@@ -55,6 +55,8 @@ class PartitionDelta:
     # Log-end offset of the partition when the batch was read (None: unknown). Lets the watermark tell
     # a partition that is quiet because it is caught up from one that is behind.
     highwater: int | None = None
+    # Deployment records (model, arm, JSON) seen in the batch, stored with the same commit.
+    deployments: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def count(self, name: str, by: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + by
@@ -231,8 +233,14 @@ class WindowAccumulator:
         delta.count(f"rejected.{reason}")
 
     def add_other(self, partition: str, offset: int) -> None:
-        """Advance past a valid message that carries no window data (e.g. a deployment)."""
+        """Advance past a valid message that carries no window data."""
         self._delta(partition, offset).count("accepted")
+
+    def add_deployment(self, partition: str, offset: int, model: str, arm: str, record: bytes) -> None:
+        """Keep a deployment record to be stored with the batch's commit (exactly once, in order)."""
+        delta = self._delta(partition, offset)
+        delta.count("accepted")
+        delta.deployments.append((model, arm, record))
 
     def pending(self) -> bool:
         return bool(self._parts)

@@ -17,21 +17,29 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from stream_monitor.config import Settings
 from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.runtime.kafka import KafkaAlertSink, KafkaDeadLetterSink, ensure_topics, make_producer
+from stream_monitor.runtime.kafka import (
+    KafkaAlertSink,
+    KafkaDeadLetterSink,
+    client_config,
+    ensure_topics,
+    make_producer,
+)
 from stream_monitor.sinks.metrics import MonitorMetrics
-from stream_monitor.state.base import StateLost, StateStore, StoreUnavailable
+from stream_monitor.state.base import PartitionClaim, StateLost, StateStore, StoreUnavailable
 
 __all__ = ["WorkerRuntime", "build_worker"]
 
 log = logging.getLogger(__name__)
 
 EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
+LAG_INTERVAL_S = 5.0
 
 
 class WorkerRuntime:
@@ -66,6 +74,11 @@ class WorkerRuntime:
             ),
         )
         self._commit_lock = asyncio.Lock()
+        # A group-less consumer used only to ask the broker for log-end offsets (the lag metric).
+        self._watermarks = Consumer(
+            client_config(settings)
+            | {"group.id": f"{settings.app_id}-lag-probe", "enable.auto.commit": False}
+        )
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -96,6 +109,7 @@ class WorkerRuntime:
             app.agent(topic, name=f"stream_monitor.{kind}")(self._agent_for(kind))
 
         app.timer(interval=s.close_interval_s)(self._close_windows)
+        app.timer(interval=LAG_INTERVAL_S)(self._export_lag)
         # Faust's signal typing predates async receivers with keyword arguments; the call is documented.
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -121,16 +135,9 @@ class WorkerRuntime:
                         ndjson=is_ndjson(message.headers),
                     )
                 consumer = self.app.consumer
-                last_offsets: dict[Any, int] = {}
-                for event in events:
-                    message = event.message
-                    last_offsets[message.tp] = max(last_offsets.get(message.tp, -1), message.offset)
-                for tp, last in last_offsets.items():
-                    highwater = consumer.highwater(tp)
-                    engine.note_highwater(tp.topic, tp.partition, highwater)
-                    if highwater is not None:
-                        lag = self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition))
-                        lag.set(max(0, highwater - last - 1))
+                last_offsets = {event.message.tp for event in events}
+                for tp in last_offsets:
+                    engine.note_highwater(tp.topic, tp.partition, consumer.highwater(tp))
                 await self.commit()
                 claims = engine.claims
                 for event in events:
@@ -176,22 +183,45 @@ class WorkerRuntime:
         except Exception:
             log.exception("window close failed; will retry")
 
+    async def _export_lag(self) -> None:
+        try:
+            await asyncio.to_thread(self._update_lag)
+        except Exception as exc:  # the broker may be away; the metric just keeps its last value
+            log.debug("lag export skipped: %s", exc)
+
+    def _update_lag(self) -> None:
+        # Log-end offsets from the broker itself, against what this worker has committed to the state
+        # store: the lag keeps growing while the worker is stalled (e.g. Redis down), unlike a lag read
+        # off the batches the stalled agents are not taking.
+        from confluent_kafka import TopicPartition
+
+        for tp, counted in list(self.engine.committed_offsets.items()):
+            topic, _, partition = tp.rpartition("/")
+            _low, high = self._watermarks.get_watermark_offsets(
+                TopicPartition(topic, int(partition)), timeout=2.0
+            )
+            self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(max(0, high - counted))
+
     def _ours(self, tps: Iterable[Any]) -> list[str]:
         return sorted(f"{tp.topic}/{tp.partition}" for tp in tps if tp.topic in self.inputs)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
         ours = self._ours(assigned)
+        store = self.engine.store
+
+        def claim() -> tuple[dict[str, PartitionClaim], int | None]:
+            # closed_before too, so late events of the very first batch are recognised as late.
+            return store.claim(ours, self.engine.clock.now_ms()), store.closed_before()
+
         async with self._commit_lock:
             while True:
                 try:
-                    claims = await asyncio.to_thread(
-                        self.engine.store.claim, ours, self.engine.clock.now_ms()
-                    )
+                    claims, closed_before = await asyncio.to_thread(claim)
                     break
                 except StoreUnavailable as exc:
                     log.warning("cannot claim partitions yet: %s", exc)
                     await asyncio.sleep(1.0)
-            self.engine.adopt(claims)
+            self.engine.adopt(claims, closed_before)
         log.info(
             "claimed %d partitions: %s",
             len(claims),

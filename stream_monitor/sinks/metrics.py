@@ -118,7 +118,8 @@ class MonitorMetrics:
         )
         self.consumer_lag = Gauge(
             "consumer_lag_messages",
-            "Messages on the broker not yet read by this worker (log end minus position), per partition.",
+            "Messages on the broker not yet counted: log-end offset minus the offset committed to the "
+            "state store, per partition this worker owns.",
             ["topic", "partition"],
             namespace=ns,
             registry=registry,

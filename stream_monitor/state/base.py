@@ -52,6 +52,9 @@ class CommitResult:
     closed_before: int | None = None
     # Refused because the store has no record of the partition at all: its state was lost.
     lost: list[str] = field(default_factory=list)
+    # Refused under our own epoch because the offsets overlap what is stored in another way than a
+    # plain retry: the worker's idea of what was counted is wrong.
+    conflict: list[str] = field(default_factory=list)
 
 
 class StateStore(Protocol):

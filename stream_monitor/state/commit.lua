@@ -2,14 +2,18 @@
 -- ARGV[1] = key prefix, ARGV[2] = JSON payload:
 --   {"now": "<wall ms>", "window_ttl_s": N,
 --    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
---               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...}}]}
--- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json}; a "lost"
--- partition has no epoch at all: the store lost its state (e.g. Redis restarted empty).
+--               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...},
+--               "deployments": [[model, arm, record], ...]}]}
+-- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json,
+-- conflict_tps_json}. A "lost" partition has no epoch at all: the store lost its state (e.g. Redis
+-- restarted empty). A delta whose epoch matches and whose next offset equals the stored one was applied
+-- already (a retry after a reply was lost): it counts as applied and changes nothing. A "conflict" has
+-- our epoch but overlapping offsets that are not that: the worker's view of what is counted is wrong.
 local p = ARGV[1]
 local doc = cjson.decode(ARGV[2])
 local closed = redis.call('GET', p .. ':closed_before')
 local closed_n = closed and tonumber(closed) or nil
-local applied, refused, lost, late = {}, {}, {}, 0
+local applied, refused, lost, conflict, late = {}, {}, {}, {}, 0
 for _, part in ipairs(doc.parts) do
   local tp = part.tp
   local epoch = redis.call('HGET', p .. ':epoch', tp)
@@ -17,8 +21,13 @@ for _, part in ipairs(doc.parts) do
   if not epoch then
     table.insert(refused, tp)
     table.insert(lost, tp)
-  elseif epoch ~= part.epoch or offset > tonumber(part.first) then
+  elseif epoch ~= part.epoch then
     table.insert(refused, tp)
+  elseif offset == tonumber(part.next) and offset > tonumber(part.first) then
+    table.insert(applied, tp)
+  elseif offset > tonumber(part.first) then
+    table.insert(refused, tp)
+    table.insert(conflict, tp)
   else
     for start, sums in pairs(part.windows) do
       if closed_n and tonumber(start) < closed_n then
@@ -31,6 +40,9 @@ for _, part in ipairs(doc.parts) do
         redis.call('ZADD', p .. ':windows', start, start)
         redis.call('EXPIRE', key, doc.window_ttl_s)
       end
+    end
+    for _, deployment in ipairs(part.deployments) do
+      redis.call('HSET', p .. ':deploy:' .. deployment[1], deployment[2], deployment[3])
     end
     for name, value in pairs(part.counts) do
       redis.call('HINCRBY', p .. ':totals', name, value)
@@ -48,4 +60,5 @@ for _, part in ipairs(doc.parts) do
   end
 end
 if late > 0 then redis.call('HINCRBY', p .. ':totals', 'late', late) end
-return {cjson.encode(applied), cjson.encode(refused), late, closed or '', cjson.encode(lost)}
+return {cjson.encode(applied), cjson.encode(refused), late, closed or '', cjson.encode(lost),
+        cjson.encode(conflict)}

@@ -58,9 +58,19 @@ class MemoryStore:
                     result.refused.append(tp)
                     result.lost.append(tp)
                     continue
-                if self._epoch[tp] != epochs.get(tp) or self._offset.get(tp, 0) > delta.first_offset:
+                stored = self._offset.get(tp, 0)
+                if self._epoch[tp] != epochs.get(tp):
                     result.refused.append(tp)
                     continue
+                if stored == delta.next_offset and stored > delta.first_offset:
+                    result.applied.append(tp)  # already applied: a retry after a lost reply
+                    continue
+                if stored > delta.first_offset:
+                    result.refused.append(tp)
+                    result.conflict.append(tp)
+                    continue
+                for model, arm, record in delta.deployments:
+                    self._deployments.setdefault(model, {})[arm] = record
                 for start, sums in delta.windows.items():
                     if closed is not None and start < closed:
                         result.late_events += delta.window_events.get(start, 0)

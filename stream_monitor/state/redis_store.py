@@ -95,13 +95,14 @@ class RedisStore:
                     "windows": {str(s): sums for s, sums in d.windows.items()},
                     "events": {str(s): n for s, n in d.window_events.items()},
                     "counts": d.counts,
+                    "deployments": [[m, a, r.decode()] for m, a, r in d.deployments],
                 }
                 for d in deltas
             ],
         }
         if not payload["parts"]:
             return CommitResult()
-        applied, refused, late, closed, lost = self._call(
+        applied, refused, late, closed, lost, conflict = self._call(
             self._commit, args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)]
         )
         return CommitResult(
@@ -110,6 +111,7 @@ class RedisStore:
             late_events=int(late),
             closed_before=int(closed) if closed else None,
             lost=orjson.loads(lost) or [],
+            conflict=orjson.loads(conflict) or [],
         )
 
     def progress(self) -> dict[str, PartitionProgress]:

@@ -160,3 +160,35 @@ def test_a_commit_for_a_partition_the_store_never_heard_of_reports_lost_state(st
     result = store.commit([delta(0, 2, {0: {"s#n": 2}})], {TP: 3}, now_ms=1)
     assert result.refused == [TP] and result.lost == [TP]
     assert store.read_window(0) == {}
+
+
+def test_an_identical_retry_of_an_applied_commit_changes_nothing(store: StateStore) -> None:
+    """A commit whose reply was lost (a timeout) is retried as is; the store recognises it."""
+    store.claim([TP], now_ms=0)
+    batch = delta(0, 3, {0: {"s#n": 3}})
+    assert store.commit([batch], {TP: 1}, now_ms=1).applied == [TP]
+    again = store.commit([batch], {TP: 1}, now_ms=2)
+    assert again.applied == [TP] and not again.refused and not again.conflict
+    assert store.read_window(0) == {"s#n": 3}
+    assert store.totals()["consumed"] == 3
+
+
+def test_overlapping_offsets_under_our_own_epoch_are_a_conflict(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    store.commit([delta(0, 4, {0: {"s#n": 4}})], {TP: 1}, now_ms=1)
+    result = store.commit([delta(2, 9, {0: {"s#n": 7}})], {TP: 1}, now_ms=2)
+    assert result.refused == [TP] and result.conflict == [TP]
+    assert store.read_window(0) == {"s#n": 4}
+
+
+def test_deployments_commit_with_their_offsets(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    batch = delta(0, 2, {})
+    batch.deployments = [("m", "canary", b'{"v": 1}'), ("m", "canary", b'{"v": 2}')]
+    store.commit([batch], {TP: 1}, now_ms=1)
+    assert store.deployments() == {"m": {"canary": b'{"v": 2}'}}
+    store.claim([TP], now_ms=2)  # someone else took over: a stale commit must not write deployments
+    stale = delta(2, 3, {})
+    stale.deployments = [("m", "canary", b'{"v": 3}')]
+    assert store.commit([stale], {TP: 1}, now_ms=3).refused == [TP]
+    assert store.deployments() == {"m": {"canary": b'{"v": 2}'}}
