@@ -170,13 +170,6 @@ def test_late_within_lateness_and_future_events(
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: right after a (re)start or rebalance, events for long-closed windows are not "
-    "dead-lettered: WorkerRuntime._on_assigned adopts the claims without loading closed_before "
-    "(Engine.assign does, the worker path does not), so Engine._closed_before is None until the first "
-    "commit returns and the first batch's late events are only counted in totals['late'] by commit.lua",
-)
 def test_late_events_right_after_a_restart_are_dead_lettered(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:

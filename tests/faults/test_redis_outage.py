@@ -136,13 +136,6 @@ def test_redis_outage_30s_worker_survives_and_counts_exactly_once(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a deployment event read while Redis is down is lost: Engine._deployment calls "
-    "store.put_deployment synchronously inside ingest(), the StoreUnavailable escapes the deployments "
-    "agent, Faust restarts the agent and the taken batch is never counted nor acked (totals stay short, "
-    "the deployment is not stored, and a graceful stop hangs in wait_empty on the unacked messages)",
-)
 def test_deployment_event_during_redis_outage_is_not_lost(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -255,13 +248,6 @@ def test_redis_restarted_empty_worker_exits_75_and_recounts_from_kafka_offsets(
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a commit whose reply is lost (Redis stalled past the 5 s socket timeout, then executed "
-    "it) is retried merged with newer deltas; commit.lua refuses the retry (stored offset > first) and "
-    "Engine.finish_commit treats that as 'taken over': the worker fences itself off partitions it still "
-    "owns and silently stops counting them (no ack, watermark stuck) until it is restarted",
-)
 def test_redis_stall_longer_than_the_socket_timeout_counts_exactly_once(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -312,12 +298,6 @@ def test_redis_stall_longer_than_the_socket_timeout_counts_exactly_once(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stream_monitor_consumer_lag_messages is set only from the batches the agents process "
-    "(WorkerRuntime agent loop, before commit); while the agents are blocked on a Redis outage it "
-    "freezes at its last value (0 when the worker was caught up) although the backlog grows",
-)
 def test_consumer_lag_grows_while_redis_is_down(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
