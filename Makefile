@@ -14,12 +14,13 @@ ARGS ?=
 # The venv's python if it exists (it has confluent_kafka for the real Kafka readiness check).
 SERVICES_PYTHON = $${PYTHON:-$$(if [ -x $(VENV_PY) ]; then echo $(CURDIR)/$(VENV_PY); else echo python3; fi)}
 
-.PHONY: help venv demo test services-up services-down services-status lint clean
+.PHONY: help venv demo test test-slow services-up services-down services-status lint clean
 
 help:
 	@echo "make venv            create .venv and install stream-monitor with the dev extras"
 	@echo "make demo [ARGS=...] run 'stream-monitor demo'"
 	@echo "make test            start Kafka+Redis, run pytest (PYTEST_ARGS, default: -m \"not slow\"), stop them"
+	@echo "make test-slow       the long suites only (-m slow), also with the services"
 	@echo "make services-up     start local Kafka (127.0.0.1:19092) and Redis (127.0.0.1:16379); see .services/env"
 	@echo "make services-down   stop them"
 	@echo "make services-status show what is running"
@@ -46,6 +47,10 @@ demo: venv
 
 test: venv
 	PYTHON=$(CURDIR)/$(VENV_PY) scripts/test.sh $(PYTEST_ARGS)
+
+# The long suites (the 12-kill crash test, ...): CI runs them after `make test`.
+test-slow: venv
+	PYTHON=$(CURDIR)/$(VENV_PY) scripts/test.sh -m slow
 
 services-up:
 	PYTHON="$(SERVICES_PYTHON)" scripts/services.sh up

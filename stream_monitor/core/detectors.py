@@ -8,9 +8,10 @@ its score reaches :data:`DEFAULT_THRESHOLD`.
 
 Implementations:
 
-* :class:`RobustBaseline`: robust z-score of the value against the median and MAD of the last ``window``
-  values (or, with a ``period``, against the values at the same phase of earlier cycles), squashed into
-  ``[0, 1]``. Quick (one window) on jumps, blind to shifts smaller than about ``k`` robust sigmas.
+* :class:`RobustBaseline`: robust z-score of the value against the median and spread of the last
+  ``window`` values (or, with a ``period``, against the values at the same phase of earlier cycles),
+  squashed into ``[0, 1]``. Quick on jumps (one window) and on shifts of more than ``k_run`` robust
+  sigmas (two windows), blind to smaller shifts.
 * :class:`RiverDrift`: river's ADWIN or Page-Hinkley change detectors, fed with the robust z-score of the
   value so their thresholds mean the same on any scale. Slower (a few to tens of windows) but they
   accumulate evidence, so they see sustained shifts too small for a per-value test.
