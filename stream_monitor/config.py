@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     batch_within_s: float = 0.5
     close_interval_s: float = 1.0
     idle_partition_timeout_s: float = 30.0
+    # Events for windows already closed: "deadletter" (with reason late_event) or "drop" (only counted).
+    late_events: Literal["deadletter", "drop"] = "deadletter"
+    # Events further ahead of the worker's clock than this are dead-lettered as future_event.
+    max_future_s: float = 300.0
     broker_session_timeout_s: float = 10.0
 
     @classmethod

@@ -70,6 +70,8 @@ class WorkerRuntime:
             EngineOptions(
                 worker_id=worker_id,
                 idle_timeout_ms=round(settings.idle_partition_timeout_s * 1000),
+                max_future_ms=round(settings.max_future_s * 1000),
+                late_to_deadletter=settings.late_events == "deadletter",
                 auto_claim=False,
             ),
         )
