@@ -168,7 +168,7 @@ class WorkerRuntime:
                     delay = min(delay * 2, 5.0)
                     continue
                 try:
-                    self.engine.finish_commit(result)
+                    self.engine.finish_commit(result, pending)
                 except StateLost as exc:
                     # Nothing of this batch is acked; exiting now is the same as a crash, which the
                     # commit protocol makes safe. The supervisor restarts us against the fresh store.

@@ -24,7 +24,10 @@ def test_importing_the_package_does_not_load_faust_or_kafka() -> None:
     import subprocess
     import sys
 
-    code = "import stream_monitor, sys; print(sorted(m for m in ('faust', 'confluent_kafka', 'redis') if m in sys.modules))"
+    code = (
+        "import stream_monitor, sys; "
+        "print(sorted(m for m in ('faust', 'confluent_kafka', 'redis') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
