@@ -437,8 +437,10 @@ class _NaiveEventBaselines:
         # a flagged event is not learnt (protect_anomaly_detector), every score updates the quantile.
         scaled = self.scaler.transform_one(x)
         score = self.hst.score_one(scaled)
-        threshold = self.quantile.get()
-        flagged = threshold is not None and score >= threshold
+        # As QuantileFilter.classify: a quantile of None or 0 means no threshold yet. (Taking 0 as one
+        # would flag every event of the first window, and, protected, the trees would never learn.)
+        threshold = self.quantile.get() or math.inf
+        flagged = score >= threshold
         if flagged:
             self.hst_alerts.flag(ts)
         else:
