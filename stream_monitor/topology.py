@@ -72,7 +72,7 @@ def parse_topology(doc: Any) -> Topology:
     """
     if not isinstance(doc, dict):
         raise TopologyError("the document must be a mapping")
-    window = _mapping(doc, "window")
+    window = _mapping(doc, "window", required=False)
     segment_dims = tuple(_str_list(doc.get("segment_dims", []), "segment_dims"))
     signals = _mapping(doc, "signals", required=False)
     try:
@@ -177,7 +177,7 @@ def _mapping(doc: dict[str, Any], name: str, required: bool = True) -> dict[str,
     value = doc.get(name)
     if value is None:
         if required:
-            return {}
+            raise TopologyError(f"{name}: is required")
         return {}
     if not isinstance(value, dict):
         raise TopologyError(f"{name}: expected a mapping, got {type(value).__name__}")

@@ -238,7 +238,7 @@ class WindowEvaluator:
         exemplar = group[0]
 
         def breaches(stats: SeriesStats) -> bool:
-            value = self.measure(stats, exemplar.signal, exemplar.metric)
+            value = self._evidence(stats, exemplar.signal, exemplar.metric)
             return value is not None and exemplar.threshold is not None and value > exemplar.threshold
 
         # Dimensions where some, not all, values breach, with the breaching values.
@@ -313,10 +313,21 @@ class WindowEvaluator:
         residual = _merged(
             s for k, s in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
         )
-        value = self.measure(residual, breach.signal, breach.metric)
+        # Whether what is left still breaches is judged like an alert (with confidence for rates);
+        # "clearly" below the clearing level is judged on the plain value.
+        value = (self.measure if clearly else self._evidence)(residual, breach.signal, breach.metric)
         if value is None or breach.threshold is None:
             return None if residual.n else True
         return value <= breach.threshold * (self._clear_ratio(breach.signal) if clearly else 1.0)
+
+    def _evidence(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
+        """The value compared with a ceiling to decide a breach: for rates, the Wilson lower bound."""
+        rule = self._rate_rules.get(signal)
+        if rule is None:
+            return self.measure(stats, signal, metric)
+        if stats.n < rule.min_count:
+            return None
+        return wilson_lower_bound(stats.counters.get(rule.counter, 0), stats.n, rule.z)
 
     def _clear_ratio(self, signal: str) -> float:
         if signal == "latency":
