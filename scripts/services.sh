@@ -353,7 +353,13 @@ EOF
 }
 
 new_cluster_id() { # 16 random bytes, base64url without padding (what StorageTool random-uuid prints)
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  # Like Kafka's Uuid.randomUuid, reject an id starting with "-": the format tool's argument parser would read it
+  # as an option (a 1-in-64 failure seen in CI: "argument --cluster-id/-t: expected one argument").
+  local id="-"
+  while [[ "$id" == -* ]]; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
+  printf '%s' "$id"
 }
 
 start_kafka() { # prints nothing; spawns the broker (formats the storage first if needed)
