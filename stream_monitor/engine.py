@@ -89,9 +89,7 @@ class Engine:
         self.options = options or EngineOptions()
         self.accumulator = WindowAccumulator(topology)
         self.evaluator = WindowEvaluator(topology)
-        clear_ratios = {rule.signal: rule.clear_ratio for rule in topology.rates}
-        clear_ratios["latency"] = topology.latency.clear_ratio
-        self.book = AlertBook(topology.key_dims, topology.name, clear_ratios)
+        self.book = AlertBook(topology.key_dims, topology.name, self.evaluator.clear_ratios())
         self.claims: dict[str, PartitionClaim] = {}
         self.fenced: set[str] = set()
         self._closed_before: int | None = None
@@ -417,7 +415,7 @@ class Engine:
             end = window_start + size
             fields = self.store.read_window(window_start)
             values, breaches, _engagement = self.evaluator.evaluate(
-                fields, state.volume_history, state.volume_absent, state.baselines
+                fields, state.volume_history, state.volume_absent, state.baselines, state.profiles
             )
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
             alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)

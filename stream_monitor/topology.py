@@ -14,8 +14,11 @@ import yaml
 from stream_monitor.core.topology import (
     DEFAULT_RATES,
     EngagementRatioRule,
+    FeatureRule,
+    FeatureSpec,
     FreshnessRule,
     LatencyRule,
+    RankingRule,
     RateRule,
     SourceRule,
     Topology,
@@ -103,6 +106,8 @@ def parse_topology(doc: Any) -> Topology:
                     "signals.engagement_ratio",
                 )
             ),
+            features=_features(_mapping(signals, "features", required=False)),
+            ranking=_ranking(_mapping(signals, "ranking", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -149,6 +154,50 @@ def _sources(doc: dict[str, Any]) -> SourceRule:
     return SourceRule(sources=sources, **_known(rest, SourceRule, "signals.candidate_source"))
 
 
+def _features(doc: dict[str, Any]) -> FeatureRule:
+    where = "signals.features"
+    rest = dict(doc)
+    specs: list[FeatureSpec] = []
+    for kind in ("numeric", "categorical"):
+        declared = rest.pop(kind, None) or {}
+        if not isinstance(declared, dict):
+            raise TopologyError(f"{where}.{kind}: expected a mapping of feature name -> options")
+        for name, options in declared.items():
+            options = options or {}
+            if not isinstance(options, dict):
+                raise TopologyError(f"{where}.{kind}.{name}: expected a mapping of options")
+            fields = {k: v for k, v in options.items()}
+            if "range" in fields:
+                value = fields["range"]
+                if not (
+                    isinstance(value, list)
+                    and len(value) == 2
+                    and all(isinstance(v, int | float) for v in value)
+                ):
+                    raise TopologyError(f"{where}.{kind}.{name}.range: expected [low, high], got {value!r}")
+                fields["range"] = (float(value[0]), float(value[1]))
+            _known(fields, FeatureSpec, f"{where}.{kind}.{name}", exclude={"name", "kind"})
+            try:
+                specs.append(FeatureSpec(name=str(name), kind=kind, **fields))
+            except ValueError as exc:
+                raise TopologyError(f"{where}.{kind}.{name}: {exc}") from exc
+    return FeatureRule(features=tuple(specs), **_known(rest, FeatureRule, where, exclude={"features"}))
+
+
+def _ranking(doc: dict[str, Any]) -> RankingRule:
+    where = "signals.ranking"
+    fields = dict(doc)
+    if "score_range" in fields:
+        value = fields["score_range"]
+        if not (
+            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value)
+        ):
+            raise TopologyError(f"{where}.score_range: expected [low, high], got {value!r}")
+        fields["score_range"] = (float(value[0]), float(value[1]))
+    fields.setdefault("enabled", True)  # declaring the section turns it on
+    return RankingRule(**_known(fields, RankingRule, where))
+
+
 def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
     if not doc:
         return DEFAULT_RATES
@@ -165,8 +214,9 @@ def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
     return tuple(rules)
 
 
-def _known(doc: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    fields = set(cls.__dataclass_fields__) - {"signal", "counter", "slas_ms", "slas_s", "sources"}  # type: ignore[attr-defined]
+def _known(doc: dict[str, Any], cls: type, where: str, exclude: set[str] | None = None) -> dict[str, Any]:
+    declared: set[str] = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    fields = declared - {"signal", "counter", "slas_ms", "slas_s", "sources"} - (exclude or set())
     unknown = set(doc) - fields
     if unknown:
         raise TopologyError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(fields)})")

@@ -64,7 +64,7 @@ from stream_monitor.core.detectors import (
     SeriesDetector,
     default_detector,
 )
-from stream_monitor.core.signals import Breach, SeriesStats, SignalValue, WindowEvaluator
+from stream_monitor.core.signals import Breach, SignalValue, WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
@@ -239,12 +239,7 @@ class _WindowObserver:
 
 class _RecordingEvaluator(WindowEvaluator):
     """The production evaluator, unchanged, that also hands each window's values and raw (not localised)
-    breaches to observers.
-
-    signals.py has no public hook for the raw breaches, so the two places they pass through are wrapped:
-    ``explain_away`` receives the ceiling breaches (rates, latency, freshness), and ``_volume`` gets the
-    list that collects the floor breaches (volume, then the other baseline-relative signals), which is
-    read once ``evaluate`` is done."""
+    breaches to observers (through the evaluator's ``on_raw_breaches`` hook)."""
 
     def __init__(
         self, topology: Topology, store: _RecordingStore, clock: Clock, observers: Sequence[_WindowObserver]
@@ -253,35 +248,13 @@ class _RecordingEvaluator(WindowEvaluator):
         self.store = store
         self.clock = clock
         self.observers = observers
-        self._ceiling: list[Breach] = []
-        self._floor: list[Breach] = []
+        self.on_raw_breaches = self._observe
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
-        self._ceiling, self._floor = [], []
-        values, kept, engagement = super().evaluate(*args, **kwargs)
-        raw = [*self._ceiling, *self._floor]
+    def _observe(self, values: list[SignalValue], raw: list[Breach]) -> None:
         start = self.store.reading
         end = start + self.topology.window.size_ms
         for observer in self.observers:
-            observer.on_window(start, end, values, raw, self.clock.now_ms())
-        return values, kept, engagement
-
-    def explain_away(
-        self, breaches: list[Breach], series: Mapping[tuple[str, ...], SeriesStats]
-    ) -> list[Breach]:
-        self._ceiling = list(breaches)
-        return super().explain_away(breaches, series)
-
-    def _volume(
-        self,
-        levels: Mapping[tuple[str, ...], SeriesStats],
-        history: dict[str, list[float]],
-        absent: dict[str, int],
-        values: list[SignalValue],
-        breaches: list[Breach],
-    ) -> None:
-        self._floor = breaches  # the same list object: later floor signals append to it too
-        super()._volume(levels, history, absent, values, breaches)
+            observer.on_window(start, end, values, list(raw), self.clock.now_ms())
 
 
 def _fired(system: str, alert: Alert) -> Fired:
@@ -303,9 +276,7 @@ class _StaticAll(_WindowObserver):
 
     def __init__(self, topology: Topology) -> None:
         super().__init__()
-        clear = {rule.signal: rule.clear_ratio for rule in topology.rates}
-        clear["latency"] = topology.latency.clear_ratio
-        self.book = AlertBook(topology.key_dims, topology.name, clear)
+        self.book = AlertBook(topology.key_dims, topology.name, WindowEvaluator(topology).clear_ratios())
         self.state = DetectorState()
 
     def on_window(

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stream_monitor.core.events import EngagementEvent, ServingEvent
+from stream_monitor.core.profiler import Profiler
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import Topology
 
@@ -148,6 +149,8 @@ class WindowAccumulator:
         self._sources = frozenset(topology.sources.sources)
         self._segment_dims = topology.segment_dims
         self._parts: dict[str, PartitionDelta] = {}
+        profiler = Profiler(topology)
+        self._profiler = profiler if profiler.enabled else None
 
     def _delta(self, partition: str, offset: int) -> PartitionDelta:
         delta = self._parts.get(partition)
@@ -212,6 +215,9 @@ class WindowAccumulator:
                     if isinstance(count, int | float) and count >= 0:
                         name = source if source in self._sources else OTHER
                         _add(window, f"{prefix}src.{name}", count)
+            profiler = self._profiler
+            if profiler is not None and profiler.sampled():
+                profiler.add(window, prefix, event)
 
     def add_engagement(self, partition: str, offset: int, event: EngagementEvent) -> None:
         """Count one valid engagement event."""

@@ -17,7 +17,7 @@ from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
-STATE_VERSION = 2  # 2 added `baselines`; version 1 checkpoints still load
+STATE_VERSION = 3  # 2 added `baselines`, 3 `profiles`; version 1 and 2 checkpoints still load
 
 
 class StateFormatError(ValueError):
@@ -66,6 +66,9 @@ class DetectorState:
     volume_absent: dict[str, int] = field(default_factory=dict)
     open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, list[float]] = field(default_factory=dict)
+    # Drift references (core/profile_signals.py): "ref|<hist>|<series>" and "ver|<hist>|<series>" entries
+    # of plain JSON (version strings and {bin: count} maps).
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -81,11 +84,11 @@ class DetectorState:
         """
         if not isinstance(doc, dict):
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") not in (1, STATE_VERSION):
+        if doc.get("version") not in (1, 2, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, **doc}
+        doc = {"baselines": {}, "profiles": {}, **doc}
         try:
-            for name in ("volume_history", "volume_absent", "open_alerts", "baselines"):
+            for name in ("volume_history", "volume_absent", "open_alerts", "baselines", "profiles"):
                 if not isinstance(doc.get(name), dict):
                     raise StateFormatError(f"detector state {name} must be a JSON object")
             for name in ("volume_history", "baselines"):
@@ -97,6 +100,7 @@ class DetectorState:
                 volume_absent={str(k): int(v) for k, v in doc["volume_absent"].items()},
                 open_alerts={str(k): dict(v) for k, v in doc["open_alerts"].items()},
                 baselines={str(k): [float(x) for x in v] for k, v in doc["baselines"].items()},
+                profiles={str(k): _profile_entry(v) for k, v in doc["profiles"].items()},
             )
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)
@@ -197,7 +201,28 @@ class AlertBook:
         return out
 
 
+def _profile_entry(doc: object) -> dict[str, Any]:
+    """A drift reference entry: versions are strings, "w" a window count, "c"/"p" {bin: count} maps."""
+    if not isinstance(doc, dict):
+        raise StateFormatError(f"detector state profile entries must be objects, got {type(doc).__name__}")
+    entry: dict[str, Any] = {}
+    for name, value in doc.items():
+        if name in ("c", "p"):
+            if not isinstance(value, dict):
+                raise StateFormatError(f"detector state profile {name!r} must be an object")
+            entry[name] = {str(b): float(c) for b, c in value.items()}
+        elif name == "w":
+            entry[name] = int(value)
+        elif name in ("cur", "prev"):
+            entry[name] = str(value)
+        else:
+            raise StateFormatError(f"detector state profile entry has an unknown field {name!r}")
+    return entry
+
+
 def _fmt(value: float, unit: str) -> str:
+    if unit == "psi":
+        return f"PSI {value:.2f}"
     return f"{value:.1%}" if unit == "ratio" else f"{value:.0f} {unit}"
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream_monitor.core.aggregates import ALL, ENGAGEMENT_SERIES, SEP_METRIC, SEP_SERIES
 from stream_monitor.core.sketch import LogBuckets
@@ -20,6 +21,7 @@ from stream_monitor.core.topology import KEY_DIMS, Topology
 
 __all__ = ["Breach", "SeriesStats", "SignalValue", "WindowEvaluator", "parse_window", "rollup"]
 
+_HIST_PREFIXES = ("fv.", "fc.", "sc.", "it.")
 # Severity order, most severe first.
 SEVERITIES = ("critical", "warning", "info")
 
@@ -32,11 +34,17 @@ class SeriesStats:
     counters: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[int, float]] = field(default_factory=dict)
     ages: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Profile histograms (core/profiler.py): "fv.<feature>", "fc.<feature>", "sc", "it" -> {bin: count}.
+    hists: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def merge(self, other: SeriesStats) -> None:
         self.n += other.n
         for name, value in other.counters.items():
             self.counters[name] = self.counters.get(name, 0) + value
+        for name, theirs in other.hists.items():
+            mine_hist = self.hists.setdefault(name, {})
+            for b, count in theirs.items():
+                mine_hist[b] = mine_hist.get(b, 0) + count
         for mine_all, theirs_all in ((self.latency, other.latency), (self.ages, other.ages)):
             for name, buckets in theirs_all.items():
                 mine = mine_all.setdefault(name, {})
@@ -103,6 +111,14 @@ def parse_window(
             histograms = stats.latency if metric[0] == "l" else stats.ages
             buckets = histograms.setdefault(name, {})
             buckets[int(bucket)] = buckets.get(int(bucket), 0) + value
+        elif metric.startswith(_HIST_PREFIXES):
+            if metric[0] != "f":  # "sc.<bin>", "it.<bucket>"
+                hist_name, bin_ = metric[:2], metric[3:]
+            else:  # "fv.<feature>.<bin>", "fc.<feature>.<value>" (feature names have no ".")
+                feature, _, bin_ = metric[3:].partition(".")
+                hist_name = metric[:3] + feature
+            hist = stats.hists.setdefault(hist_name, {})
+            hist[bin_] = hist.get(bin_, 0) + value
         else:
             stats.counters[metric] = stats.counters.get(metric, 0) + value
     return series, engagement
@@ -141,6 +157,14 @@ class WindowEvaluator:
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._key_dims = topology.key_dims
         self._rate_rules = {rule.signal: rule for rule in topology.rates}
+        # Imported here: profile_signals builds on this module's types.
+        from stream_monitor.core.profile_signals import PROFILE_RATE_SIGNALS, ProfileEvaluator
+
+        self.profile = ProfileEvaluator(topology)
+        self._profile_rates = PROFILE_RATE_SIGNALS
+        # Observer of each window's values and raw breaches before localisation (benchmarks compare
+        # systems on them): called as on_raw_breaches(values, breaches).
+        self.on_raw_breaches: Callable[[list[SignalValue], list[Breach]], None] | None = None
 
     def levels(
         self, series: Mapping[tuple[str, ...], SeriesStats], with_version: bool
@@ -158,11 +182,13 @@ class WindowEvaluator:
         volume_history: dict[str, list[float]],
         volume_absent: dict[str, int],
         baselines: dict[str, list[float]] | None = None,
+        profiles: dict[str, Any] | None = None,
     ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
         """Signal values, localised breaches and engagement counts for one window.
 
         ``baselines`` holds the trailing history of the baseline-relative signals (candidate-source
-        shares, engagement ratio), keyed ``signal|metric|series``; it is updated in place.
+        shares, engagement ratio, slate statistics), keyed ``signal|metric|series``; ``profiles`` the
+        drift references (see :mod:`stream_monitor.core.profile_signals`). Both are updated in place.
         """
         series, engagement = parse_window(fields, len(self._key_dims))
         history = {} if baselines is None else baselines
@@ -177,8 +203,22 @@ class WindowEvaluator:
         self._volume(self.levels(series, with_version=False), volume_history, volume_absent, values, floor)
         self._sources(by_version, history, values, floor)
         self._engagement_ratio(series, engagement, history, values, floor)
+        self.profile.evaluate(
+            by_version, {} if profiles is None else profiles, history, values, ceiling, floor, series
+        )
+        if self.on_raw_breaches is not None:
+            self.on_raw_breaches(values, [*ceiling, *floor])
         kept = self.explain_away(ceiling, series) + localise(floor, values, self._key_dims)
         return values, kept, engagement
+
+    def clear_ratios(self) -> dict[str, float]:
+        """Per ceiling signal, the share of its threshold a value must fall under to resolve an alert."""
+        ratios = {rule.signal: rule.clear_ratio for rule in self.topology.rates}
+        ratios["latency"] = self.topology.latency.clear_ratio
+        ratios["freshness"] = self.topology.freshness.clear_ratio
+        for spec in self.profile.rates.values():
+            ratios[spec.signal] = spec.clear_ratio
+        return ratios
 
     def measure(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
         """The value of a ceiling signal (rate or latency quantile) on ``stats``; None below min_count."""
@@ -194,6 +234,9 @@ class WindowEvaluator:
             if not buckets or sum(buckets.values()) < self.topology.freshness.min_count:
                 return None
             return self.buckets.quantile(buckets, int(quantile[1:].removesuffix("_age_s")) / 100)
+        if signal in self._profile_rates:
+            counts = self.profile.rate(stats, signal, metric)
+            return None if counts is None else counts[0] / counts[1]
         rule = self._rate_rules[signal]
         if stats.n < rule.min_count:
             return None
@@ -318,10 +361,16 @@ class WindowEvaluator:
         value = (self.measure if clearly else self._evidence)(residual, breach.signal, breach.metric)
         if value is None or breach.threshold is None:
             return None if residual.n else True
-        return value <= breach.threshold * (self._clear_ratio(breach.signal) if clearly else 1.0)
+        return value <= breach.threshold * (
+            self._clear_ratio(breach.signal, breach.metric) if clearly else 1.0
+        )
 
     def _evidence(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
         """The value compared with a ceiling to decide a breach: for rates, the Wilson lower bound."""
+        if signal in self._profile_rates:
+            counts = self.profile.rate(stats, signal, metric)
+            spec = self.profile.rates[(signal, metric)]
+            return None if counts is None else wilson_lower_bound(counts[0], counts[1], spec.z)
         rule = self._rate_rules.get(signal)
         if rule is None:
             return self.measure(stats, signal, metric)
@@ -329,7 +378,9 @@ class WindowEvaluator:
             return None
         return wilson_lower_bound(stats.counters.get(rule.counter, 0), stats.n, rule.z)
 
-    def _clear_ratio(self, signal: str) -> float:
+    def _clear_ratio(self, signal: str, metric: str = "") -> float:
+        if signal in self._profile_rates:
+            return self.profile.rates[(signal, metric)].clear_ratio
         if signal == "latency":
             return self.topology.latency.clear_ratio
         if signal == "freshness":
@@ -461,7 +512,7 @@ class WindowEvaluator:
                 share = stats.counters.get(f"src.{source}", 0) / total
                 metric = f"share.{source}"
                 values.append(SignalValue("candidate_source", metric, key, share))
-                past = _touch(history, f"candidate_source|{metric}|{series}")
+                past = touch_history(history, f"candidate_source|{metric}|{series}")
                 breached = False
                 if len(past) >= rule.min_history:
                     expected = statistics.median(past)
@@ -503,7 +554,7 @@ class WindowEvaluator:
         metric = f"{rule.action}s_per_request"
         ratio = engagement.get(rule.action, 0) / requests
         values.append(SignalValue("engagement_ratio", metric, key, ratio))
-        past = _touch(history, f"engagement_ratio|{metric}|*")
+        past = touch_history(history, f"engagement_ratio|{metric}|*")
         if len(past) >= rule.min_history:
             expected = statistics.median(past)
             floor = expected * (1.0 - rule.drop_ratio)
@@ -574,7 +625,7 @@ class WindowEvaluator:
 MAX_BASELINES = 20_000
 
 
-def _touch(history: dict[str, list[float]], key: str) -> list[float]:
+def touch_history(history: dict[str, list[float]], key: str) -> list[float]:
     """The history under ``key``, moved to the end of the (insertion-ordered) dict.
 
     The dict is thereby ordered by last use, so the least recently used histories (of series that went

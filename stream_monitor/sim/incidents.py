@@ -28,10 +28,22 @@ kind                          signal                 effect on matching requests
                                                      its candidates and slate positions
 ``engagement_logging_break``  ``engagement_ratio``   a fraction ``magnitude`` of engagement       0.9
                                                      events (every action) is never emitted
+``feature_drift``             ``feature_drift``      one feature's value (``feature``, default    x3
+                                                     watch_minutes_7d) is multiplied by
+                                                     ``magnitude``
+``null_spike``                ``feature_quality``    one feature (``feature``) is null for a      0.3
+                                                     fraction ``magnitude`` of requests
+``score_collapse``            ``score_collapse``     every item of a fraction ``magnitude`` of    1.0
+                                                     slates gets the same score (0.5)
+``popularity_collapse``       ``popularity``         a fraction ``magnitude`` of slates comes     1.0
+                                                     from the 200 most popular items only
+``diversity_collapse``        ``diversity``          a fraction ``magnitude`` of slates repeats   0.5
+                                                     its first 4 items (duplicates in a slate)
 ============================  =====================  ===========================================  ========
 
 Ground truth names the slice the monitor must report (:attr:`GroundTruth.key`, the incident's target) and,
-for ``stale_feature`` and ``source_outage``, the feature or source in :attr:`GroundTruth.detail`.
+for ``stale_feature``, ``feature_drift``, ``null_spike`` and ``source_outage``, the feature or source in
+:attr:`GroundTruth.detail`.
 ``engagement_logging_break`` is the exception: engagement events carry only a request id, no segment, so
 the monitor can see their ratio to serving requests only fleet-wide. Its ground-truth key is therefore always
 ``{}`` (global), and a spec naming no slice hits every request. An explicit slice is still allowed (only
@@ -175,6 +187,53 @@ INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
                 False,
                 "one candidate source returns nothing for a fraction magnitude of requests",
                 default_source="trending",
+            ),
+            IncidentKind(
+                "feature_drift",
+                "feature_drift",
+                3.0,
+                0.0,
+                1000.0,
+                False,
+                "multiplies one feature's value by magnitude (an upstream unit or pipeline change)",
+                default_feature="watch_minutes_7d",
+            ),
+            IncidentKind(
+                "null_spike",
+                "feature_quality",
+                0.3,
+                0.0,
+                1.0,
+                False,
+                "one feature is null for a fraction magnitude of requests",
+                default_feature="watch_minutes_7d",
+            ),
+            IncidentKind(
+                "score_collapse",
+                "score_collapse",
+                1.0,
+                0.0,
+                1.0,
+                False,
+                "the ranker returns one constant score for a fraction magnitude of slates",
+            ),
+            IncidentKind(
+                "popularity_collapse",
+                "popularity",
+                1.0,
+                0.0,
+                1.0,
+                False,
+                "a fraction magnitude of slates is filled from the 200 most popular items only",
+            ),
+            IncidentKind(
+                "diversity_collapse",
+                "diversity",
+                0.5,
+                0.0,
+                1.0,
+                False,
+                "a fraction magnitude of slates repeats its first 4 items over and over",
             ),
             IncidentKind(
                 "engagement_logging_break",

@@ -20,7 +20,9 @@ Design choices that callers may rely on:
 * Two random streams: everything the first version of the simulator drew comes from ``numpy`` generator
   ``seed`` in the same order as before; draws added later (the ``days_since_signup`` feature age, the
   per-request and per-engagement-event uniforms of ``source_outage`` and ``engagement_logging_break``)
-  come from a second generator seeded ``[seed, 1]``, so adding them changed no earlier field.
+  come from a second generator seeded ``[seed, 1]``, so adding them changed no earlier field; the draws of
+  the profile incidents (null spikes, score, popularity and diversity collapses) come from a third,
+  seeded ``[seed, 7]``.
 * Ordered: events come out in non-decreasing ``ts``; engagement that lands later waits in a per-block
   calendar queue. A pull up to time T yields exactly the events with ``ts < T``; engagement scheduled past
   the end of a run is simply never yielded.
@@ -104,6 +106,9 @@ _WATCH_AGE_MEDIAN_MS, _WATCH_AGE_SIGMA = 12 * _MINUTE_MS, 0.6
 _WATCH_AGE_RANGE_MS = (2 * _MINUTE_MS, 120 * _MINUTE_MS)
 _BATCH_PERIOD_MS, _BATCH_LAG_MEDIAN_MS, _BATCH_LAG_SIGMA = 55 * _MINUTE_MS, 5 * _MINUTE_MS, 0.5
 _BATCH_LAG_RANGE_MS = (1 * _MINUTE_MS, 60 * _MINUTE_MS)
+
+# popularity_collapse fills slates from this many of the most popular items.
+_POPULAR_ITEMS = 200
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -223,6 +228,7 @@ class TrafficSimulator:
         # Draws added after the first version live on their own stream, so the original fields stay as they
         # were for a given seed (see the module docstring).
         self._rng2 = np.random.default_rng([seed, 1])
+        self._rng_profile = np.random.default_rng([seed, 7])
         self.block_ms = next((b for b in _BLOCK_LADDER_MS if rate_per_s * b / 1000 <= _PER_BLOCK), 10)
 
         self._platforms, self._platform_cum = _cumulative(cfg.platforms)
@@ -586,6 +592,10 @@ class TrafficSimulator:
         n_imp = cfg.impressions if cfg.engagement else 0
         # One uniform per possible engagement event: each impression, then click, play, complete.
         u_eng = rng2.random((n, n_imp + 3)) if n_imp else None
+        # Third stream: the profile incidents' draws (one uniform and one popular-slate offset per request).
+        u_profile = self._rng_profile.random(n)
+        popular_offset = self._rng_profile.integers(0, _POPULAR_ITEMS, size=(n, 1))
+        nulls: dict[str, BoolArray] = {}
         feature_ts = {
             "watch_minutes_7d": ts - watch_age.astype(np.int64),
             "days_since_signup": ts - days_age.astype(np.int64),
@@ -649,6 +659,25 @@ class TrafficSimulator:
                     dead_src = np.zeros((n, len(SOURCES)), dtype=bool)
                 # One uniform per request for every outage: partial outages of two sources overlap.
                 dead_src[mask & (u_outage < inc.factor), SOURCES.index(inc.source or "trending")] = True
+            elif inc.kind == "feature_drift":
+                if (inc.feature or FRESHNESS_FEATURES[0]) == "watch_minutes_7d":
+                    watch[mask] *= inc.factor
+                else:
+                    days[mask] = np.minimum(days[mask] * inc.factor, 1e9).astype(np.int64)
+            elif inc.kind == "null_spike":
+                hit = mask & (u_profile < inc.factor)
+                name = inc.feature or FRESHNESS_FEATURES[0]
+                nulls[name] = nulls[name] | hit if name in nulls else hit
+            elif inc.kind == "score_collapse":
+                scores[mask & (u_profile < inc.factor)] = 0.5
+            elif inc.kind == "popularity_collapse":
+                rows = np.flatnonzero(mask & (u_profile < inc.factor))
+                # Distinct ranks within a slate: an offset plus a stride coprime with the pool size.
+                ranks = (popular_offset[rows] + 7 * np.arange(k)) % _POPULAR_ITEMS
+                slate[rows] = self._item_ids[ranks]
+            elif inc.kind == "diversity_collapse":
+                rows = np.flatnonzero(mask & (u_profile < inc.factor))
+                slate[rows] = slate[rows][:, np.arange(k) % 4]
 
         # One uniform, cumulative thresholds: each status rate is exactly its configured (or incident)
         # value, so an error spike does not leak into the fallback or empty-slate rates.
@@ -684,8 +713,8 @@ class TrafficSimulator:
             slate=slate,
             scores=scores,
             item_src=item_src_names,
-            watch=np.round(watch, 1),
-            days=days,
+            watch=_with_nulls(np.round(watch, 1), nulls.get("watch_minutes_7d")),
+            days=_with_nulls(days, nulls.get("days_since_signup")),
             country=self._country_flat[country_i],
             fts_watch=feature_ts["watch_minutes_7d"],
             fts_days=feature_ts["days_since_signup"],
@@ -816,6 +845,15 @@ class TrafficSimulator:
                 ev = _engagement(rid, t, item, click_pos, "complete", round(complete_delay / 1000, 1))
                 pending[(t - start) // block_ms].append((t, "engagement", key, ev))
         return out
+
+
+def _with_nulls(values: npt.NDArray[Any], null: BoolArray | None) -> npt.NDArray[Any]:
+    """``values`` with None where ``null`` is set (an object array then; untouched without nulls)."""
+    if null is None or not null.any():
+        return values
+    out = values.astype(object)
+    out[null] = None
+    return out
 
 
 def _engagement_times(

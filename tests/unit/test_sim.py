@@ -657,7 +657,9 @@ def test_existing_kinds_have_no_detail_and_keep_their_defaults() -> None:
         "source_outage": ("candidate_source", 1.0),
         "engagement_logging_break": ("engagement_ratio", 0.9),
     }
-    assert {k: (v.signal, v.default_magnitude) for k, v in INCIDENT_KINDS.items()} == expected
+    assert {
+        k: (v.signal, v.default_magnitude) for k, v in INCIDENT_KINDS.items() if k in expected
+    } == expected
     for kind in list(expected)[:5]:
         inc = parse_incident(kind, START)
         assert inc.target == {"region": "eu"} and inc.ground_truth.detail is None
@@ -677,7 +679,7 @@ def test_incident_validation() -> None:
         Incident("traffic_drop", 0, magnitude=1.5)
     with pytest.raises(ValueError, match="duration_ms must be positive"):
         Incident("traffic_drop", 0, duration_ms=0)
-    with pytest.raises(ValueError, match="feature applies only to stale_feature, not error_spike"):
+    with pytest.raises(ValueError, match="feature applies only to stale_feature, .*not error_spike"):
         Incident("error_spike", 0, feature="watch_minutes_7d")
     with pytest.raises(ValueError, match="source applies only to source_outage, not stale_feature"):
         Incident("stale_feature", 0, source="trending")
