@@ -186,6 +186,8 @@ def _features(doc: dict[str, Any]) -> FeatureRule:
 
 def _ranking(doc: dict[str, Any]) -> RankingRule:
     where = "signals.ranking"
+    if not doc:
+        return RankingRule()
     fields = dict(doc)
     if "score_range" in fields:
         value = fields["score_range"]

@@ -104,6 +104,11 @@ MAGNITUDES: Mapping[str, tuple[float, ...]] = MappingProxyType(
         "stale_feature": (3_600.0, 10_800.0, 21_600.0),
         "source_outage": (0.3, 0.6, 1.0),
         "engagement_logging_break": (0.3, 0.6, 0.9),
+        "feature_drift": (1.3, 1.8, 3.0),
+        "null_spike": (0.05, 0.1, 0.3),
+        "score_collapse": (0.1, 0.3, 1.0),
+        "popularity_collapse": (0.2, 0.5, 1.0),
+        "diversity_collapse": (0.05, 0.2, 0.5),
     }
 )
 # Slices hit by incidents, by seed (seed % len): 28 %, 36 % and 22 % of the traffic.

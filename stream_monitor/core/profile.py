@@ -21,8 +21,8 @@ Pure: standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -70,7 +70,8 @@ class LinearBins:
             return -1
         if value >= self.hi:
             return self.n
-        return int((value - self.lo) * self._scale)
+        # min(): rounding can put a value just under hi at n.
+        return min(int((value - self.lo) * self._scale), self.n - 1)
 
     def value_of(self, bin_: int) -> float:
         """A representative value (the centre; the range's ends for the outer bins)."""
@@ -128,26 +129,31 @@ class ValueCap:
 
     def __init__(self, max_values: int = 64) -> None:
         self.max_values = max_values
-        self._seen: dict[str, set[str]] = {}
+        # Per feature: raw value -> the value written (cleaned), and how many distinct values are kept.
+        self._seen: dict[str, dict[str, str]] = {}
+        self._kept: dict[str, set[str]] = {}
 
     def value(self, feature: str, value: str) -> str:
         seen = self._seen.get(feature)
         if seen is None:
-            seen = self._seen[feature] = set()
-        if value in seen:
-            return value
-        if len(seen) >= self.max_values:
-            return self.OTHER
+            seen = self._seen[feature] = {}
+            self._kept[feature] = set()
+        known = seen.get(value)
+        if known is not None:
+            return known
+        kept = self._kept[feature]
         # Separators of the window-sum field names must not appear in a value.
         clean = value.replace("|", "_").replace("#", "_")[:64]
-        seen.add(clean)
-        if clean != value:
-            seen.add(value)  # so the raw spelling takes the fast path next time
+        if clean not in kept:
+            if len(kept) >= self.max_values:
+                return self.OTHER
+            kept.add(clean)
+        seen[value] = clean
         return clean
 
 
 class ItemBuckets:
-    """A stable hash of item ids (CRC-32, so every worker and window agrees): one item in ``sample`` is
+    """A stable hash of item ids (BLAKE2b, so every worker and window agrees): one item in ``sample`` is
     kept, in one of ``m`` buckets; the others map to ``-1``.
 
     Sampling the catalogue, not the traffic, keeps every impression of a kept item: coverage (distinct
@@ -170,16 +176,19 @@ class ItemBuckets:
             raise ValueError(f"item sample must be in [1, 1000000], got {sample!r}")
         self.m = m
         self.sample = sample
-        self._cache: dict[str, int] = {}
+        # id -> bucket, read directly by the profiler's hot loop.
+        self.cache: dict[str, int] = {}
         self._cache_size = cache_size
 
     def bucket(self, item_id: str) -> int:
-        found = self._cache.get(item_id)
+        found = self.cache.get(item_id)
         if found is None:
-            h = zlib.crc32(item_id.encode())
+            # Not CRC-32: it is linear, so similar ids (s1, s2, ...) spread more evenly than at random
+            # and linear counting over-counts them. Each id is hashed once, then cached.
+            h = int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
             found = (h // self.sample) % self.m if h % self.sample == 0 else -1
-            if len(self._cache) < self._cache_size:
-                self._cache[item_id] = found
+            if len(self.cache) < self._cache_size:
+                self.cache[item_id] = found
         return found
 
 

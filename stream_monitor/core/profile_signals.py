@@ -245,6 +245,8 @@ class ProfileEvaluator:
         # A collapse explains the symptoms it causes: constant scores are also a score drift and an entropy
         # drop, a popularity collapse also shrinks coverage. Report the cause only.
         causes = {b.key for b in ceiling if (b.signal, b.metric) == ("score_collapse", "constant_slate_rate")}
+        # Items repeated within slates pile impressions onto few items: that is not a popularity shift.
+        repeated = {b.key for b in ceiling if (b.signal, b.metric) == ("diversity", "duplicate_rate")}
         concentrated = {b.key for b in mine if b.signal == "popularity"}
         # Traffic lost in a slice changes the mix, and so the distribution of every segment-dependent
         # feature, of each roll-up that contains it: the volume alert says what happened.
@@ -254,6 +256,7 @@ class ProfileEvaluator:
             for b in mine
             if not (b.key in causes and b.signal in ("score_drift", "score_collapse"))
             and not (b.key in concentrated and b.metric == "distinct_items")
+            and not (b.key in repeated and b.signal == "popularity")
             and not (b.signal in ("feature_drift", "score_drift") and any(_contains(b.key, s) for s in lost))
         ]
         floor.extend(self._explain_slices(mine, series or {}, references))

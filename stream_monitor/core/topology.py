@@ -170,6 +170,7 @@ class RankingRule:
     """
 
     enabled: bool = False
+    sample_every: int = 1
     score_range: tuple[float, float] = (0.0, 1.0)
     score_bins: int = 20
     item_buckets: int = 256

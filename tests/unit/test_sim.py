@@ -679,7 +679,7 @@ def test_incident_validation() -> None:
         Incident("traffic_drop", 0, magnitude=1.5)
     with pytest.raises(ValueError, match="duration_ms must be positive"):
         Incident("traffic_drop", 0, duration_ms=0)
-    with pytest.raises(ValueError, match="feature applies only to stale_feature, .*not error_spike"):
+    with pytest.raises(ValueError, match=r"feature applies only to stale_feature, .*not error_spike"):
         Incident("error_spike", 0, feature="watch_minutes_7d")
     with pytest.raises(ValueError, match="source applies only to source_outage, not stale_feature"):
         Incident("stale_feature", 0, source="trending")
