@@ -1,8 +1,8 @@
 """Alerts and their de-duplication: one open alert per (signal, metric, key), resolved when it clears.
 
 :class:`AlertBook` turns the breaches of successive windows into ``firing`` and ``resolved`` alerts. Its
-state (open alerts and volume history) is a plain JSON document with a version number, so a checkpoint
-in Redis is data that is checked on load, never code.
+state (open alerts, volume and baseline history, SLO counts) is a plain JSON document with a version
+number, so a checkpoint in Redis is data that is checked on load, never code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
-STATE_VERSION = 2  # 2 added `baselines`; version 1 checkpoints still load
+STATE_VERSION = 3  # 2 added `baselines`, 3 `slo_history`; version 1 and 2 checkpoints still load
 
 
 class StateFormatError(ValueError):
@@ -66,6 +66,8 @@ class DetectorState:
     volume_absent: dict[str, int] = field(default_factory=dict)
     open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, list[float]] = field(default_factory=dict)
+    # Per-window (total, bad) SLO counts, "<objective>|<series>" -> [total, bad, total, bad, ...].
+    slo_history: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -77,18 +79,21 @@ class DetectorState:
         >>> DetectorState.from_json_dict({"version": 99})
         Traceback (most recent call last):
         ...
-        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 2
+        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 3
+        >>> DetectorState.from_json_dict({"version": 2, "last_closed_end": 60_000, "volume_history": {},
+        ...     "volume_absent": {}, "open_alerts": {}, "baselines": {}}).slo_history
+        {}
         """
         if not isinstance(doc, dict):
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") not in (1, STATE_VERSION):
+        if doc.get("version") not in (1, 2, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, **doc}
+        doc = {"baselines": {}, "slo_history": {}, **doc}
         try:
-            for name in ("volume_history", "volume_absent", "open_alerts", "baselines"):
+            for name in ("volume_history", "volume_absent", "open_alerts", "baselines", "slo_history"):
                 if not isinstance(doc.get(name), dict):
                     raise StateFormatError(f"detector state {name} must be a JSON object")
-            for name in ("volume_history", "baselines"):
+            for name in ("volume_history", "baselines", "slo_history"):
                 if not all(isinstance(v, list) for v in doc[name].values()):
                     raise StateFormatError(f"detector state {name} values must be lists")
             state = cls(
@@ -97,7 +102,10 @@ class DetectorState:
                 volume_absent={str(k): int(v) for k, v in doc["volume_absent"].items()},
                 open_alerts={str(k): dict(v) for k, v in doc["open_alerts"].items()},
                 baselines={str(k): [float(x) for x in v] for k, v in doc["baselines"].items()},
+                slo_history={str(k): [int(x) for x in v] for k, v in doc["slo_history"].items()},
             )
+            if any(len(v) % 2 for v in state.slo_history.values()):
+                raise StateFormatError("detector state slo_history lists must hold (total, bad) pairs")
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -141,6 +141,10 @@ class WindowEvaluator:
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._key_dims = topology.key_dims
         self._rate_rules = {rule.signal: rule for rule in topology.rates}
+        # Imported here: core/slo.py builds on this module's classes.
+        from stream_monitor.core.slo import BurnRateTracker
+
+        self.slo = BurnRateTracker(topology.slo, topology.window.size_ms, self.buckets)
 
     def levels(
         self, series: Mapping[tuple[str, ...], SeriesStats], with_version: bool
@@ -158,11 +162,14 @@ class WindowEvaluator:
         volume_history: dict[str, list[float]],
         volume_absent: dict[str, int],
         baselines: dict[str, list[float]] | None = None,
+        slo_history: dict[str, list[int]] | None = None,
     ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
         """Signal values, localised breaches and engagement counts for one window.
 
         ``baselines`` holds the trailing history of the baseline-relative signals (candidate-source
-        shares, engagement ratio), keyed ``signal|metric|series``; it is updated in place.
+        shares, engagement ratio), keyed ``signal|metric|series``; it is updated in place. So is
+        ``slo_history``, the per-window SLO counts behind the error-budget burn rates (core/slo.py);
+        without it no burn rate is computed.
         """
         series, engagement = parse_window(fields, len(self._key_dims))
         history = {} if baselines is None else baselines
@@ -178,6 +185,11 @@ class WindowEvaluator:
         self._sources(by_version, history, values, floor)
         self._engagement_ratio(series, engagement, history, values, floor)
         kept = self.explain_away(ceiling, series) + localise(floor, values, self._key_dims)
+        if slo_history is not None and self.topology.slo.objectives:
+            # Burn alerts are symptoms on whole series, not localised: appended as they are.
+            slo_values, slo_breaches = self.slo.update(by_version, slo_history)
+            values.extend(slo_values)
+            kept.extend(slo_breaches)
         return values, kept, engagement
 
     def measure(self, stats: SeriesStats, signal: str, metric: str) -> float | None:
