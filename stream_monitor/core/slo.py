@@ -10,8 +10,8 @@ A burn rate of 1 spends exactly the whole budget over the budget period (30 days
 30-day budget in one hour (14.4 x 1 h / 720 h). An alert rule
 (:class:`~stream_monitor.core.topology.BurnAlert`) fires when the burn rate over *both* its long and its
 short window is above its factor: the long window makes sure enough budget went to matter, the short one
-that it is still going now, so the alert resets within the short window once the problem stops. The value exported for a rule, and compared with its
-factor, is therefore ``min(long burn, short burn)``.
+that it is still going now, so the alert resets within the short window once the problem stops. The value
+exported for a rule, and compared with its factor, is therefore ``min(long burn, short burn)``.
 
 Each closed window adds one ``(total, bad)`` pair per tracked series and objective to a bounded history,
 kept by the caller (it is part of the detector checkpoint): a ``dict[str, list[int]]`` keyed

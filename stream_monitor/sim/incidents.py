@@ -513,7 +513,7 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                 raise ValueError(f"incident spec {spec!r}: duration={value!r} must be > 0 seconds")
             duration_ms = round(duration_s * 1000)
         else:
-            known = [*TARGET_DIMS, "stage", "feature", "source", "dataset", "magnitude", "onset", "duration"]
+            known = [*TARGET_DIMS, "stage", "feature", "source", "magnitude", "onset", "duration", "dataset"]
             raise ValueError(f"incident spec {spec!r}: unknown key {name!r}; expected one of {known}")
     return Incident(
         kind=kind,
