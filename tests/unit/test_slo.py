@@ -312,16 +312,66 @@ def test_bad_slo_sections_are_refused_precisely(slo: dict[str, Any], fragment: s
 
 
 def test_bytes_per_series() -> None:
-    """A full 6 h history of one series and two objectives: what the checkpoint holds for it (see
-    docs/signals.md)."""
-    tracker = BurnRateTracker(SloRule(objectives=(AVAILABILITY, LATENCY)), window_ms=MINUTE, buckets=BUCKETS)
-    history: dict[str, list[int]] = {}
+    """A full history of one series under the default topology (two objectives, 6 h of 60 s windows, 2,400
+    requests a window): what the detector checkpoint holds for it. docs/signals.md quotes the printed line
+    (``pytest tests/unit/test_slo.py -k bytes -s``)."""
+    topology = load_topology()
+    tracker = BurnRateTracker(topology.slo, topology.window.size_ms, BUCKETS)
+    key = ("home-ranker", "2026.11.20-3", "control", "home", "*", "*", "*")
     stats = SeriesStats(
         n=2400,
         counters={"err": 5},
         latency={"total": {BUCKETS.bucket(100.0): 2397, BUCKETS.bucket(400.0): 3}},
     )
-    for _ in range(360):
-        tracker.update({TOP: stats}, history)
+    history: dict[str, list[int]] = {}
+    for _ in range(tracker.max_windows + 10):
+        tracker.update({key: stats}, history)
+    assert tracker.max_windows == 360 and all(len(v) == 720 for v in history.values())
     size = len(orjson.dumps(history))
-    assert 5_000 < size < 8_000, size
+    print(
+        f"\nSLO history: {size} bytes of checkpoint JSON per series ({len(history)} objectives, 360 windows)"
+    )
+    assert 4_000 < size < 8_000, size
+
+
+def test_burn_rates_reach_prometheus_with_bounded_labels() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor.sinks.metrics import MonitorMetrics
+
+    topology = load_topology()
+    evaluator = WindowEvaluator(topology)
+    fields: dict[str, float] = {}
+    # 64 regions x 4 platforms of traffic: the SLO gauges still exist once per top-level series.
+    for i in range(64):
+        for platform in ("ios", "android", "web", "tv"):
+            fields[f"m|v1|control|home|{platform}|r{i}|new#n"] = 50.0
+            fields[f"m|v1|control|home|{platform}|r{i}|new#lat.total.{BUCKETS.bucket(80.0)}"] = 50.0
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, topology.segment_dims)
+    history: dict[str, list[int]] = {}
+    values, _, _ = evaluator.evaluate(fields, {}, {}, {}, history)
+    metrics.set_signals(values)
+    samples = [
+        s.labels
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "stream_monitor_signal_value" and s.labels["signal"] == "error_budget_burn"
+    ]
+    assert len(samples) == 12  # 2 SLOs x (4 windows + 2 rules)
+    assert {(s["model"], s["model_version"], s["segment"]) for s in samples} == {("m", "v1", "*")}
+    assert (
+        registry.get_sample_value(
+            "stream_monitor_signal_value",
+            {
+                "signal": "error_budget_burn",
+                "metric": "availability.page",
+                "model": "m",
+                "model_version": "v1",
+                "arm": "control",
+                "surface": "home",
+                "segment": "*",
+            },
+        )
+        == 0.0
+    )
