@@ -33,6 +33,7 @@ class Topics(BaseModel):
     serving: str = "recs.serving"
     engagement: str = "recs.engagement"
     deployments: str = "recs.deployments"
+    datasets: str = "recs.datasets"
     alerts: str = "recs.alerts"
     health: str = "recs.health"
     deadletter: str = "recs.deadletter"

@@ -21,7 +21,15 @@ import orjson
 from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
 from stream_monitor.core.clock import Clock
-from stream_monitor.core.events import DeploymentEvent, EngagementEvent, EventError, ServingEvent, parse_event
+from stream_monitor.core.datasets import DatasetArrival, check_datasets
+from stream_monitor.core.events import (
+    DatasetEvent,
+    DeploymentEvent,
+    EngagementEvent,
+    EventError,
+    ServingEvent,
+    parse_event,
+)
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
@@ -90,6 +98,7 @@ class Engine:
         self.accumulator = WindowAccumulator(topology)
         self.evaluator = WindowEvaluator(topology)
         self.book = AlertBook(topology.key_dims, topology.name, self.evaluator.clear_ratios())
+        self._datasets = frozenset(rule.name for rule in topology.datasets)
         self.claims: dict[str, PartitionClaim] = {}
         self.fenced: set[str] = set()
         self._closed_before: int | None = None
@@ -204,10 +213,40 @@ class Engine:
                 self.accumulator.add_serving(tp, offset, event)
             else:
                 self.accumulator.add_engagement(tp, offset, event)
+        elif isinstance(event, DatasetEvent):
+            if not self._add_dataset(tp, topic, partition, offset, key, value, timestamp_ms, line, event):
+                return
         else:
             record = self._deployment_record(event)
             self.accumulator.add_deployment(tp, offset, event.model, event.arm, record)
         self._count(self._accepted, topic)
+
+    def _add_dataset(
+        self,
+        tp: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None,
+        line: int | None,
+        event: DatasetEvent,
+    ) -> bool:
+        """Keep a dataset arrival for the commit; False when it was dead-lettered instead."""
+        now = self.clock.now_ms()
+        if event.ts > now + self.options.max_future_ms:
+            # A partition "from the future" would keep its dataset looking fresh until then.
+            detail = f"ts: {event.ts} is {(event.ts - now) // 1000} s in the future"
+            self._reject(tp, topic, partition, offset, key, value, timestamp_ms, "future_event", detail, line)
+            return False
+        if event.name in self._datasets:
+            record = DatasetArrival(event.name, event.partition, event.ts, event.rows).to_json()
+            self.accumulator.add_dataset(tp, offset, event.name, event.ts, record)
+        else:
+            # Only configured datasets are stored: a made-up name must not grow the state.
+            self.accumulator.add_other(tp, offset)
+        return True
 
     @staticmethod
     def _count(counts: dict[str, int], topic: str) -> None:
@@ -410,13 +449,25 @@ class Engine:
         else:
             starts = list(range(start, limit, size))
         state = self._load_state()
+        arrivals = self._dataset_arrivals()
         emitted: list[Alert] = []
         for window_start in starts:
             end = window_start + size
             fields = self.store.read_window(window_start)
             values, breaches, _engagement = self.evaluator.evaluate(
-                fields, state.volume_history, state.volume_absent, state.baselines, state.profiles
+                fields,
+                state.volume_history,
+                state.volume_absent,
+                state.baselines,
+                profiles=state.profiles,
+                slo_history=state.slo_history,
             )
+            if arrivals is not None:
+                more_values, more_breaches = check_datasets(
+                    self.topology.datasets, arrivals, end, len(self.topology.key_dims)
+                )
+                values.extend(more_values)
+                breaches.extend(more_breaches)
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
             alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)
             state.last_closed_end = end
@@ -431,6 +482,18 @@ class Engine:
             self._record_close(values, alerts, state, end, now)
         self._closed_before = self.store.closed_before()
         return emitted
+
+    def _dataset_arrivals(self) -> dict[str, DatasetArrival] | None:
+        """Newest stored arrival per configured dataset (None when the topology configures none)."""
+        if not self.topology.datasets:
+            return None
+        out: dict[str, DatasetArrival] = {}
+        for name, raw in self.store.datasets().items():
+            try:
+                out[name] = DatasetArrival.from_json(raw)
+            except ValueError as exc:
+                log.error("dataset %s: %s; not judged", name, exc)
+        return out
 
     def _load_state(self) -> DetectorState:
         raw = self.store.load_detector_state()

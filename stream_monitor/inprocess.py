@@ -15,7 +15,7 @@ from stream_monitor.engine import Engine
 
 __all__ = ["EventTimeClock", "InProcessPipeline"]
 
-KINDS = ("serving", "engagement", "deployment")
+KINDS = ("serving", "engagement", "deployment", "dataset")
 
 
 class EventTimeClock:
@@ -47,6 +47,7 @@ class InProcessPipeline:
             "serving": topics.serving,
             "engagement": topics.engagement,
             "deployment": topics.deployments,
+            "dataset": topics.datasets,
         }
         self._offsets: dict[tuple[str, int], int] = {}
         self.fed = 0

@@ -6,13 +6,17 @@ Errors name the file and the dotted path of the offending entry.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from stream_monitor.core.topology import (
+    DEFAULT_BURN_ALERTS,
     DEFAULT_RATES,
+    BurnAlert,
+    DatasetRule,
     EngagementRatioRule,
     FeatureRule,
     FeatureSpec,
@@ -20,6 +24,8 @@ from stream_monitor.core.topology import (
     LatencyRule,
     RankingRule,
     RateRule,
+    SloObjective,
+    SloRule,
     SourceRule,
     Topology,
     VolumeRule,
@@ -108,6 +114,8 @@ def parse_topology(doc: Any) -> Topology:
             ),
             features=_features(_mapping(signals, "features", required=False)),
             ranking=_ranking(_mapping(signals, "ranking", required=False)),
+            slo=_slo(_mapping(doc, "slo", required=False)),
+            datasets=_datasets(_mapping(doc, "datasets", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -176,12 +184,12 @@ def _features(doc: dict[str, Any]) -> FeatureRule:
                 ):
                     raise TopologyError(f"{where}.{kind}.{name}.range: expected [low, high], got {value!r}")
                 fields["range"] = (float(value[0]), float(value[1]))
-            _known(fields, FeatureSpec, f"{where}.{kind}.{name}", exclude={"name", "kind"})
+            _known(fields, FeatureSpec, f"{where}.{kind}.{name}", skip=("name", "kind"))
             try:
                 specs.append(FeatureSpec(name=str(name), kind=kind, **fields))
             except ValueError as exc:
                 raise TopologyError(f"{where}.{kind}.{name}: {exc}") from exc
-    return FeatureRule(features=tuple(specs), **_known(rest, FeatureRule, where, exclude={"features"}))
+    return FeatureRule(features=tuple(specs), **_known(rest, FeatureRule, where, skip=("features",)))
 
 
 def _ranking(doc: dict[str, Any]) -> RankingRule:
@@ -216,9 +224,85 @@ def _rates(doc: dict[str, Any]) -> tuple[RateRule, ...]:
     return tuple(rules)
 
 
-def _known(doc: dict[str, Any], cls: type, where: str, exclude: set[str] | None = None) -> dict[str, Any]:
+def _slo(doc: dict[str, Any]) -> SloRule:
+    """The ``slo:`` section (see docs/signals.md, "Error-budget burn").
+
+    >>> rule = _slo({"objectives": {"availability": {"objective": 0.999}}, "budget_period": "28d"})
+    >>> rule.objectives[0].kind, rule.budget_period_ms, [a.name for a in rule.alerts]
+    ('availability', 2419200000, ['page', 'ticket'])
+    """
+    rest = dict(doc)
+    objectives = []
+    for name, spec in (rest.pop("objectives", None) or {}).items():
+        where = f"slo.objectives.{name}"
+        if not isinstance(spec, dict):
+            raise TopologyError(f"{where}: expected a mapping like {{objective: 0.999}}")
+        spec = dict(spec)
+        kind = spec.pop("kind", name if name in ("availability", "latency") else None)
+        if kind is None:
+            raise TopologyError(f"{where}: give its kind (availability or latency)")
+        if "objective" not in spec:
+            raise TopologyError(f"{where}: objective is required (e.g. 0.999)")
+        objectives.append(
+            SloObjective(
+                name=str(name), kind=str(kind), **_known(spec, SloObjective, where, ("name", "kind"))
+            )
+        )
+    alerts: tuple[BurnAlert, ...] = DEFAULT_BURN_ALERTS
+    if "alerts" in rest:
+        alerts_doc = rest.pop("alerts")
+        if not isinstance(alerts_doc, dict) or not alerts_doc:
+            raise TopologyError("slo.alerts: expected a mapping of name -> {long, short, factor, severity}")
+        built = []
+        for name, spec in alerts_doc.items():
+            where = f"slo.alerts.{name}"
+            if not isinstance(spec, dict) or set(spec) != {"long", "short", "factor", "severity"}:
+                raise TopologyError(f"{where}: expected exactly long, short, factor and severity")
+            built.append(
+                BurnAlert(
+                    name=str(name),
+                    long_ms=parse_duration_ms(spec["long"], f"{where}.long"),
+                    short_ms=parse_duration_ms(spec["short"], f"{where}.short"),
+                    factor=float(spec["factor"]),
+                    severity=str(spec["severity"]),
+                )
+            )
+        alerts = tuple(built)
+    if "budget_period" in rest:
+        rest["budget_period_ms"] = parse_duration_ms(rest.pop("budget_period"), "slo.budget_period")
+    return SloRule(
+        objectives=tuple(objectives), alerts=alerts, **_known(rest, SloRule, "slo", ("objectives", "alerts"))
+    )
+
+
+def _datasets(doc: dict[str, Any]) -> tuple[DatasetRule, ...]:
+    """The ``datasets:`` section: arrival SLAs per dataset name.
+
+    >>> _datasets({"user_features_hourly": {"every": "1h", "grace": "30m", "min_rows": 1000}})[0].deadline_ms
+    5400000
+    """
+    rules = []
+    for name, spec in doc.items():
+        where = f"datasets.{name}"
+        if not isinstance(spec, dict) or "every" not in spec:
+            raise TopologyError(f"{where}: expected a mapping with at least every (e.g. {{every: 1h}})")
+        rest = dict(spec)
+        every = parse_duration_ms(rest.pop("every"), f"{where}.every")
+        grace = parse_duration_ms(rest.pop("grace", 0), f"{where}.grace")
+        rules.append(
+            DatasetRule(
+                name=str(name),
+                every_ms=every,
+                grace_ms=grace,
+                **_known(rest, DatasetRule, where, ("name", "every_ms", "grace_ms")),
+            )
+        )
+    return tuple(rules)
+
+
+def _known(doc: dict[str, Any], cls: type, where: str, skip: Iterable[str] = ()) -> dict[str, Any]:
     declared: set[str] = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    fields = declared - {"signal", "counter", "slas_ms", "slas_s", "sources"} - (exclude or set())
+    fields = declared - {"signal", "counter", "slas_ms", "slas_s", "sources", *skip}
     unknown = set(doc) - fields
     if unknown:
         raise TopologyError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(fields)})")

@@ -16,8 +16,9 @@ A detection is a firing alert of the ground truth's signal that names its slice 
 for the target dimensions, ``"*"`` for the other segment dimensions) for a window that starts at or after
 the onset's window and before the incident ends. Delay is counted in event time from the true onset to
 the alert's emission (``delay_s``, so it includes the allowed lateness the window waits for), and in
-windows (``delay_windows``: 1 when the alert is for the window holding the onset). Every other firing
-alert is a false alert (a wrong key, a wrong signal, or an alert outside the incident).
+windows (``delay_windows``: 1 when the alert is for the window holding the onset). An error-budget burn
+alert during the incident is counted apart (``budget_alerts``: burn alerts name whole series by design).
+Every other firing alert is a false alert (a wrong key, a wrong signal, or an alert outside the incident).
 
 Systems scored on the same traffic, in the same run:
 
@@ -591,13 +592,17 @@ def _score_incident(
         return truth.onset_ms <= f.emitted_ms < end
 
     hits = [f for f in alerts if during(f) and (not sliced or _names_truth(f, truth, topology))]
+    # Error-budget burn alerts are deliberately not localised (they say a whole series' users are hurt):
+    # one during the incident is its consequence, not a false alert; anywhere else it is.
+    budget = [f for f in alerts if f.signal == "error_budget_burn" and during(f) and f not in hits]
     first = min(hits, key=lambda f: (f.emitted_ms, f.window_start), default=None)
     result: dict[str, Any] = {
         "detected": first is not None,
         "delay_s": None,
         "delay_windows": None,
         "first_key_right": None,
-        "false_alerts": len(alerts) - len(hits),
+        "false_alerts": len(alerts) - len(hits) - len(budget),
+        "budget_alerts": len(budget),
     }
     if first is not None:
         result["delay_s"] = (first.emitted_ms - truth.onset_ms) / 1000

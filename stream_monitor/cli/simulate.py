@@ -140,6 +140,7 @@ class _KafkaSink:
             "serving": topics.serving,
             "engagement": topics.engagement,
             "deployment": topics.deployments,
+            "dataset": topics.datasets,
         }
         # Brokers often run with topic auto-creation off; without the topics every send would time out.
         ensure_topics(
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     dumps: Callable[[Any], bytes] = orjson.dumps
     end_ms = None if args.duration is None else start_ms + round(args.duration * 1000)
     step_ms = max(1, round(_STEP_WALL_S * 1000 * args.speed)) if args.speed > 0 else _UNPACED_STEP_MS
-    counts: dict[str, int] = {"serving": 0, "engagement": 0, "deployment": 0}
+    counts: dict[str, int] = {"serving": 0, "engagement": 0, "deployment": 0, "dataset": 0}
     wall0 = time.monotonic()
     t = start_ms
     done = False

@@ -58,6 +58,8 @@ class PartitionDelta:
     highwater: int | None = None
     # Deployment records (model, arm, JSON) seen in the batch, stored with the same commit.
     deployments: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # Dataset arrivals (name, ts, JSON) seen in the batch; the store keeps the newest per name by ts.
+    datasets: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     def count(self, name: str, by: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + by
@@ -247,6 +249,12 @@ class WindowAccumulator:
         delta = self._delta(partition, offset)
         delta.count("accepted")
         delta.deployments.append((model, arm, record))
+
+    def add_dataset(self, partition: str, offset: int, name: str, ts: int, record: bytes) -> None:
+        """Keep a dataset arrival to be stored with the batch's commit (exactly once)."""
+        delta = self._delta(partition, offset)
+        delta.count("accepted")
+        delta.datasets.append((name, ts, record))
 
     def pending(self) -> bool:
         return bool(self._parts)

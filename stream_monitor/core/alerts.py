@@ -1,8 +1,8 @@
 """Alerts and their de-duplication: one open alert per (signal, metric, key), resolved when it clears.
 
 :class:`AlertBook` turns the breaches of successive windows into ``firing`` and ``resolved`` alerts. Its
-state (open alerts and volume history) is a plain JSON document with a version number, so a checkpoint
-in Redis is data that is checked on load, never code.
+state (open alerts, volume and baseline history, SLO counts) is a plain JSON document with a version
+number, so a checkpoint in Redis is data that is checked on load, never code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
-STATE_VERSION = 3  # 2 added `baselines`, 3 `profiles`; version 1 and 2 checkpoints still load
+STATE_VERSION = 3  # 2 added `baselines`, 3 `profiles` and `slo_history`; versions 1 and 2 still load
 
 
 class StateFormatError(ValueError):
@@ -69,6 +69,8 @@ class DetectorState:
     # Drift references (core/profile_signals.py): "ref|<hist>|<series>" and "ver|<hist>|<series>" entries
     # of plain JSON (version strings and {bin: count} maps).
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-window (total, bad) SLO counts, "<objective>|<series>" -> [total, bad, total, bad, ...].
+    slo_history: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -80,18 +82,22 @@ class DetectorState:
         >>> DetectorState.from_json_dict({"version": 99})
         Traceback (most recent call last):
         ...
-        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 2
+        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 3
+        >>> DetectorState.from_json_dict({"version": 2, "last_closed_end": 60_000, "volume_history": {},
+        ...     "volume_absent": {}, "open_alerts": {}, "baselines": {}}).slo_history
+        {}
         """
         if not isinstance(doc, dict):
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
         if doc.get("version") not in (1, 2, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, "profiles": {}, **doc}
+        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, **doc}
         try:
-            for name in ("volume_history", "volume_absent", "open_alerts", "baselines", "profiles"):
+            names = ("volume_history", "volume_absent", "open_alerts", "baselines", "profiles", "slo_history")
+            for name in names:
                 if not isinstance(doc.get(name), dict):
                     raise StateFormatError(f"detector state {name} must be a JSON object")
-            for name in ("volume_history", "baselines"):
+            for name in ("volume_history", "baselines", "slo_history"):
                 if not all(isinstance(v, list) for v in doc[name].values()):
                     raise StateFormatError(f"detector state {name} values must be lists")
             state = cls(
@@ -101,7 +107,10 @@ class DetectorState:
                 open_alerts={str(k): dict(v) for k, v in doc["open_alerts"].items()},
                 baselines={str(k): [float(x) for x in v] for k, v in doc["baselines"].items()},
                 profiles={str(k): _profile_entry(v) for k, v in doc["profiles"].items()},
+                slo_history={str(k): [int(x) for x in v] for k, v in doc["slo_history"].items()},
             )
+            if any(len(v) % 2 for v in state.slo_history.values()):
+                raise StateFormatError("detector state slo_history lists must hold (total, bad) pairs")
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -18,6 +18,7 @@ import orjson
 __all__ = [
     "ARMS",
     "MAX_EVENT_BYTES",
+    "DatasetEvent",
     "DeploymentEvent",
     "EngagementEvent",
     "Event",
@@ -113,7 +114,17 @@ class DeploymentEvent:
     reason: str | None = None
 
 
-Event = ServingEvent | EngagementEvent | DeploymentEvent
+@dataclass(slots=True, frozen=True)
+class DatasetEvent:
+    """A batch job landed one partition of a dataset (checked against the dataset's arrival SLA)."""
+
+    name: str
+    partition: str
+    ts: int
+    rows: int
+
+
+Event = ServingEvent | EngagementEvent | DeploymentEvent | DatasetEvent
 
 
 def parse_timestamp(value: object, name: str = "ts") -> int:
@@ -175,7 +186,11 @@ def parse_event(raw: bytes, expected: str | None = None) -> Event:
         return _engagement(doc)
     if kind == "deployment":
         return _deployment(doc)
-    raise EventError("unknown_type", "type", f"{_short(kind)} is not one of serving, engagement, deployment")
+    if kind == "dataset":
+        return _dataset(doc)
+    raise EventError(
+        "unknown_type", "type", f"{_short(kind)} is not one of serving, engagement, deployment, dataset"
+    )
 
 
 def _serving(doc: dict[str, Any]) -> ServingEvent:
@@ -266,6 +281,27 @@ def _deployment(doc: dict[str, Any]) -> DeploymentEvent:
         lineage=_mapping(doc, "lineage"),
         actor=doc.get("actor") if isinstance(doc.get("actor"), str) else None,
         reason=doc.get("reason") if isinstance(doc.get("reason"), str) else None,
+    )
+
+
+def _dataset(doc: dict[str, Any]) -> DatasetEvent:
+    """
+    >>> parse_event(b'{"type": "dataset", "name": "user_features_hourly", "partition": "2025-11-25T15",'
+    ...             b' "ts": 1764086400000, "rows": 1.5}')
+    Traceback (most recent call last):
+    ...
+    stream_monitor.core.events.EventError: rows: 1.5 is not a row count (an integer >= 0)
+    """
+    rows = doc.get("rows")
+    if rows is None:
+        raise EventError("missing_field", "rows", "is required")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise EventError("invalid_field", "rows", f"{_short(rows)} is not a row count (an integer >= 0)")
+    return DatasetEvent(
+        name=_string(doc, "name"),
+        partition=_string(doc, "partition"),
+        ts=_timestamp(doc),
+        rows=rows,
     )
 
 

@@ -165,6 +165,10 @@ class WindowEvaluator:
         # Observer of each window's values and raw breaches before localisation (benchmarks compare
         # systems on them): called as on_raw_breaches(values, breaches).
         self.on_raw_breaches: Callable[[list[SignalValue], list[Breach]], None] | None = None
+        # Imported here: core/slo.py builds on this module's classes.
+        from stream_monitor.core.slo import BurnRateTracker
+
+        self.slo = BurnRateTracker(topology.slo, topology.window.size_ms, self.buckets)
 
     def levels(
         self, series: Mapping[tuple[str, ...], SeriesStats], with_version: bool
@@ -183,12 +187,15 @@ class WindowEvaluator:
         volume_absent: dict[str, int],
         baselines: dict[str, list[float]] | None = None,
         profiles: dict[str, Any] | None = None,
+        slo_history: dict[str, list[int]] | None = None,
     ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
         """Signal values, localised breaches and engagement counts for one window.
 
         ``baselines`` holds the trailing history of the baseline-relative signals (candidate-source
         shares, engagement ratio, slate statistics), keyed ``signal|metric|series``; ``profiles`` the
-        drift references (see :mod:`stream_monitor.core.profile_signals`). Both are updated in place.
+        drift references (see :mod:`stream_monitor.core.profile_signals`); ``slo_history`` the per-window
+        SLO counts behind the error-budget burn rates (core/slo.py; without it no burn rate is computed).
+        All are updated in place.
         """
         series, engagement = parse_window(fields, len(self._key_dims))
         history = {} if baselines is None else baselines
@@ -209,6 +216,11 @@ class WindowEvaluator:
         if self.on_raw_breaches is not None:
             self.on_raw_breaches(values, [*ceiling, *floor])
         kept = self.explain_away(ceiling, series) + localise(floor, values, self._key_dims)
+        if slo_history is not None and self.topology.slo.objectives:
+            # Burn alerts are symptoms on whole series, not localised: appended as they are.
+            slo_values, slo_breaches = self.slo.update(by_version, slo_history)
+            values.extend(slo_values)
+            kept.extend(slo_breaches)
         return values, kept, engagement
 
     def clear_ratios(self) -> dict[str, float]:
@@ -216,6 +228,7 @@ class WindowEvaluator:
         ratios = {rule.signal: rule.clear_ratio for rule in self.topology.rates}
         ratios["latency"] = self.topology.latency.clear_ratio
         ratios["freshness"] = self.topology.freshness.clear_ratio
+        ratios["error_budget_burn"] = self.topology.slo.clear_ratio
         for spec in self.profile.rates.values():
             ratios[spec.signal] = spec.clear_ratio
         return ratios

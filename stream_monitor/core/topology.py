@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from stream_monitor.core.windows import WindowSpec
 
 __all__ = [
+    "DEFAULT_BURN_ALERTS",
     "DEFAULT_RATES",
+    "BurnAlert",
+    "DatasetRule",
     "EngagementRatioRule",
     "FeatureRule",
     "FeatureSpec",
@@ -15,6 +18,8 @@ __all__ = [
     "LatencyRule",
     "RankingRule",
     "RateRule",
+    "SloObjective",
+    "SloRule",
     "SourceRule",
     "Topology",
     "VolumeRule",
@@ -189,6 +194,106 @@ class RankingRule:
     clear_ratio: float = 0.8
 
 
+@dataclass(frozen=True, slots=True)
+class SloObjective:
+    """One service-level objective: which requests are good, and the share of them that must be.
+
+    ``kind`` is ``availability`` (good: no ``error``) or ``latency`` (good: the ``stage`` latency is at
+    most ``threshold_ms``, read off the window's log-bucket counts).
+    """
+
+    name: str
+    kind: str
+    objective: float
+    threshold_ms: float | None = None
+    stage: str = "total"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("availability", "latency"):
+            raise ValueError(f"slo {self.name}: kind {self.kind!r} is not availability or latency")
+        if not 0.0 < self.objective < 1.0:
+            raise ValueError(f"slo {self.name}: objective {self.objective!r} is not in (0, 1)")
+        if self.kind == "latency" and (self.threshold_ms is None or self.threshold_ms <= 0):
+            raise ValueError(f"slo {self.name}: a latency objective needs threshold_ms > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class BurnAlert:
+    """Alert when the error budget burns faster than ``factor`` over both the long and the short window."""
+
+    name: str
+    long_ms: int
+    short_ms: int
+    factor: float
+    severity: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.short_ms < self.long_ms:
+            raise ValueError(
+                f"burn alert {self.name}: need 0 < short ({self.short_ms} ms) < long ({self.long_ms} ms)"
+            )
+        if self.factor <= 0:
+            raise ValueError(f"burn alert {self.name}: factor {self.factor!r} must be positive")
+        if self.severity not in ("critical", "warning", "info"):
+            raise ValueError(
+                f"burn alert {self.name}: severity {self.severity!r} is not critical/warning/info"
+            )
+
+
+# The SRE workbook's first two pairs ("Alerting on SLOs", multiwindow multi-burn-rate): 2 % of a 30-day
+# budget in 1 h pages, 5 % in 6 h is a ticket. Its third pair (3 d / 6 h x1) needs 3 days of history.
+DEFAULT_BURN_ALERTS = (
+    BurnAlert("page", long_ms=3_600_000, short_ms=300_000, factor=14.4, severity="critical"),
+    BurnAlert("ticket", long_ms=21_600_000, short_ms=1_800_000, factor=6.0, severity="warning"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SloRule:
+    """Error-budget burn alerts on the SLOs of each top-level series (see core/slo.py)."""
+
+    objectives: tuple[SloObjective, ...] = ()
+    alerts: tuple[BurnAlert, ...] = DEFAULT_BURN_ALERTS
+    budget_period_ms: int = 30 * 86_400_000
+    # "top": one SLO per (model, model_version, arm, surface); "all": every group_by roll-up as well.
+    levels: str = "top"
+    max_series: int = 64
+    # The long window must hold at least this many requests before it can alert.
+    min_events: int = 100
+    clear_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.levels not in ("top", "all"):
+            raise ValueError(f"slo levels {self.levels!r} is not top or all")
+        if self.max_series < 1 or self.min_events < 0:
+            raise ValueError("slo max_series must be >= 1 and min_events >= 0")
+        names = [o.name for o in self.objectives] + [a.name for a in self.alerts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slo objective and alert names must be unique, got {names}")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRule:
+    """Arrival SLA of a batch dataset: a partition every ``every_ms`` (+ ``grace_ms``), of ``min_rows``."""
+
+    name: str
+    every_ms: int
+    grace_ms: int = 0
+    min_rows: int = 0
+    severity: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.every_ms <= 0 or self.grace_ms < 0 or self.min_rows < 0:
+            raise ValueError(f"dataset {self.name}: need every > 0, grace >= 0 and min_rows >= 0")
+        if self.severity not in ("critical", "warning", "info"):
+            raise ValueError(f"dataset {self.name}: severity {self.severity!r} is not critical/warning/info")
+
+    @property
+    def deadline_ms(self) -> int:
+        """How old the newest partition may get before the dataset is late."""
+        return self.every_ms + self.grace_ms
+
+
 DEFAULT_RATES = (
     RateRule("error_rate", "err", threshold=0.02),
     RateRule("fallback_rate", "fb", threshold=0.05),
@@ -224,6 +329,8 @@ class Topology:
     engagement: EngagementRatioRule = field(default_factory=EngagementRatioRule)
     features: FeatureRule = field(default_factory=FeatureRule)
     ranking: RankingRule = field(default_factory=RankingRule)
+    slo: SloRule = field(default_factory=SloRule)
+    datasets: tuple[DatasetRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.group_by:

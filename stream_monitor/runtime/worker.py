@@ -54,6 +54,7 @@ class WorkerRuntime:
             settings.topics.serving: "serving",
             settings.topics.engagement: "engagement",
             settings.topics.deployments: "deployment",
+            settings.topics.datasets: "dataset",
         }
         worker_id = f"{socket.gethostname()}-{os.getpid()}"
         producer = make_producer(settings, **{"client.id": f"stream-monitor-{worker_id}"})
@@ -239,7 +240,7 @@ class WorkerRuntime:
         t = self.topics
         ensure_topics(
             self.settings,
-            [t.serving, t.engagement, t.deployments, t.alerts, t.deadletter, t.health],
+            [t.serving, t.engagement, t.deployments, t.datasets, t.alerts, t.deadletter, t.health],
             self.settings.topic_partitions,
             compacted=[t.health],
         )

@@ -7,6 +7,7 @@ and the demo wire it to real transports.
 from __future__ import annotations
 
 from stream_monitor.sim.incidents import (
+    DATA_INCIDENT_KINDS,
     DEFAULT_ONSET_S,
     DEFAULT_TARGET,
     INCIDENT_KINDS,
@@ -18,6 +19,7 @@ from stream_monitor.sim.incidents import (
 from stream_monitor.sim.traffic import Event, SimConfig, SimEvent, TopicKind, TrafficSimulator
 
 __all__ = [
+    "DATA_INCIDENT_KINDS",
     "DEFAULT_ONSET_S",
     "DEFAULT_TARGET",
     "INCIDENT_KINDS",

@@ -41,6 +41,21 @@ kind                          signal                 effect on matching requests
                                                      its first 4 items (duplicates in a slate)
 ============================  =====================  ===========================================  ========
 
+Incidents on the batch data path live in :data:`DATA_INCIDENT_KINDS`, apart from the request-path kinds
+above (whose registry the detection bench and the request-level tests iterate over):
+
+==================  ===================  ==============================================  ========
+kind                signal               effect                                          default
+==================  ===================  ==============================================  ========
+``dataset_late``    ``dataset_arrival``  partitions of one dataset (``dataset``, default  7200 s
+                                         user_features_hourly) due at or after onset
+                                         (and before the end) land ``magnitude``
+                                         seconds later than scheduled
+==================  ===================  ==============================================  ========
+
+A ``dataset_late`` needs the dataset in the simulator's ``SimConfig.datasets``; its ground-truth key is
+``{}`` (datasets have no slice) and its ``detail`` the dataset's name.
+
 Ground truth names the slice the monitor must report (:attr:`GroundTruth.key`, the incident's target) and,
 for ``stale_feature``, ``feature_drift``, ``null_spike`` and ``source_outage``, the feature or source in
 :attr:`GroundTruth.detail`.
@@ -63,6 +78,7 @@ from types import MappingProxyType
 
 __all__ = [
     "ARMS",
+    "DATA_INCIDENT_KINDS",
     "DEFAULT_ONSET_S",
     "DEFAULT_TARGET",
     "FRESHNESS_FEATURES",
@@ -130,6 +146,8 @@ class IncidentKind:
     # Default ``feature`` / ``source`` for kinds that take one; ``None``: the kind does not accept the key.
     default_feature: str | None = None
     default_source: str | None = None
+    # Default ``dataset`` for kinds on the batch data path (any name the simulator's config schedules).
+    default_dataset: str | None = None
     # The monitor sees this signal only fleet-wide: the ground-truth key is always {} and a spec naming no
     # slice targets every request instead of DEFAULT_TARGET.
     global_key: bool = False
@@ -250,6 +268,25 @@ INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
 )
 
 
+# Batch data-path incidents: kept out of INCIDENT_KINDS, which lists what bends request-level traffic.
+DATA_INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
+    {
+        "dataset_late": IncidentKind(
+            "dataset_late",
+            "dataset_arrival",
+            7200.0,
+            0.0,
+            7 * 86_400.0,
+            False,
+            "partitions of one dataset land magnitude seconds late",
+            global_key=True,
+            default_dataset="user_features_hourly",
+        )
+    }
+)
+_ALL_KINDS: Mapping[str, IncidentKind] = MappingProxyType({**INCIDENT_KINDS, **DATA_INCIDENT_KINDS})
+
+
 @dataclass(frozen=True, slots=True)
 class GroundTruth:
     """What a correct monitor reports for one incident: ``signal`` fires for the slice ``key``.
@@ -303,11 +340,12 @@ class Incident:
     stage: str | None = None
     feature: str | None = None
     source: str | None = None
+    dataset: str | None = None
 
     def __post_init__(self) -> None:
-        spec = INCIDENT_KINDS.get(self.kind)
+        spec = _ALL_KINDS.get(self.kind)
         if spec is None:
-            raise ValueError(f"unknown incident kind {self.kind!r}; expected one of {sorted(INCIDENT_KINDS)}")
+            raise ValueError(f"unknown incident kind {self.kind!r}; expected one of {sorted(_ALL_KINDS)}")
         if self.duration_ms is not None and self.duration_ms <= 0:
             raise ValueError(f"duration_ms must be positive or None, got {self.duration_ms!r}")
         magnitude = spec.default_magnitude if self.magnitude is None else float(self.magnitude)
@@ -321,6 +359,11 @@ class Incident:
             raise ValueError(f"stage applies only to latency_regression, not {self.kind}")
         feature = _check_choice(self.kind, "feature", self.feature, spec.default_feature, FRESHNESS_FEATURES)
         source = _check_choice(self.kind, "source", self.source, spec.default_source, SOURCES)
+        dataset = _check_choice(self.kind, "dataset", self.dataset, spec.default_dataset, None)
+        if dataset is not None and self.target:
+            raise ValueError(
+                f"{self.kind} hits a dataset, not a slice: give no target, got {dict(self.target)}"
+            )
         for dim, value in self.target.items():
             if dim not in TARGET_DIMS:
                 raise ValueError(f"unknown target dimension {dim!r}; expected one of {list(TARGET_DIMS)}")
@@ -332,6 +375,7 @@ class Incident:
         object.__setattr__(self, "stage", stage)
         object.__setattr__(self, "feature", feature)
         object.__setattr__(self, "source", source)
+        object.__setattr__(self, "dataset", dataset)
         object.__setattr__(self, "target", {d: self.target[d] for d in TARGET_DIMS if d in self.target})
 
     @property
@@ -342,23 +386,21 @@ class Incident:
     @property
     def signal(self) -> str:
         """Name of the monitor signal this incident must trip."""
-        return INCIDENT_KINDS[self.kind].signal
+        return _ALL_KINDS[self.kind].signal
 
     @property
     def factor(self) -> float:
         """The normalised magnitude (never ``None`` after construction)."""
         # __post_init__ always fills magnitude; the Optional type exists only for the constructor.
         return (
-            float(self.magnitude)
-            if self.magnitude is not None
-            else INCIDENT_KINDS[self.kind].default_magnitude
+            float(self.magnitude) if self.magnitude is not None else _ALL_KINDS[self.kind].default_magnitude
         )
 
     @property
     def ground_truth(self) -> GroundTruth:
         """The signal that must fire, the slice key it must name, and the feature or source at fault."""
-        key = {} if INCIDENT_KINDS[self.kind].global_key else dict(self.target)
-        detail = self.feature or self.source
+        key = {} if _ALL_KINDS[self.kind].global_key else dict(self.target)
+        detail = self.feature or self.source or self.dataset
         return GroundTruth(self.signal, key, self.onset_ms, self.stage, self.end_ms, detail)
 
     def active(self, ts_ms: int) -> bool:
@@ -381,7 +423,12 @@ class Incident:
             key += "} slice={" + ",".join(f"{k}={v}" for k, v in self.target.items())
         extra = "".join(
             f" {name}={value}"
-            for name, value in (("stage", self.stage), ("feature", self.feature), ("source", self.source))
+            for name, value in (
+                ("stage", self.stage),
+                ("feature", self.feature),
+                ("source", self.source),
+                ("dataset", self.dataset),
+            )
             if value
         )
         dur = "open-ended" if self.duration_ms is None else f"for {self.duration_ms / 1000:g}s"
@@ -392,15 +439,20 @@ class Incident:
 
 
 def _check_choice(
-    kind: str, name: str, value: str | None, default: str | None, allowed: tuple[str, ...]
+    kind: str, name: str, value: str | None, default: str | None, allowed: tuple[str, ...] | None
 ) -> str | None:
-    """Normalise an incident's ``feature`` / ``source``: the kind's default, a known value, or ``None``."""
+    """Normalise an incident's ``feature`` / ``source`` / ``dataset``: the kind's default, a known value
+    (any non-empty string when ``allowed`` is None), or ``None``."""
     if default is None:
         if value is not None:
-            users = [k.name for k in INCIDENT_KINDS.values() if getattr(k, f"default_{name}") is not None]
+            users = [k.name for k in _ALL_KINDS.values() if getattr(k, f"default_{name}") is not None]
             raise ValueError(f"{name} applies only to {', '.join(users)}, not {kind}")
         return None
     value = value or default
+    if allowed is None:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        return value
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
     return value
@@ -421,9 +473,10 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
 
     Keys: slice dimensions (``platform``, ``region``, ``tenure``, ``arm``, ``model``, ``surface``),
     ``stage`` (latency_regression only), ``feature`` (stale_feature only), ``source`` (source_outage only),
-    ``magnitude``, ``onset`` and ``duration`` (seconds; onset is relative to ``start_ms``). A spec naming no
-    slice dimension targets :data:`DEFAULT_TARGET` (region=eu), except for a kind whose ground truth is
-    global (engagement_logging_break), which then targets every request.
+    ``dataset`` (dataset_late only), ``magnitude``, ``onset`` and ``duration`` (seconds; onset is relative
+    to ``start_ms``). A spec naming no slice dimension targets :data:`DEFAULT_TARGET` (region=eu), except
+    for a kind whose ground truth is global (engagement_logging_break, dataset_late), which then targets
+    every request.
 
     >>> inc = parse_incident("latency_regression:region=eu,stage=ranking,magnitude=4,onset=900", 0)
     >>> inc.onset_ms, inc.target, inc.stage, inc.magnitude
@@ -439,6 +492,9 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
     'collab'
     >>> parse_incident("engagement_logging_break", 0).target
     {}
+    >>> parse_incident("dataset_late:magnitude=3600", 0).ground_truth  # doctest: +NORMALIZE_WHITESPACE
+    GroundTruth(signal='dataset_arrival', key={}, onset_ms=900000, stage=None, end_ms=None,
+                detail='user_features_hourly')
     >>> parse_incident("error_spike:region=mars", 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -446,9 +502,9 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
     """
     kind, sep, rest = spec.strip().partition(":")
     kind = kind.strip()
-    if kind not in INCIDENT_KINDS:
+    if kind not in _ALL_KINDS:
         raise ValueError(
-            f"incident spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(INCIDENT_KINDS)}"
+            f"incident spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(_ALL_KINDS)}"
         )
     if sep and not rest.strip():
         raise ValueError(f"incident spec {spec!r}: nothing after ':'; expected key=value pairs")
@@ -462,7 +518,7 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
             raise ValueError(f"incident spec {spec!r}: {name} given twice")
         seen[name] = value
 
-    spec_kind = INCIDENT_KINDS[kind]
+    spec_kind = _ALL_KINDS[kind]
     target: dict[str, str] = {}
     magnitude: float | None = None
     stage: str | None = None
@@ -478,7 +534,7 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                 )
             target[name] = value
         elif name == "stage":
-            if not INCIDENT_KINDS[kind].uses_stage:
+            if not spec_kind.uses_stage:
                 raise ValueError(f"incident spec {spec!r}: stage applies only to latency_regression")
             if value not in STAGES:
                 raise ValueError(
@@ -494,6 +550,11 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                 raise ValueError(
                     f"incident spec {spec!r}: unknown {name} {value!r}; expected one of {list(allowed)}"
                 )
+            choices[name] = value
+        elif name == "dataset":
+            if spec_kind.default_dataset is None:
+                users = [k.name for k in _ALL_KINDS.values() if k.default_dataset is not None]
+                raise ValueError(f"incident spec {spec!r}: dataset applies only to {', '.join(users)}")
             choices[name] = value
         elif name == "magnitude":
             magnitude = _parse_float(spec, name, value)
@@ -511,7 +572,7 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
                 raise ValueError(f"incident spec {spec!r}: duration={value!r} must be > 0 seconds")
             duration_ms = round(duration_s * 1000)
         else:
-            known = [*TARGET_DIMS, "stage", "feature", "source", "magnitude", "onset", "duration"]
+            known = [*TARGET_DIMS, "stage", "feature", "source", "magnitude", "onset", "duration", "dataset"]
             raise ValueError(f"incident spec {spec!r}: unknown key {name!r}; expected one of {known}")
     return Incident(
         kind=kind,
@@ -522,4 +583,5 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
         stage=stage,
         feature=choices.get("feature"),
         source=choices.get("source"),
+        dataset=choices.get("dataset"),
     )

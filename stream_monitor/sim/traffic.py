@@ -1,4 +1,4 @@
-"""Seeded traffic simulator: serving, engagement and deployment events of a recommender, in event-time order.
+"""Seeded traffic simulator: a recommender's serving, engagement, deployment and dataset events, in ts order.
 
 :class:`TrafficSimulator` produces the event contract the monitor consumes (as plain dicts ready for
 ``orjson.dumps``): one ``serving`` event per request, ``engagement`` events (impressions, clicks, plays,
@@ -17,12 +17,18 @@ Design choices that callers may rely on:
 * Incident-transparent: the random draws never depend on the incidents, so a run with incidents equals the
   run without them everywhere outside the incidents' slices and windows (the tests check this). For
   ``engagement_logging_break`` the window applies to each engagement event's own ``ts``.
-* Two random streams: everything the first version of the simulator drew comes from ``numpy`` generator
+* Several random streams: everything the first version of the simulator drew comes from ``numpy`` generator
   ``seed`` in the same order as before; draws added later (the ``days_since_signup`` feature age, the
   per-request and per-engagement-event uniforms of ``source_outage`` and ``engagement_logging_break``)
   come from a second generator seeded ``[seed, 1]``, so adding them changed no earlier field; the draws of
-  the profile incidents (null spikes, score, popularity and diversity collapses) come from a third,
+  the profile incidents (null spikes, score, popularity and diversity collapses) come from another,
   seeded ``[seed, 7]``.
+* Datasets (opt-in): for each ``(name, every_s, rows)`` in ``SimConfig.datasets`` a ``dataset`` event
+  announces one partition per period. Partition 0 (the period just before ``start_ms``) lands at
+  ``start_ms``; partition k >= 1 is due at ``start_ms + k * every`` and lands after a lognormal delay
+  (median min(5 min, every / 10), at most every / 3), with ``rows`` +/- 10 %. Those draws come from a
+  generator per partition, seeded ``[seed, 2, dataset index, k]``, so datasets change nothing else
+  in the stream, and a ``dataset_late`` incident only moves its partitions' landing times.
 * Ordered: events come out in non-decreasing ``ts``; engagement that lands later waits in a per-block
   calendar queue. A pull up to time T yields exactly the events with ``ts < T``; engagement scheduled past
   the end of a run is simply never yielded.
@@ -56,6 +62,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,9 +81,10 @@ from stream_monitor.sim.incidents import (
 
 __all__ = ["MAX_BLOCK_MS", "SOURCES", "Event", "SimConfig", "SimEvent", "TopicKind", "TrafficSimulator"]
 
-TopicKind = Literal["serving", "engagement", "deployment"]
+TopicKind = Literal["serving", "engagement", "deployment", "dataset"]
 Event = dict[str, Any]
-# (topic kind, Kafka key, event): the key is request_id for serving/engagement and model for deployments.
+# (topic kind, Kafka key, event): the key is request_id for serving/engagement, model for deployments and
+# the dataset name for datasets.
 SimEvent = tuple[TopicKind, bytes | None, Event]
 # Internal queue entry: (ts, kind, key, event).
 _Entry = tuple[int, TopicKind, bytes | None, Event]
@@ -154,6 +162,8 @@ class SimConfig:
     play_rate: float = 0.6
     complete_rate: float = 0.5
     engagement: bool = True
+    # Batch datasets announced by ``dataset`` events: (name, every_s, rows per partition). None by default.
+    datasets: tuple[tuple[str, float, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -175,6 +185,13 @@ class SimConfig:
         ):
             if not shares or any(w < 0 for _, w in shares) or sum(w for _, w in shares) <= 0:
                 raise ValueError(f"{name} needs at least one value and non-negative weights summing > 0")
+        for name, every_s, rows in self.datasets:
+            if not name or not every_s > 0 or not math.isfinite(every_s) or rows < 0:
+                raise ValueError(
+                    f"datasets: ({name!r}, {every_s!r}, {rows!r}) needs a name, every_s > 0, rows >= 0"
+                )
+        if len({name for name, _, _ in self.datasets}) != len(self.datasets):
+            raise ValueError("datasets: names must be unique")
         if set(dict(self.tenures)) - set(TENURES):
             raise ValueError(f"tenures must be drawn from {TENURES} (they shape features and sources)")
 
@@ -275,9 +292,11 @@ class TrafficSimulator:
         self._buf: list[_Entry] = []
         self._pos = 0
         self._now_ms = self.start_ms
-        self.counts: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0}
+        self.counts: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0, "dataset": 0}
         for event in self._deployments():
             self._pending[0].append((event["ts"], "deployment", str(event["model"]).encode(), event))
+        # Next partition index to schedule, per dataset (see _schedule_datasets).
+        self._next_partition = [0] * len(cfg.datasets)
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -331,7 +350,7 @@ class TrafficSimulator:
         # Lazy import keeps the module importable with numpy alone; orjson is a project dependency.
         import orjson
 
-        written: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0}
+        written: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0, "dataset": 0}
         with open(path, "wb") as fh:
             for kind, _key, event in self.events(duration_s):
                 fh.write(orjson.dumps(event))
@@ -351,7 +370,13 @@ class TrafficSimulator:
             "surface": {s for _, s in cfg.models},
             "arm": set(cfg.arms),
         }
+        datasets = {name for name, _, _ in cfg.datasets}
         for inc in self.incidents:
+            if inc.dataset is not None and inc.dataset not in datasets:
+                raise ValueError(
+                    f"incident {inc.kind} targets dataset {inc.dataset!r}, which the simulator does not "
+                    f"schedule; SimConfig.datasets has {sorted(datasets)}"
+                )
             for dim, value in inc.target.items():
                 if value not in vocab[dim]:
                     # An incident on a slice that never receives traffic would have unreachable ground truth.
@@ -364,6 +389,8 @@ class TrafficSimulator:
         """Make the next block current: its requests merged with the engagement that falls inside it."""
         block = self._next_block
         self._next_block += 1
+        if self._next_partition:
+            self._schedule_datasets(self.start_ms + (block + 1) * self.block_ms)
         # A block allocates thousands of acyclic dicts while tens of thousands more wait in the queue; letting
         # the cyclic GC rescan them every few hundred allocations costs 25-50 % of generation speed. Pausing
         # it for the block only delays collection (it resumes right after) and never affects correctness.
@@ -415,6 +442,36 @@ class TrafficSimulator:
                 )
         return out
 
+    def _schedule_datasets(self, until_ms: int) -> None:
+        """Queue the dataset partitions due before ``until_ms`` (each lands at or after its due time)."""
+        start = self.start_ms
+        for index, (name, every_s, rows) in enumerate(self.config.datasets):
+            every_ms = round(every_s * 1000)
+            while start + self._next_partition[index] * every_ms < until_ms:
+                k = self._next_partition[index]
+                self._next_partition[index] = k + 1
+                due = start + k * every_ms
+                # Third stream, one generator per partition: independent of everything else and of chunking.
+                rng = np.random.default_rng([self.seed, 2, index, k])
+                median_ms = min(300_000.0, every_ms / 10)
+                delay = min(float(np.exp(np.log(median_ms) + 0.5 * rng.standard_normal())), every_ms / 3)
+                count = round(rows * float(rng.uniform(0.9, 1.1)))
+                landed = due + (0 if k == 0 else round(delay))
+                for inc in self.incidents:
+                    if inc.dataset == name and inc.active(due):
+                        landed += round(inc.factor * 1000)
+                period = datetime.fromtimestamp((due - every_ms) / 1000, tz=UTC)
+                event: Event = {
+                    "type": "dataset",
+                    "name": name,
+                    "partition": period.strftime("%Y-%m-%dT%H:%M"),
+                    "ts": landed,
+                    "rows": count,
+                }
+                self._pending[(landed - start) // self.block_ms].append(
+                    (landed, "dataset", name.encode(), event)
+                )
+
     def _draw_slates(self, n: int) -> IntArray:
         """(n, slate_size) popularity ranks, distinct within each row."""
         k = self.config.slate_size
@@ -440,6 +497,8 @@ class TrafficSimulator:
         """Per incident: (incident, request in its slice, request in its slice and window)."""
         out: list[tuple[Incident, BoolArray, BoolArray]] = []
         for inc in self.incidents:
+            if inc.dataset is not None:
+                continue  # a data-path incident: it moves dataset events only (see _schedule_datasets)
             in_slice = np.ones(len(ts), dtype=bool)
             for dim, value in inc.target.items():
                 # Compare integer codes, not strings: the value's code is its index in the dim's names.

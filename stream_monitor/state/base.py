@@ -113,3 +113,7 @@ class StateStore(Protocol):
     def deployments(self) -> dict[str, dict[str, bytes]]:
         """Latest deployment record per model and arm."""
         ...
+
+    def datasets(self) -> dict[str, bytes]:
+        """Newest arrival record (by event ts) per dataset name, as committed with the batches."""
+        ...

@@ -3,7 +3,7 @@
 --   {"now": "<wall ms>", "window_ttl_s": N,
 --    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
 --               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...},
---               "deployments": [[model, arm, record], ...]}]}
+--               "deployments": [[model, arm, record], ...], "datasets": [[name, "<ts>", record], ...]}]}
 -- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json,
 -- conflict_tps_json}. A "lost" partition has no epoch at all: the store lost its state (e.g. Redis
 -- restarted empty). A delta whose epoch matches and whose next offset equals the stored one was applied
@@ -43,6 +43,14 @@ for _, part in ipairs(doc.parts) do
     end
     for _, deployment in ipairs(part.deployments) do
       redis.call('HSET', p .. ':deploy:' .. deployment[1], deployment[2], deployment[3])
+    end
+    -- The newest arrival per dataset by event ts (a re-published partition with the same ts replaces).
+    for _, arrival in ipairs(part.datasets or {}) do
+      local old_ts = redis.call('HGET', p .. ':datasets_ts', arrival[1])
+      if not old_ts or tonumber(arrival[2]) >= tonumber(old_ts) then
+        redis.call('HSET', p .. ':datasets', arrival[1], arrival[3])
+        redis.call('HSET', p .. ':datasets_ts', arrival[1], arrival[2])
+      end
     end
     for name, value in pairs(part.counts) do
       redis.call('HINCRBY', p .. ':totals', name, value)

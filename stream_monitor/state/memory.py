@@ -35,6 +35,7 @@ class MemoryStore:
         self._totals: dict[str, int] = {}
         self._leases: dict[str, tuple[str, int]] = {}
         self._deployments: dict[str, dict[str, bytes]] = {}
+        self._datasets: dict[str, tuple[int, bytes]] = {}
 
     def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
         with self._lock:
@@ -71,6 +72,10 @@ class MemoryStore:
                     continue
                 for model, arm, record in delta.deployments:
                     self._deployments.setdefault(model, {})[arm] = record
+                for name, ts, record in delta.datasets:
+                    # The newest partition by event time; an equal ts (a re-published partition) replaces.
+                    if ts >= self._datasets.get(name, (ts, b""))[0]:
+                        self._datasets[name] = (ts, record)
                 for start, sums in delta.windows.items():
                     if closed is not None and start < closed:
                         result.late_events += delta.window_events.get(start, 0)
@@ -150,3 +155,7 @@ class MemoryStore:
     def deployments(self) -> dict[str, dict[str, bytes]]:
         with self._lock:
             return {m: dict(arms) for m, arms in self._deployments.items()}
+
+    def datasets(self) -> dict[str, bytes]:
+        with self._lock:
+            return {name: record for name, (_ts, record) in self._datasets.items()}

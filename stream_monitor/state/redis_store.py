@@ -8,6 +8,7 @@ each partition's epoch and offset and applies or refuses its delta as a unit. Ke
 ``:windows``  sorted set of open window starts;  ``:closed_before``  first start still open
 ``:detector``  detector checkpoint (versioned JSON, never pickle);  ``:totals``  message counters
 ``:deploy:<model>``  latest deployment record per arm;  ``:lease:<name>``  closer lease
+``:datasets``  newest arrival record per dataset;  ``:datasets_ts``  its event ts (for "newest" in Lua)
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class RedisStore:
                     "events": {str(s): n for s, n in d.window_events.items()},
                     "counts": d.counts,
                     "deployments": [[m, a, r.decode()] for m, a, r in d.deployments],
+                    "datasets": [[n, str(ts), r.decode()] for n, ts, r in d.datasets],
                 }
                 for d in deltas
             ],
@@ -164,3 +166,7 @@ class RedisStore:
             model = key.decode().split(":deploy:", 1)[1]
             out[model] = {a.decode(): bytes(v) for a, v in self._call(self.client.hgetall, key).items()}
         return out
+
+    def datasets(self) -> dict[str, bytes]:
+        raw = self._call(self.client.hgetall, f"{self.prefix}:datasets")
+        return {k.decode(): bytes(v) for k, v in raw.items()}

@@ -192,3 +192,35 @@ def test_deployments_commit_with_their_offsets(store: StateStore) -> None:
     stale.deployments = [("m", "canary", b'{"v": 3}')]
     assert store.commit([stale], {TP: 1}, now_ms=3).refused == [TP]
     assert store.deployments() == {"m": {"canary": b'{"v": 2}'}}
+
+
+def test_datasets_keep_the_newest_arrival_by_event_time(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    batch = delta(0, 3, {})
+    batch.datasets = [("f", 2_000, b'{"p": 2}'), ("f", 1_000, b'{"p": 1}'), ("g", 5, b'{"g": 1}')]
+    assert store.commit([batch], {TP: 1}, now_ms=1).applied == [TP]
+    # A backfilled older partition does not replace the newest; the same ts again (re-published) does.
+    assert store.datasets() == {"f": b'{"p": 2}', "g": b'{"g": 1}'}
+    later = delta(3, 5, {})
+    later.datasets = [("f", 1_500, b'{"p": 1.5}'), ("f", 2_000, b'{"p": 2, "fixed": true}')]
+    store.commit([later], {TP: 1}, now_ms=2)
+    assert store.datasets()["f"] == b'{"p": 2, "fixed": true}'
+
+
+def test_datasets_commit_exactly_once_with_their_offsets(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    batch = delta(0, 2, {})
+    batch.datasets = [("f", 1_000, b'{"p": 1}')]
+    store.commit([batch], {TP: 1}, now_ms=1)
+    newer = delta(2, 3, {})
+    newer.datasets = [("f", 3_000, b'{"p": 3}')]
+    # An identical retry (its reply was lost) is recognised and writes nothing twice.
+    store.commit([newer], {TP: 1}, now_ms=2)
+    assert store.commit([newer], {TP: 1}, now_ms=3).applied == [TP]
+    assert store.datasets() == {"f": b'{"p": 3}'}
+    store.claim([TP], now_ms=4)  # someone else took over: a stale commit must not write arrivals
+    stale = delta(3, 4, {})
+    stale.datasets = [("f", 9_000, b'{"p": 9}')]
+    assert store.commit([stale], {TP: 1}, now_ms=5).refused == [TP]
+    assert store.datasets() == {"f": b'{"p": 3}'}
+    assert store.totals()["consumed"] == 3

@@ -45,7 +45,7 @@ class Deployment:
     def topics(self) -> dict[str, str]:
         return {
             name: f"it-{self.tag}.{name}"
-            for name in ("serving", "engagement", "deployments", "alerts", "health", "deadletter")
+            for name in ("serving", "engagement", "deployments", "datasets", "alerts", "health", "deadletter")
         }
 
     @property
@@ -219,6 +219,7 @@ def events_to_messages(
         "serving": dep.topics["serving"],
         "engagement": dep.topics["engagement"],
         "deployment": dep.topics["deployments"],
+        "dataset": dep.topics["datasets"],
     }
     return [(topic[kind], key, orjson.dumps(event)) for kind, key, event in events]
 

@@ -762,6 +762,8 @@ BAD_STATES: list[Any] = [
     pytest.param(None, "must be a JSON object, got NoneType", id="null"),
     pytest.param({**_valid_doc(), "version": 4}, "version 4 is not 3", id="future version"),
     pytest.param({**_valid_doc(), "version": "1"}, "version '1' is not 3", id="version as string"),
+    pytest.param({**_valid_doc(), "slo_history": {"k": [1, 0, 5]}}, "pairs", id="slo history odd"),
+    pytest.param({**_valid_doc(), "slo_history": {"k": "10"}}, "malformed", id="slo history string"),
     pytest.param({k: v for k, v in _valid_doc().items() if k != "version"}, "version None", id="no version"),
     pytest.param({"version": 1}, "malformed", id="version only"),
     pytest.param({k: v for k, v in _valid_doc().items() if k != "open_alerts"}, "malformed", id="no alerts"),

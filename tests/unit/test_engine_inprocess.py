@@ -128,6 +128,19 @@ def _window_ms(alert: Alert) -> int:
     return alert.window["start"]
 
 
+# SLO burn alerts are symptoms of a whole series (model, version, arm, surface), not localised diagnoses:
+# an error spike in one region rightly burns the series' error budget too. tests/unit/test_slo_inprocess.py
+# covers them; the localisation checks here leave them out.
+SLO_SIGNAL = "error_budget_burn"
+
+
+def _diagnoses(alerts: list[Alert]) -> list[Alert]:
+    top = set(_topology().segment_dims)
+    slo = [a for a in alerts if a.signal == SLO_SIGNAL]
+    assert all(a.key[d] == "*" for a in slo for d in top), [a.series for a in slo]
+    return [a for a in alerts if a.signal != SLO_SIGNAL]
+
+
 # -- every incident kind is detected, localised and cleared ---------------------------------------------
 
 
@@ -139,7 +152,7 @@ def test_incident_fires_on_its_ground_truth_slice(kind: str) -> None:
     size = _topology().window.size_ms
     onset_window = _topology().window.start_of(truth.onset_ms)
 
-    firing = [a for a in run.alerts.alerts if a.status == "firing"]
+    firing = _diagnoses([a for a in run.alerts.alerts if a.status == "firing"])
     assert all(_window_ms(a) >= onset_window for a in firing), "an alert fired before the incident began"
     hits = sorted((a for a in firing if _matches(a, truth)), key=_window_ms)
     assert hits, (
@@ -183,9 +196,11 @@ def test_incident_alert_resolves_after_the_incident_ends(kind: str) -> None:
     assert truth.end_ms <= _window_ms(done) < truth.end_ms + DETECT_WITHIN_WINDOWS * size
     assert done.opened_at == first.opened_at
     assert done.dedupe_key == first.dedupe_key
-    # Nothing is left open once the incident is over.
-    open_ids = {a.id for a in run.alerts.alerts if a.status == "firing"} - {
-        a.id for a in run.alerts.alerts if a.status == "resolved"
+    # Nothing is left open once the incident is over (an SLO ticket may be: its 30 min window still
+    # holds the incident).
+    diagnoses = _diagnoses(run.alerts.alerts)
+    open_ids = {a.id for a in diagnoses if a.status == "firing"} - {
+        a.id for a in diagnoses if a.status == "resolved"
     }
     assert open_ids == set()
 
@@ -219,7 +234,7 @@ def test_global_incident_is_reported_once_at_the_top_level() -> None:
     incident = Incident("error_spike", onset_ms=ONSET_MS, duration_ms=INCIDENT_MS, target={})
     run = _start(INCIDENT_SEED, (incident,))
     run.drive(ONSET_MS + 3 * MINUTE)
-    firing = [a for a in run.alerts.alerts if a.status == "firing"]
+    firing = _diagnoses([a for a in run.alerts.alerts if a.status == "firing"])
     assert [(a.signal, {k: v for k, v in a.key.items() if v != "*"}) for a in firing] == [
         (
             "error_rate",

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "docs" / "schemas"
 EVENTS_MD = ROOT / "docs" / "events.md"
-SCHEMA_NAMES = ("serving", "engagement", "deployment", "alert", "deadletter")
-INPUT_EVENTS = ("serving", "engagement", "deployment")
+SCHEMA_NAMES = ("serving", "engagement", "deployment", "dataset", "alert", "deadletter")
+INPUT_EVENTS = ("serving", "engagement", "deployment", "dataset")
 
 _BLOCK = re.compile(r"^```json[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"<!--\s*(schema|invalid):\s*([a-z_]+)\s*-->\s*\Z")
@@ -277,6 +277,54 @@ def test_invalid_deployment_event_is_rejected(path: str, value: Any) -> None:
     assert _errors("deployment", doc) != []
     with pytest.raises(EventError):
         parse_event(json.dumps(doc).encode(), expected="deployment")
+
+
+DATASET: dict[str, Any] = {
+    "type": "dataset",
+    "name": "user_features_hourly",
+    "partition": "2025-11-25T15:00",
+    "ts": 1764086652000,
+    "rows": 1204331,
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        ("name", _DROP, "missing_field"),
+        ("name", "", "invalid_field"),
+        ("name", "n" * 129, "invalid_field"),
+        ("partition", 15, "invalid_field"),
+        ("partition", _DROP, "missing_field"),
+        ("ts", _DROP, "missing_field"),
+        ("ts", 1764086652, "invalid_field"),
+        ("rows", -1, "invalid_field"),
+        ("rows", 1.5, "invalid_field"),
+        ("rows", True, "invalid_field"),
+        ("rows", "1000", "invalid_field"),
+        ("rows", _DROP, "missing_field"),
+        ("type", "deployment", "unknown_type"),
+    ],
+)
+def test_invalid_dataset_event_is_rejected(path: str, value: Any, reason: str) -> None:
+    doc = _with(DATASET, path, value)
+    assert _errors("dataset", doc) != []
+    with pytest.raises(EventError) as caught:
+        parse_event(json.dumps(doc).encode(), expected="dataset")
+    assert caught.value.reason == reason
+    assert caught.value.field == path
+
+
+def test_valid_dataset_event_parses() -> None:
+    assert _errors("dataset", DATASET) == []
+    event = parse_event(json.dumps({**DATASET, "ts": "2025-11-25T16:04:12Z"}).encode(), expected="dataset")
+    assert (event.name, event.partition, event.ts, event.rows) == (  # type: ignore[union-attr]
+        "user_features_hourly",
+        "2025-11-25T15:00",
+        1764086652000,
+        1204331,
+    )
+    assert _errors("dataset", {**DATASET, "rows": 0}) == []
 
 
 def _documented(name: str) -> dict[str, Any]:
