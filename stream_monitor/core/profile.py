@@ -34,6 +34,7 @@ __all__ = [
     "benjamini_hochberg",
     "chi2_sf",
     "drift_pvalue",
+    "effective_count",
     "gini",
     "jensen_shannon",
     "linear_count",
@@ -337,6 +338,22 @@ def top_share(buckets: Mapping[int, float], k: int) -> float:
     if total <= 0:
         return 0.0
     return sum(sorted(buckets.values(), reverse=True)[:k]) / total
+
+
+def effective_count(buckets: Mapping[int, float]) -> float:
+    """The number of equally served items that would be as concentrated as ``buckets`` (inverse Simpson
+    index, with the unbiased estimate of the sum of squared shares, so it does not depend on the volume).
+
+    >>> round(effective_count({i: 10 for i in range(50)})), round(effective_count({0: 990, 1: 10}), 2)
+    (55, 1.02)
+    """
+    total = sum(buckets.values())
+    if total < 2:
+        return 0.0
+    pairs = sum(c * (c - 1) for c in buckets.values())
+    if pairs <= 0:
+        return float(len(buckets))
+    return total * (total - 1) / pairs
 
 
 def gini(buckets: Mapping[int, float], m: int) -> float:

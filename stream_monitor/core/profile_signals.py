@@ -29,6 +29,7 @@ from stream_monitor.core.aggregates import ALL, SEP_SERIES
 from stream_monitor.core.profile import (
     benjamini_hochberg,
     drift_pvalue,
+    effective_count,
     gini,
     jensen_shannon,
     linear_count,
@@ -53,6 +54,8 @@ __all__ = ["PROFILE_RATE_SIGNALS", "ProfileEvaluator", "RateSpec"]
 
 PROFILE_RATE_SIGNALS = frozenset({"feature_quality", "score_collapse", "diversity", "position_score"})
 MAX_PROFILES = 5_000
+# A slice's residual still shows a popularity collapse when its reference head takes this much more of it.
+HEAD_SHARE_RISE = 0.15
 _VERSION = KEY_DIMS.index("model_version")
 
 
@@ -241,7 +244,7 @@ class ProfileEvaluator:
         references: dict[tuple[tuple[str, ...], str], dict[str, float]] = {}
         self._drift(levels, profiles, values, mine, references)
         if self.ranking.enabled:
-            self._slate_baselines(levels, baselines, values, mine)
+            self._slate_baselines(levels, profiles, baselines, values, mine, references)
         # A collapse explains the symptoms it causes: constant scores are also a score drift and an entropy
         # drop, a popularity collapse also shrinks coverage. Report the cause only.
         causes = {b.key for b in ceiling if (b.signal, b.metric) == ("score_collapse", "constant_slate_rate")}
@@ -401,10 +404,14 @@ class ProfileEvaluator:
                 items = rest.hists.get("it", {})
                 if rest.counters.get("rk.slates", 0) < self.ranking.min_slates or not items:
                     return False
-                return (
-                    breach.threshold is not None
-                    and top_share(_int_keys(items), self.ranking.top_k) > breach.threshold
-                )
+                # Gini depends on volume, so a smaller residual cannot be judged against the slice's limit.
+                # Instead: does the residual still pile onto the items that usually take half of the
+                # slice's exposure (its reference's head), or is it back to the usual share?
+                reference = references.get((breach.key, "it"))
+                if not reference or sum(items.values()) < 50:
+                    return False
+                usual, now = _head_share(items, reference)
+                return now - usual > HEAD_SHARE_RISE
             hist_name = "sc" if breach.signal == "score_drift" else _hist_of(breach.metric, self.features)
             current = rest.hists.get(hist_name or "", {})
             reference = references.get((breach.key, hist_name or ""))
@@ -419,14 +426,14 @@ class ProfileEvaluator:
             if (
                 breach.signal in explainable
                 and dim_of(breach.key) is not None
-                and breach.metric.startswith(("psi", "top"))
+                and breach.metric.startswith(("psi", "gini"))
             ):
                 groups.setdefault((breach.signal, breach.metric, breach.key[:n_base]), []).append(breach)
             else:
                 kept.append(breach)
         for group in groups.values():
             chosen: list[Breach] = []
-            for breach in sorted(group, key=lambda b: -(b.observed / b.threshold if b.threshold else 0.0)):
+            for breach in sorted(group, key=lambda b: -_strength(b)):
                 explained = False
                 for by in chosen:
                     if dim_of(by.key) == dim_of(breach.key):
@@ -464,9 +471,11 @@ class ProfileEvaluator:
     def _slate_baselines(
         self,
         levels: Mapping[tuple[str, ...], SeriesStats],
+        profiles: dict[str, Any],
         baselines: dict[str, list[float]],
         values: list[SignalValue],
         floor: list[Breach],
+        references: dict[tuple[tuple[str, ...], str], dict[str, float]],
     ) -> None:
         rk = self.ranking
         n_score_bins = rk.score_bins + 2
@@ -478,31 +487,31 @@ class ProfileEvaluator:
             items = stats.hists.get("it", {})
             served = sum(items.values())
             buckets = _int_keys(items)
-            checks: list[tuple[str, str, float | None, str]] = [
+            checks: list[tuple[str, str, float | None]] = [
                 (
                     "score_collapse",
                     "entropy",
                     normalised_entropy(stats.hists.get("sc", {}), n_score_bins),
-                    "down",
                 ),
-                (
-                    "popularity",
-                    f"top{rk.top_k}_share",
-                    top_share(buckets, rk.top_k) if served else None,
-                    "up",
-                ),
+                ("popularity", "gini", gini(buckets, rk.item_buckets) if served else None),
                 (
                     "diversity",
                     "distinct_items",
                     linear_count(buckets, rk.item_buckets) * rk.item_sample if served else None,
-                    "down",
                 ),
             ]
             if served:
-                values.append(SignalValue("popularity", "gini", key, gini(buckets, rk.item_buckets)))
+                values.append(
+                    SignalValue("popularity", f"top{rk.top_k}_share", key, top_share(buckets, rk.top_k))
+                )
+                values.append(
+                    SignalValue(
+                        "popularity", "effective_items", key, effective_count(buckets) * rk.item_sample
+                    )
+                )
             volume = touch_history(baselines, f"diversity|served_items|{series}")
             usual_volume = statistics.median(volume) if len(volume) >= rk.min_history else None
-            for signal, metric, value, side in checks:
+            for signal, metric, value in checks:
                 if value is None or math.isinf(value):
                     continue
                 values.append(SignalValue(signal, metric, key, value))
@@ -510,29 +519,31 @@ class ProfileEvaluator:
                 breached = False
                 if len(past) >= rk.min_history:
                     expected = statistics.median(past)
-                    if side == "up":
-                        limit = expected + rk.top_share_rise
+                    if metric == "gini":
+                        limit = expected + rk.gini_rise
                         breached = value > limit
                         text = (
-                            f"the top {rk.top_k} item buckets take {value:.1%} of served items, "
-                            f"against a trailing median of {expected:.1%}"
+                            f"item exposure Gini {value:.2f} against a trailing median of {expected:.2f}: "
+                            "recommendations concentrate on fewer items"
                         )
-                    else:
-                        ratio = rk.entropy_drop_ratio if metric == "entropy" else rk.coverage_drop_ratio
-                        limit = expected * (1.0 - ratio)
+                    elif metric == "entropy":
+                        limit = expected * (1.0 - rk.entropy_drop_ratio)
                         breached = value < limit
-                        # Fewer requests serve fewer distinct items: coverage is judged only at usual volume.
-                        if metric == "distinct_items" and (
-                            usual_volume is None or served < 0.7 * usual_volume
-                        ):
-                            breached = False
                         text = (
                             f"score entropy {value:.2f} against a trailing median of {expected:.2f}: "
                             "scores collapsed"
-                            if metric == "entropy"
-                            else f"about {value:.0f} distinct items served against a trailing median of "
+                        )
+                    else:
+                        limit = expected * (1.0 - rk.coverage_drop_ratio)
+                        breached = value < limit
+                        text = (
+                            f"about {value:.0f} distinct items served against a trailing median of "
                             f"{expected:.0f}"
                         )
+                    # Gini and coverage depend on how many items were served: fewer requests serve fewer
+                    # distinct items. They are judged only at (at least 70 % of) the usual volume.
+                    if metric != "entropy" and (usual_volume is None or served < 0.7 * usual_volume):
+                        breached = False
                     if breached:
                         floor.append(
                             Breach(
@@ -542,7 +553,7 @@ class ProfileEvaluator:
                                 value,
                                 expected,
                                 limit,
-                                "ratio" if metric != "distinct_items" else "items",
+                                "items" if metric == "distinct_items" else "ratio",
                                 "warning",
                                 text,
                             )
@@ -551,8 +562,37 @@ class ProfileEvaluator:
                     past.append(value)
                     del past[: -rk.baseline_windows]
             if served:
+                # The item exposure reference of the slice: what a slice breach is explained against.
+                exposure = _touch(profiles, f"ref|it|{series}")
+                references[(key, "it")] = dict(exposure.get("c", {}))
+                if not any(b.key == key and b.signal == "popularity" for b in floor):
+                    _decay_add(exposure, items, self._decay)
                 volume.append(served)
                 del volume[: -rk.baseline_windows]
+
+
+def _head_share(items: Mapping[str, float], reference: Mapping[str, float]) -> tuple[float, float]:
+    """(share of the reference, share of ``items``) in the reference's head: its fullest buckets that
+    together hold half of its counts."""
+    total = sum(reference.values())
+    head: set[str] = set()
+    held = 0.0
+    for bucket, count in sorted(reference.items(), key=lambda kv: -kv[1]):
+        if held >= total / 2:
+            break
+        head.add(bucket)
+        held += count
+    served = sum(items.values())
+    if total <= 0 or served <= 0:
+        return 0.0, 0.0
+    return held / total, sum(c for b, c in items.items() if b in head) / served
+
+
+def _strength(breach: Breach) -> float:
+    """How far past its limit a breach is (above a ceiling, or below a floor)."""
+    if not breach.threshold:
+        return 0.0
+    return breach.observed / breach.threshold
 
 
 def _contains(key: tuple[str, ...], slice_key: tuple[str, ...]) -> bool:

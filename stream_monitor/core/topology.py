@@ -188,7 +188,7 @@ class RankingRule:
     baseline_windows: int = 15
     min_history: int = 5
     coverage_drop_ratio: float = 0.5
-    top_share_rise: float = 0.15
+    gini_rise: float = 0.05
     entropy_drop_ratio: float = 0.5
     z: float = 2.326
     clear_ratio: float = 0.8

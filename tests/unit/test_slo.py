@@ -264,7 +264,7 @@ def test_the_evaluator_computes_burn_rates_only_with_a_history() -> None:
     values, breaches, _ = evaluator.evaluate(fields, {}, {})
     assert not [v for v in values if v.signal == "error_budget_burn"]
     history: dict[str, list[int]] = {}
-    values, breaches, _ = evaluator.evaluate(fields, {}, {}, {}, history)
+    values, breaches, _ = evaluator.evaluate(fields, {}, {}, {}, slo_history=history)
     burns = {(v.metric, v.key): v.value for v in values if v.signal == "error_budget_burn"}
     top = ("m", "v1", "control", "home", "*")
     assert burns[("availability.page", top)] == 500.0  # 50 % errors against 0.1 %
@@ -350,7 +350,7 @@ def test_burn_rates_reach_prometheus_with_bounded_labels() -> None:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry, topology.segment_dims)
     history: dict[str, list[int]] = {}
-    values, _, _ = evaluator.evaluate(fields, {}, {}, {}, history)
+    values, _, _ = evaluator.evaluate(fields, {}, {}, {}, slo_history=history)
     metrics.set_signals(values)
     samples = [
         s.labels
