@@ -243,7 +243,10 @@ class _Process:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        # Faust keeps an "<app id>-data" directory in the working directory: keep it with the logs.
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent
+        )
 
     @property
     def pid(self) -> int:
@@ -821,7 +824,11 @@ def _run_format(
     backlog_end -= backlog_end % size  # the live part starts on a window boundary
     incidents = _latency_incidents(config, backlog_end, size) if config.latency_rounds else []
     sim = _sim(config, start_ms, incidents)
-    result: dict[str, Any] = {"format": fmt, "ndjson_batch": config.ndjson_batch if fmt == "ndjson" else 1}
+    result: dict[str, Any] = {
+        "format": fmt,
+        "ndjson_batch": config.ndjson_batch if fmt == "ndjson" else 1,
+        "redis_prefix": run.prefix,
+    }
     worker: _Process | None = None
     naive: _Process | None = None
     try:
@@ -1025,6 +1032,7 @@ def _run_series(
         row = {
             "series": count,
             "events": total,
+            "redis_prefix": run.prefix,
             "topology_override": override,
             "tracked_series": state["series"],
             "worker_rss_idle_mb": rss_idle,
