@@ -1094,9 +1094,14 @@ def run_throughput_bench(
                 config, fmt, (bootstrap, redis_url), topology, log_dir, progress
             )
         for count in config.series_counts:
-            report["memory"].append(
-                _run_series(config, count, (bootstrap, redis_url), topology, log_dir, progress)
-            )
+            try:
+                row = _run_series(config, count, (bootstrap, redis_url), topology, log_dir, progress)
+            except (BenchError, redis.RedisError) as exc:
+                # A count this machine or Redis cannot take is a result too: say what failed.
+                progress(f"series {count}: failed: {str(exc).splitlines()[0]}")
+                row = {"series": count, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            report["memory"].append(row)
+
     report["environment"]["end"] = _environment()
     return report
 
@@ -1163,6 +1168,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{'Redis +MB':>9} {'B/series':>8} {'non-sketch B/series':>19} {'override':>18}"
         )
         for m in report["memory"]:
+            if "error" in m:
+                lines.append(f"{_fmt(m['series']):>8} failed: {m['error']}")
+                continue
             s = m["state"]
             lines.append(
                 f"{_fmt(m['series']):>8} {_fmt(m['tracked_series']):>8} {_fmt(m['events']):>9} "
