@@ -179,12 +179,23 @@ class Engine:
         if offset < claim.next_offset:
             self._count(self._skipped, topic)
             return
+        # Read the clock once per message, not per event: a batched message is one delivery.
+        now = self.clock.now_ms()
         if not ndjson:
-            self._ingest_one(kind, tp, topic, partition, offset, key, value, timestamp_ms, None)
+            self._count(self._consumed, topic)
+            if self._ingest_one(kind, tp, topic, partition, offset, key, value, timestamp_ms, None, now):
+                self._count(self._accepted, topic)
             return
+        consumed = accepted = 0
+        ingest_one = self._ingest_one
         for number, line in enumerate(value.split(b"\n"), 1):
             if line.strip():
-                self._ingest_one(kind, tp, topic, partition, offset, key, line, timestamp_ms, number)
+                consumed += 1
+                accepted += ingest_one(
+                    kind, tp, topic, partition, offset, key, line, timestamp_ms, number, now
+                )
+        self._count(self._consumed, topic, consumed)
+        self._count(self._accepted, topic, accepted)
 
     def _ingest_one(
         self,
@@ -197,29 +208,33 @@ class Engine:
         value: bytes,
         timestamp_ms: int | None,
         line: int | None,
-    ) -> None:
-        self._count(self._consumed, topic)
+        now: int,
+    ) -> bool:
+        """Count one event; False when it was dead-lettered instead."""
         try:
             event = parse_event(value, expected=kind)
         except EventError as exc:
             self._reject(tp, topic, partition, offset, key, value, timestamp_ms, exc.reason, str(exc), line)
-            return
-        if isinstance(event, ServingEvent | EngagementEvent):
-            reason = self._timing_problem(event.ts)
-            if reason is not None:
-                self._reject(tp, topic, partition, offset, key, value, timestamp_ms, *reason, line)
-                return
-            if isinstance(event, ServingEvent):
-                self.accumulator.add_serving(tp, offset, event)
-            else:
+            return False
+        if isinstance(event, EngagementEvent | ServingEvent):
+            ts = event.ts
+            closed_before = self._closed_before
+            if (closed_before is not None and ts < closed_before) or ts > now + self.options.max_future_ms:
+                reason = self._timing_problem(ts, now)
+                if reason is not None:
+                    self._reject(tp, topic, partition, offset, key, value, timestamp_ms, *reason, line)
+                    return False
+            if isinstance(event, EngagementEvent):
                 self.accumulator.add_engagement(tp, offset, event)
+            else:
+                self.accumulator.add_serving(tp, offset, event)
         elif isinstance(event, DatasetEvent):
             if not self._add_dataset(tp, topic, partition, offset, key, value, timestamp_ms, line, event):
-                return
+                return False
         else:
             record = self._deployment_record(event)
             self.accumulator.add_deployment(tp, offset, event.model, event.arm, record)
-        self._count(self._accepted, topic)
+        return True
 
     def _add_dataset(
         self,
@@ -249,19 +264,18 @@ class Engine:
         return True
 
     @staticmethod
-    def _count(counts: dict[str, int], topic: str) -> None:
+    def _count(counts: dict[str, int], topic: str, n: int = 1) -> None:
         # Plain dict counts on the hot path; they reach Prometheus once per commit (labels() per event
         # would cost more than parsing the event).
-        counts[topic] = counts.get(topic, 0) + 1
+        counts[topic] = counts.get(topic, 0) + n
 
     def note_highwater(self, topic: str, partition: int, highwater: int | None) -> None:
         """The partition's log-end offset as the consumer last saw it (see PartitionDelta.highwater)."""
         self.accumulator.note_highwater(f"{topic}/{partition}", highwater)
 
-    def _timing_problem(self, ts: int) -> tuple[str, str] | None:
+    def _timing_problem(self, ts: int, now: int) -> tuple[str, str] | None:
         if self._closed_before is not None and ts < self._closed_before:
             return ("late_event", f"ts: {ts} is in a window that closed at {self._closed_before}")
-        now = self.clock.now_ms()
         if ts > now + self.options.max_future_ms:
             return ("future_event", f"ts: {ts} is {(ts - now) // 1000} s in the future")
         return None

@@ -5,7 +5,16 @@ few seeds) and clean traffic through the same in-process engine as ``demo`` and 
 per incident kind and magnitude the recall, the detection delay and whether the alert named the right
 slice, plus false alerts per simulated day, for the monitor and for baselines (static thresholds without
 localisation, the default detector stack per series, river's HalfSpaceTrees and ADWIN per event).
-``--quick`` is a smoke run of under a minute. See docs/benchmarks.md for the numbers of a full run.
+``--quick`` is a smoke run of under a minute.
+
+``bench throughput`` runs the real worker (``stream-monitor worker`` in a subprocess) against the Kafka
+broker and Redis named by the settings (STREAM_MONITOR_KAFKA_BOOTSTRAP, STREAM_MONITOR_REDIS_URL) on
+fresh topics and keys: events/s per worker process, event-to-alert latency of injected incidents, Redis
+commands per 1,000 events, peak RSS and Redis bytes per tracked series, for one event per message and for
+NDJSON batches, beside the raw consume + parse ceiling and a naive per-event Faust agent; then memory with
+10, 1,000 and 100,000 tracked series. ``--quick`` is a smoke run of a few minutes.
+
+See docs/benchmarks.md for the numbers of full runs.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="benchmarks on simulated traffic (detection)",
+        help="benchmarks on simulated traffic (detection, throughput)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,7 +67,78 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     d.add_argument("--no-naive", action="store_true", help="skip the per-event river baselines")
     d.add_argument("--no-synthetic", action="store_true", help="skip river's synthetic streams")
     d.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    t = suites.add_parser(
+        "throughput",
+        help="events/s, latency, Redis calls and memory of the real worker on Kafka + Redis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--events", type=_positive, help="backlog events per format (default 1,000,000)")
+    t.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
+    t.add_argument(
+        "--quick", action="store_true", help="smoke run: 20k events, 1 latency round, 10/1k series"
+    )
+    t.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("message", "ndjson"),
+        help="message format to run (repeatable; default both)",
+    )
+    t.add_argument("--series", type=_positive, action="append", help="series counts of the memory runs")
+    t.add_argument("--latency-rounds", type=int, help="rounds of 3 incidents on live traffic (0: none)")
+    t.add_argument("--no-naive", action="store_true", help="skip the naive Faust baseline")
+    t.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    t.add_argument("--log-dir", help="keep the worker logs here (default: a temporary directory)")
+    t.set_defaults(func=run_throughput)
     p.set_defaults(func=run)
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    from stream_monitor.bench.throughput import (
+        BenchError,
+        ThroughputBenchConfig,
+        format_report,
+        quick_config,
+        run_throughput_bench,
+    )
+    from stream_monitor.config import Settings
+
+    options: dict[str, object] = {
+        "naive": not args.no_naive,
+        "topology": args.topology,
+        "log_dir": args.log_dir,
+    }
+    for name, value in (
+        ("events", args.events),
+        ("formats", tuple(args.formats) if args.formats else None),
+        ("series_counts", tuple(args.series) if args.series else None),
+        ("latency_rounds", args.latency_rounds),
+    ):
+        if value is not None:
+            options[name] = value
+    try:
+        config = quick_config(**options) if args.quick else ThroughputBenchConfig(**options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings()
+
+    def progress(message: str) -> None:
+        print(f"bench throughput: {message}", file=sys.stderr, flush=True)
+
+    try:
+        report = run_throughput_bench(
+            config, settings.kafka_bootstrap, settings.redis_url.get_secret_value(), progress
+        )
+    except BenchError as exc:
+        print(f"bench throughput: failed: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        progress(f"report written to {args.json}")
+    return 0
 
 
 def _positive(text: str) -> int:
