@@ -148,6 +148,8 @@ class WindowAccumulator:
         self._sources = frozenset(topology.sources.sources)
         self._segment_dims = topology.segment_dims
         self._parts: dict[str, PartitionDelta] = {}
+        # Series key of the last serving event added (the label join keys its requests by it).
+        self.last_series = ""
 
     def _delta(self, partition: str, offset: int) -> PartitionDelta:
         delta = self._parts.get(partition)
@@ -182,7 +184,8 @@ class WindowAccumulator:
             event.surface,
             *(segment.get(d, UNKNOWN) for d in self._segment_dims),
         )
-        prefix = self.keyer.key(values) + SEP_METRIC
+        series = self.last_series = self.keyer.key(values)
+        prefix = series + SEP_METRIC
         _add(window, prefix + "n", 1)
         if event.error is not None:
             _add(window, prefix + "err", 1)
