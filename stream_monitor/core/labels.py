@@ -60,11 +60,10 @@ from stream_monitor.core.signals import (
     Breach,
     SignalValue,
     WindowEvaluator,
-    localise,
     parse_window,
     wilson_lower_bound,
 )
-from stream_monitor.core.topology import LabelRule, Topology
+from stream_monitor.core.topology import KEY_DIMS, LabelRule, Topology
 
 __all__ = [
     "GRADES",
@@ -600,6 +599,7 @@ class LabelEvaluator:
         values: list[SignalValue] = []
         breaches: list[Breach] = []
         previous = self._previous_versions(baselines)
+        self._below: set[tuple[str, str, tuple[str, ...]]] = set()
         for key, stats in sorted(levels.items()):
             c = stats.counters
             imp = c.get("imp", 0)
@@ -615,8 +615,40 @@ class LabelEvaluator:
                 values.append(SignalValue("labels", "mrr", key, c.get("rr_u", 0) / MICRO / c["imp_req"]))
             for metric, counter in RATES:
                 self._drop(key, metric, c.get(counter, 0), imp, baselines, previous, values, breaches)
+        self._rolled_back(levels, previous, baselines, values)
         self._join_health(fields, values, breaches)
-        return values, localise(breaches, values, self.topology.key_dims)
+        return values, _localise_drops(breaches, self._below)
+
+    def _rolled_back(
+        self,
+        levels: Mapping[tuple[str, ...], Any],
+        previous: Mapping[tuple[str, str], list[str]],
+        baselines: Mapping[str, list[float]],
+        values: list[SignalValue],
+    ) -> None:
+        """A new version that served nothing in this window while its slice was served by another one
+        (rolled back, or replaced) is evaluated at the slice's rate, so its release alert can resolve."""
+        rule = self.rule
+        present: dict[str, dict[str, tuple[float, float, float]]] = {}
+        for key, stats in levels.items():
+            slice_key = SEP_SERIES.join((key[0], ALL, *key[2:]))
+            c = stats.counters
+            present.setdefault(slice_key, {})[key[1]] = (c.get("imp", 0), c.get("click", 0), c.get("play", 0))
+        for (metric, slice_key), versions in previous.items():
+            here = present.get(slice_key)
+            if not here:
+                continue
+            imp = sum(v[0] for v in here.values())
+            if imp < rule.min_impressions:
+                continue
+            hits = sum(v[1 if metric == "ctr" else 2] for v in here.values())
+            for version in versions:
+                parts = slice_key.split(SEP_SERIES)
+                parts[1] = version
+                gone = tuple(parts)
+                history = baselines.get(self._history_key(metric, gone), [])
+                if version not in here and len(history) < rule.min_history:
+                    values.append(SignalValue("release_ctr", metric, gone, hits / imp))
 
     @staticmethod
     def _history_key(metric: str, key: tuple[str, ...]) -> str:
@@ -655,14 +687,22 @@ class LabelEvaluator:
         name = self._history_key(metric, key)
         past = _touch(baselines, name)
         upper = wilson_upper_bound(hits, imp, rule.z)
-        breached = False
+        # Only windows at or above the floor teach a baseline: a drop must not become the new normal,
+        # nor a bad release's own baseline.
+        keep_out = False
         what = "CTR" if metric == "ctr" else "play rate"
         if len(past) >= rule.min_history:
             expected = statistics.median(past)
             floor = expected * (1.0 - rule.drop_ratio)
-            values.append(SignalValue("label_ctr", metric, key, rate))
+            # The value is reported (and so an open alert may resolve) when the drop is confident or
+            # the rate is back at the floor; in between an open alert stays open (no flapping on noise).
+            if upper < floor or rate >= floor:
+                values.append(SignalValue("label_ctr", metric, key, rate))
+            else:
+                keep_out = True
+                self._below.add(("label_ctr", metric, key))
             if upper < floor:
-                breached = True
+                keep_out = True
                 breaches.append(
                     Breach(
                         "label_ctr",
@@ -693,9 +733,13 @@ class LabelEvaluator:
                 version, history = prior
                 expected = statistics.median(history)
                 floor = expected * (1.0 - rule.drop_ratio)
-                values.append(SignalValue("release_ctr", metric, key, rate))
+                if upper < floor or rate >= floor:
+                    values.append(SignalValue("release_ctr", metric, key, rate))
+                else:
+                    keep_out = True
+                    self._below.add(("release_ctr", metric, key))
                 if upper < floor:
-                    breached = True
+                    keep_out = True
                     breaches.append(
                         Breach(
                             "release_ctr",
@@ -710,7 +754,7 @@ class LabelEvaluator:
                             f"against {expected:.2%} for the previous version {version}",
                         )
                     )
-        if not breached:
+        if not keep_out:
             past.append(rate)
             del past[: -rule.baseline_windows]
 
@@ -741,6 +785,33 @@ class LabelEvaluator:
                     "serving logging, request ids or co-partitioning look broken",
                 )
             )
+
+
+def _localise_drops(
+    breaches: list[Breach],
+    below: set[tuple[str, str, tuple[str, ...]]] = frozenset(),  # type: ignore[assignment]
+) -> list[Breach]:
+    """Within each (signal, metric, model, version, arm, surface), the top-level breach when there is one
+    (the whole slice dropped: its segments breach or not by chance), else every breaching segment slice.
+    Segment slices are not reported either while the top level is below its floor without confidence
+    (``below``): that is the whole slice's drop showing through noise, not a local one.
+
+    >>> def b(r): return Breach("label_ctr", "ctr", ("m", "v", "c", "h", r), 0, 0, 0, "ratio", "warning", "")
+    >>> [x.key[-1] for x in _localise_drops([b("eu"), b("*")])]
+    ['*']
+    >>> [x.key[-1] for x in _localise_drops([b("eu")])]
+    ['eu']
+    >>> _localise_drops([b("eu")], below={("label_ctr", "ctr", ("m", "v", "c", "h", "*"))})
+    []
+    """
+    n_base = len(KEY_DIMS)
+    tops = {(b.signal, b.metric, b.key[:n_base]) for b in breaches if all(v == ALL for v in b.key[n_base:])}
+    tops |= {(s, m, k[:n_base]) for s, m, k in below if all(v == ALL for v in k[n_base:])}
+    return [
+        b
+        for b in breaches
+        if all(v == ALL for v in b.key[n_base:]) or (b.signal, b.metric, b.key[:n_base]) not in tops
+    ]
 
 
 def _touch(history: dict[str, list[float]], key: str) -> list[float]:
