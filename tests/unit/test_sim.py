@@ -658,7 +658,9 @@ def test_existing_kinds_have_no_detail_and_keep_their_defaults() -> None:
         "engagement_logging_break": ("engagement_ratio", 0.9),
     }
     # Kinds added later (ctr_drop_after_release, tests/unit/test_labels_sim.py) are checked where added.
-    assert {k: (v.signal, v.default_magnitude) for k, v in INCIDENT_KINDS.items() if k in expected} == expected
+    assert {
+        k: (v.signal, v.default_magnitude) for k, v in INCIDENT_KINDS.items() if k in expected
+    } == expected
     for kind in list(expected)[:5]:
         inc = parse_incident(kind, START)
         assert inc.target == {"region": "eu"} and inc.ground_truth.detail is None
