@@ -309,7 +309,10 @@ class JoinBuffer:
         self, entry: list[Any], window: int, rid: int, ts: int, code: int, position: int | None
     ) -> None:
         if ts >= self._deadline(window):
-            self._count(ts, "late")
+            # As for a matured request: past maturity + retention it counts as an orphan, whether the
+            # request was still waiting here (not yet matured in this batch) or already emitted.
+            expired = ts >= self._deadline(window) + self.retention
+            self._count(ts, "orphan" if expired else "late")
             return
         entry[_COUNTS + code] += 1
         if code and position is not None and 0 <= position < min(entry[_LEN], GRADED_POSITIONS):

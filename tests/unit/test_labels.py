@@ -210,7 +210,7 @@ def _events(seed: int, n: int) -> tuple[list[tuple[int, str, int]], list[tuple[i
     serving = []
     engagement = []
     for i in range(n):
-        ts = 1_000 + i * 900 + int(rng.integers(0, 800))
+        ts = 1_000 + i * 9_000 + int(rng.integers(0, 8_000))  # 60 requests over 9 minutes
         rid = f"q{i}"
         serving.append((ts, rid, int(rng.integers(1, 6))))
         for pos in range(int(rng.integers(0, 3))):
@@ -289,6 +289,8 @@ def test_sums_are_exact_under_any_batching_interleaving_and_restart(
 ) -> None:
     serving, engagement = _events(seed, 60)
     straight = _run(serving, engagement, [0] * len(serving) + [1] * len(engagement), set())
+    # The events mature in the middle of the stream, so maturity, late and expired ids are exercised.
+    assert any(k.endswith("#req") for k in straight.get(240_000, {}))
     order = [0] * len(serving) + [1] * len(engagement)
     interleave.shuffle(order)
     cuts = set(range(0, len(order), cut_every))
