@@ -109,9 +109,8 @@ def main() -> None:
                 f"redis: {join_bytes / len(entries):.0f} bytes per pending request ({len(entries)} entries)"
             )
             print(f"redis: {jm_bytes / ids:.1f} bytes per matured id ({ids} ids)")
-            print(
-                f"redis: {lab_bytes / lab_series:.0f} bytes per series in one label window ({lab_series} series)"
-            )
+            per_series = lab_bytes / lab_series
+            print(f"redis: {per_series:.0f} bytes per series in one label window ({lab_series} series)")
         finally:
             client.delete(f"{prefix}:join:0", f"{prefix}:jm:0", f"{prefix}:lab:0")
 
