@@ -20,7 +20,7 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     # kafka-storage's parser read an id starting with "-" as a flag and formatting failed (seen once in CI).
     body = _function("new_cluster_id")
     out = subprocess.run(
-        ["bash", "-c", f'{body}\nfor i in $(seq 400); do new_cluster_id; echo; done'],
+        ["bash", "-c", f"{body}\nfor i in $(seq 400); do new_cluster_id; echo; done"],
         check=True,
         capture_output=True,
         text=True,
