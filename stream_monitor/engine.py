@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -30,6 +30,7 @@ from stream_monitor.core.events import (
     ServingEvent,
     parse_event,
 )
+from stream_monitor.core.labels import JoinDelta, LabelEvaluator, LabelJoin
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
@@ -48,6 +49,7 @@ class PendingCommit:
 
     deltas: dict[str, PartitionDelta]
     epochs: dict[str, int]
+    joins: list[JoinDelta] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,9 @@ class EngineOptions:
     max_catch_up_windows: int = 1_440
     auto_claim: bool = False
     late_to_deadletter: bool = True
+    # The co-partitioned topics the label join pairs (partition p of one with partition p of the other).
+    serving_topic: str = "recs.serving"
+    engagement_topic: str = "recs.engagement"
 
 
 class Engine:
@@ -111,6 +116,15 @@ class Engine:
         self._consumed: dict[str, int] = {}
         self._accepted: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
+        self.labels: LabelJoin | None = None
+        if topology.labels.enabled:
+            self.labels = LabelJoin(
+                topology.labels,
+                topology.window.size_ms,
+                self.options.serving_topic,
+                self.options.engagement_topic,
+            )
+        self.label_evaluator = LabelEvaluator(topology)
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -140,6 +154,31 @@ class Engine:
             self.committed_offsets[tp] = claim.next_offset
         if closed_before is not None:
             self._closed_before = closed_before
+        self._adopt_labels(claims)
+
+    def _adopt_labels(self, claims: dict[str, PartitionClaim]) -> None:
+        """Load the stored join state of every group this worker now owns both partitions of."""
+        labels = self.labels
+        if labels is None:
+            return
+        touched = {g for tp in claims if (g := labels.group_of(tp)) is not None}
+        if self._retry is not None:
+            self._retry.joins[:] = [j for j in self._retry.joins if j.group not in touched]
+        owned = set(labels.owns(self.claims))
+        progress = self.store.progress() if touched & owned else {}
+        for group in touched:
+            labels.drop(group)
+            if group in owned:
+                entries, matured = self.store.load_join(group)
+                serving, engagement = (progress.get(tp) for tp in labels.tps(group))
+                buffer = labels.new_buffer()
+                buffer.load(
+                    entries,
+                    matured,
+                    serving.max_event_ms if serving else 0,
+                    engagement.max_event_ms if engagement else 0,
+                )
+                labels.adopt(group, buffer)
 
     def revoke(self, partitions: Iterable[str]) -> None:
         """Stop counting revoked partitions (flush first: their pending deltas still count if ours).
@@ -151,6 +190,9 @@ class Engine:
             self.claims.pop(tp, None)
             self.committed_offsets.pop(tp, None)
             self.fenced.add(tp)
+            group = self.labels.group_of(tp) if self.labels else None
+            if self.labels is not None and group is not None:
+                self.labels.drop(group)
 
     # -- ingest ---------------------------------------------------------------------------------------
 
@@ -175,7 +217,12 @@ class Engine:
         if claim is None:
             if tp in self.fenced or not self.options.auto_claim:
                 return  # not ours (any more): the owner counts it
-            claim = self.assign([tp])[tp]
+            partner = self.labels.partner(tp) if self.labels else None
+            # A join group's two partitions are claimed together, as Faust assigns them.
+            pair = (
+                [tp] if partner is None or partner in self.claims or partner in self.fenced else [tp, partner]
+            )
+            claim = self.assign(pair)[tp]
         if offset < claim.next_offset:
             self._count(self._skipped, topic)
             return
@@ -226,8 +273,15 @@ class Engine:
                     return False
             if isinstance(event, EngagementEvent):
                 self.accumulator.add_engagement(tp, offset, event)
+                if self.labels is not None:
+                    self.labels.engagement(tp, event.request_id, event.ts, event.action, event.position)
             else:
                 self.accumulator.add_serving(tp, offset, event)
+                if self.labels is not None:
+                    ok = event.error is None
+                    self.labels.serving(
+                        tp, event.request_id, event.ts, self.accumulator.last_series, len(event.items), ok
+                    )
         elif isinstance(event, DatasetEvent):
             if not self._add_dataset(tp, topic, partition, offset, key, value, timestamp_ms, line, event):
                 return False
@@ -361,14 +415,18 @@ class Engine:
         if not deltas:
             self.publish_counts()
             return None
-        return PendingCommit(deltas, {tp: self.claims[tp].epoch for tp in deltas if tp in self.claims})
+        epochs = {tp: claim.epoch for tp, claim in self.claims.items()}
+        joins = self.labels.take(deltas, epochs) if self.labels is not None else []
+        return PendingCommit(deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins)
 
     def commit_pending(self, pending: PendingCommit) -> CommitResult:
         """Write a prepared commit (may run on a worker thread; touches no engine state)."""
         # Dead letters of these messages must be durable before their offsets count as done.
         self.deadletters.flush()
         started = time.perf_counter()
-        result = self.store.commit(list(pending.deltas.values()), pending.epochs, self.clock.now_ms())
+        result = self.store.commit(
+            list(pending.deltas.values()), pending.epochs, self.clock.now_ms(), pending.joins
+        )
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return result
@@ -395,7 +453,14 @@ class Engine:
             log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)
             self.claims.pop(tp, None)
             self.fenced.add(tp)
+        for group in result.join_refused:
+            # Its partitions are owned elsewhere now (or not both by us): forget the in-memory join.
+            log.warning("label join of partition %s was refused; its pending labels are dropped here", group)
+            if self.labels is not None:
+                self.labels.drop(group)
         if pending is not None:
+            if self.metrics and pending.joins:
+                self.metrics.record_joins(pending.joins, result.join_refused, self.labels)
             for tp in result.applied:
                 delta = pending.deltas.get(tp)
                 if delta is not None:
@@ -482,6 +547,12 @@ class Engine:
                 )
                 values.extend(more_values)
                 breaches.extend(more_breaches)
+            if self.labels is not None:
+                label_values, label_breaches = self.label_evaluator.evaluate(
+                    self.store.read_labels(window_start), state.baselines
+                )
+                values.extend(label_values)
+                breaches.extend(label_breaches)
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
             alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)
             state.last_closed_end = end

@@ -21,6 +21,7 @@ from stream_monitor.core.topology import (
     FeatureRule,
     FeatureSpec,
     FreshnessRule,
+    LabelRule,
     LatencyRule,
     RankingRule,
     RateRule,
@@ -105,6 +106,7 @@ def parse_topology(doc: Any) -> Topology:
             rates=_rates(_mapping(signals, "rates", required=False)),
             freshness=_freshness(_mapping(signals, "freshness", required=False)),
             sources=_sources(_mapping(signals, "candidate_source", required=False)),
+            labels=_labels(_mapping(doc, "labels", required=False)),
             engagement=EngagementRatioRule(
                 **_known(
                     _mapping(signals, "engagement_ratio", required=False),
@@ -122,6 +124,19 @@ def parse_topology(doc: Any) -> Topology:
             raise
         raise TopologyError(str(exc)) from exc
     return topology
+
+
+_LABEL_DURATIONS = ("maturity", "retention")
+
+
+def _labels(doc: dict[str, Any]) -> LabelRule:
+    """The ``labels:`` section: durations ``maturity`` / ``retention``, the rest as LabelRule fields."""
+    rest = {k: v for k, v in doc.items() if k not in _LABEL_DURATIONS}
+    known = _known(rest, LabelRule, "labels")
+    for name in _LABEL_DURATIONS:
+        if name in doc:
+            known[f"{name}_ms"] = parse_duration_ms(doc[name], f"labels.{name}")
+    return LabelRule(**known)
 
 
 def _volume(doc: dict[str, Any]) -> VolumeRule:

@@ -76,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
         dead,
         clock,
         metrics,
-        EngineOptions(worker_id="demo", auto_claim=True),
+        EngineOptions(
+            worker_id="demo",
+            auto_claim=True,
+            serving_topic=settings.topics.serving,
+            engagement_topic=settings.topics.engagement,
+        ),
     )
     pipeline = InProcessPipeline(engine, settings.topics, settings.topic_partitions)
 

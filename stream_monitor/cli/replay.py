@@ -71,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
         JsonLinesSink(out),
         dead,
         clock,
-        options=EngineOptions(worker_id="replay", auto_claim=True, max_future_ms=10**12),
+        options=EngineOptions(
+            worker_id="replay",
+            auto_claim=True,
+            max_future_ms=10**12,
+            serving_topic=settings.topics.serving,
+            engagement_topic=settings.topics.engagement,
+        ),
     )
     pipeline = InProcessPipeline(engine, settings.topics, partitions=1)
     alerts = 0

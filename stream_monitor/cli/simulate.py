@@ -55,8 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SPEC",
         help="inject an incident, repeatable: kind[:key=value,...], e.g. "
         "latency_regression:region=eu,stage=ranking,magnitude=4,onset=900 "
-        "(kinds: latency_regression, traffic_drop, error_spike, fallback_spike, empty_slates; "
-        "onset/duration in seconds after start; no slice given means region=eu)",
+        "(kinds: latency_regression, traffic_drop, error_spike, fallback_spike, empty_slates, "
+        "stale_feature, source_outage, engagement_logging_break, ctr_drop_after_release[:version=V]; "
+        "onset/duration in seconds after start; no slice given: region=eu, or arm=control for a release)",
     )
     p.add_argument(
         "--speed",

@@ -153,6 +153,8 @@ class WindowAccumulator:
         self._parts: dict[str, PartitionDelta] = {}
         profiler = Profiler(topology)
         self._profiler = profiler if profiler.enabled else None
+        # Series key of the last serving event added (the label join keys its requests by it).
+        self.last_series = ""
 
     def _delta(self, partition: str, offset: int) -> PartitionDelta:
         delta = self._parts.get(partition)
@@ -187,7 +189,8 @@ class WindowAccumulator:
             event.surface,
             *(segment.get(d, UNKNOWN) for d in self._segment_dims),
         )
-        prefix = self.keyer.key(values) + SEP_METRIC
+        series = self.last_series = self.keyer.key(values)
+        prefix = series + SEP_METRIC
         _add(window, prefix + "n", 1)
         if event.error is not None:
             _add(window, prefix + "err", 1)

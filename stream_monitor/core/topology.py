@@ -15,6 +15,7 @@ __all__ = [
     "FeatureRule",
     "FeatureSpec",
     "FreshnessRule",
+    "LabelRule",
     "LatencyRule",
     "RankingRule",
     "RateRule",
@@ -294,6 +295,45 @@ class DatasetRule:
         return self.every_ms + self.grace_ms
 
 
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """Late labels: the serving/engagement join and the label metrics' alert rules (docs/signals.md).
+
+    A request's labels are final ``maturity_ms`` after the end of its serving window; ``k`` is the cut-off of
+    NDCG@k; ``sample_rate`` keeps that share of request ids (by hash, so both sides agree); at most
+    ``max_pending`` requests wait per partition; ids of matured requests are remembered ``retention_ms`` to
+    tell late engagement from orphans.
+    """
+
+    enabled: bool = True
+    maturity_ms: int = 900_000
+    k: int = 10
+    sample_rate: float = 1.0
+    max_pending: int = 200_000
+    retention_ms: int = 3_600_000
+    # Drop rules (CTR and play rate against the series' own trailing median, or, for a version with
+    # fewer than min_history windows, against the previous version's on the same slice).
+    baseline_windows: int = 15
+    min_history: int = 5
+    drop_ratio: float = 0.25
+    min_impressions: int = 1000
+    # z of the one-sided confidence that the rate is below the floor (3.09: 99.9 %).
+    z: float = 3.09
+    # Orphan engagement (no serving request): alert above this share of sampled engagement events.
+    max_orphan_ratio: float = 0.05
+    min_engagement: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.maturity_ms < 0 or self.retention_ms < 0:
+            raise ValueError(f"labels: maturity and retention must be >= 0 ms, got {self.maturity_ms}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"labels.sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if not 1 <= self.k <= 32:
+            raise ValueError(f"labels.k must be in 1..32 (grades are kept for 32 positions), got {self.k}")
+        if self.max_pending < 1:
+            raise ValueError(f"labels.max_pending must be >= 1, got {self.max_pending}")
+
+
 DEFAULT_RATES = (
     RateRule("error_rate", "err", threshold=0.02),
     RateRule("fallback_rate", "fb", threshold=0.05),
@@ -331,6 +371,7 @@ class Topology:
     ranking: RankingRule = field(default_factory=RankingRule)
     slo: SloRule = field(default_factory=SloRule)
     datasets: tuple[DatasetRule, ...] = ()
+    labels: LabelRule = field(default_factory=LabelRule)
 
     def __post_init__(self) -> None:
         if not self.group_by:

@@ -73,6 +73,8 @@ class WorkerRuntime:
                 idle_timeout_ms=round(settings.idle_partition_timeout_s * 1000),
                 max_future_ms=round(settings.max_future_s * 1000),
                 late_to_deadletter=settings.late_events == "deadletter",
+                serving_topic=settings.topics.serving,
+                engagement_topic=settings.topics.engagement,
                 auto_claim=False,
             ),
         )

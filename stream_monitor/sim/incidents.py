@@ -39,6 +39,13 @@ kind                          signal                 effect on matching requests
                                                      from the 200 most popular items only
 ``diversity_collapse``        ``diversity``          a fraction ``magnitude`` of slates repeats   0.5
                                                      its first 4 items (duplicates in a slate)
+``ctr_drop_after_release``    ``release_ctr``        a new version (``version``, default          0.5
+                                                     :data:`RELEASE_VERSION`) is deployed on the
+                                                     arm (target ``arm``, default control) at
+                                                     onset and serves all its requests; in the
+                                                     target slice its click probability is
+                                                     ``magnitude`` lower (relative), so CTR and
+                                                     play rate drop
 ============================  =====================  ===========================================  ========
 
 Incidents on the batch data path live in :data:`DATA_INCIDENT_KINDS`, apart from the request-path kinds
@@ -58,7 +65,8 @@ A ``dataset_late`` needs the dataset in the simulator's ``SimConfig.datasets``; 
 
 Ground truth names the slice the monitor must report (:attr:`GroundTruth.key`, the incident's target) and,
 for ``stale_feature``, ``feature_drift``, ``null_spike`` and ``source_outage``, the feature or source in
-:attr:`GroundTruth.detail`.
+:attr:`GroundTruth.detail`; for ``ctr_drop_after_release`` the detail is the new version (the alert's
+``model_version``). When that incident ends the arm goes back to its previous version (a rollback).
 ``engagement_logging_break`` is the exception: engagement events carry only a request id, no segment, so
 the monitor can see their ratio to serving requests only fleet-wide. Its ground-truth key is therefore always
 ``{}`` (global), and a spec naming no slice hits every request. An explicit slice is still allowed (only
@@ -85,6 +93,7 @@ __all__ = [
     "INCIDENT_KINDS",
     "PLATFORMS",
     "REGIONS",
+    "RELEASE_VERSION",
     "SEGMENT_DIMS",
     "SOURCES",
     "STAGES",
@@ -110,6 +119,9 @@ FRESHNESS_FEATURES: tuple[str, ...] = ("watch_minutes_7d", "days_since_signup")
 SEGMENT_DIMS: tuple[str, ...] = ("platform", "region", "tenure")
 # Order matters only for display: ground-truth keys list the routing dims before the user segment.
 TARGET_DIMS: tuple[str, ...] = ("model", "surface", "arm", *SEGMENT_DIMS)
+
+# The version a ctr_drop_after_release deploys unless the spec names one.
+RELEASE_VERSION = "2026.12.04-1"
 
 # A CLI spec that names no slice hits EU traffic: a whole-fleet incident would not exercise the monitor's
 # ability to localise a fault, which is the point of the demo. Build an Incident directly for a global one.
@@ -151,6 +163,8 @@ class IncidentKind:
     # The monitor sees this signal only fleet-wide: the ground-truth key is always {} and a spec naming no
     # slice targets every request instead of DEFAULT_TARGET.
     global_key: bool = False
+    # A release: the incident deploys a new version (``Incident.version``) on the target's arm at onset.
+    release: bool = False
 
     def check_magnitude(self, magnitude: float) -> None:
         """Raise ValueError unless ``magnitude`` is finite and inside this kind's range."""
@@ -263,6 +277,16 @@ INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
                 "a fraction magnitude of engagement events is not emitted",
                 global_key=True,
             ),
+            IncidentKind(
+                "ctr_drop_after_release",
+                "release_ctr",
+                0.5,
+                0.0,
+                1.0,
+                False,
+                "a new version is deployed at onset; its click probability is magnitude lower (relative)",
+                release=True,
+            ),
         )
     }
 )
@@ -341,6 +365,7 @@ class Incident:
     feature: str | None = None
     source: str | None = None
     dataset: str | None = None
+    version: str | None = None
 
     def __post_init__(self) -> None:
         spec = _ALL_KINDS.get(self.kind)
@@ -364,6 +389,13 @@ class Incident:
             raise ValueError(
                 f"{self.kind} hits a dataset, not a slice: give no target, got {dict(self.target)}"
             )
+        version = self.version
+        if spec.release:
+            version = version or RELEASE_VERSION
+            if self.target.get("arm", "control") not in ARMS:
+                raise ValueError(f"a release targets an arm of {list(ARMS)}, not {self.target.get('arm')!r}")
+        elif version is not None:
+            raise ValueError(f"version applies only to ctr_drop_after_release, not {self.kind}")
         for dim, value in self.target.items():
             if dim not in TARGET_DIMS:
                 raise ValueError(f"unknown target dimension {dim!r}; expected one of {list(TARGET_DIMS)}")
@@ -376,6 +408,7 @@ class Incident:
         object.__setattr__(self, "feature", feature)
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "dataset", dataset)
+        object.__setattr__(self, "version", version)
         object.__setattr__(self, "target", {d: self.target[d] for d in TARGET_DIMS if d in self.target})
 
     @property
@@ -400,7 +433,7 @@ class Incident:
     def ground_truth(self) -> GroundTruth:
         """The signal that must fire, the slice key it must name, and the feature or source at fault."""
         key = {} if _ALL_KINDS[self.kind].global_key else dict(self.target)
-        detail = self.feature or self.source or self.dataset
+        detail = self.feature or self.source or self.dataset or self.version
         return GroundTruth(self.signal, key, self.onset_ms, self.stage, self.end_ms, detail)
 
     def active(self, ts_ms: int) -> bool:
@@ -428,6 +461,7 @@ class Incident:
                 ("feature", self.feature),
                 ("source", self.source),
                 ("dataset", self.dataset),
+                ("version", self.version),
             )
             if value
         )
@@ -456,6 +490,13 @@ def _check_choice(
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
     return value
+
+
+def _default_target(kind: IncidentKind) -> dict[str, str]:
+    if kind.global_key:
+        return {}
+    # A release is deployed on an arm: without a slice it degrades the whole control arm.
+    return {"arm": "control"} if kind.release else dict(DEFAULT_TARGET)
 
 
 def _parse_float(spec: str, name: str, raw: str) -> float:
@@ -495,6 +536,8 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
     >>> parse_incident("dataset_late:magnitude=3600", 0).ground_truth  # doctest: +NORMALIZE_WHITESPACE
     GroundTruth(signal='dataset_arrival', key={}, onset_ms=900000, stage=None, end_ms=None,
                 detail='user_features_hourly')
+    >>> parse_incident("ctr_drop_after_release:arm=control,magnitude=0.4", 0).ground_truth.detail
+    '2026.12.04-1'
     >>> parse_incident("error_spike:region=mars", 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -555,6 +598,9 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
             if spec_kind.default_dataset is None:
                 users = [k.name for k in _ALL_KINDS.values() if k.default_dataset is not None]
                 raise ValueError(f"incident spec {spec!r}: dataset applies only to {', '.join(users)}")
+        elif name == "version":
+            if not spec_kind.release:
+                raise ValueError(f"incident spec {spec!r}: version applies only to ctr_drop_after_release")
             choices[name] = value
         elif name == "magnitude":
             magnitude = _parse_float(spec, name, value)
@@ -573,15 +619,17 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
             duration_ms = round(duration_s * 1000)
         else:
             known = [*TARGET_DIMS, "stage", "feature", "source", "magnitude", "onset", "duration", "dataset"]
+            known.append("version")
             raise ValueError(f"incident spec {spec!r}: unknown key {name!r}; expected one of {known}")
     return Incident(
         kind=kind,
         onset_ms=start_ms + round(onset_s * 1000),
         duration_ms=duration_ms,
         magnitude=magnitude,
-        target=target or ({} if spec_kind.global_key else dict(DEFAULT_TARGET)),
+        target=target or _default_target(spec_kind),
         stage=stage,
         feature=choices.get("feature"),
         source=choices.get("source"),
         dataset=choices.get("dataset"),
+        version=choices.get("version"),
     )

@@ -72,6 +72,7 @@ import numpy.typing as npt
 from stream_monitor.sim.incidents import (
     ARMS,
     FRESHNESS_FEATURES,
+    INCIDENT_KINDS,
     SOURCES,
     STAGES,
     TENURES,
@@ -297,6 +298,16 @@ class TrafficSimulator:
             self._pending[0].append((event["ts"], "deployment", str(event["model"]).encode(), event))
         # Next partition index to schedule, per dataset (see _schedule_datasets).
         self._next_partition = [0] * len(cfg.datasets)
+        # Releases (ctr_drop_after_release): versions beyond control and canary, and their deployments.
+        self._release_versions: list[str] = []
+        for inc in self.incidents:
+            if INCIDENT_KINDS[inc.kind].release:
+                self._release_versions.append(str(inc.version))
+                for event in self._release_deployments(inc):
+                    block = max(0, (event["ts"] - self.start_ms) // self.block_ms)
+                    self._pending[block].append(
+                        (event["ts"], "deployment", str(event["model"]).encode(), event)
+                    )
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -471,6 +482,48 @@ class TrafficSimulator:
                 self._pending[(landed - start) // self.block_ms].append(
                     (landed, "dataset", name.encode(), event)
                 )
+
+    def _release_deployments(self, inc: Incident) -> list[Event]:
+        """Deployment events of a release incident: the new version at onset, the old one back at the end.
+
+        No random draws (the lineage digests are hashes of the seed and version), so adding a release
+        changes nothing else in the stream.
+        """
+        import hashlib
+
+        cfg = self.config
+        arm = inc.target.get("arm", "control")
+        old = cfg.canary_version if arm == "canary" else cfg.control_version
+        share = cfg.canary_share if arm == "canary" else 1.0 - cfg.canary_share
+        out: list[Event] = []
+        for model, surface in cfg.models:
+            if inc.target.get("model", model) != model or inc.target.get("surface", surface) != surface:
+                continue
+            steps = [(inc.onset_ms, str(inc.version), old, "release")]
+            if inc.end_ms is not None:
+                steps.append((inc.end_ms, old, str(inc.version), "rollback"))
+            for ts, version, baseline, reason in steps:
+                digest = hashlib.sha256(f"{self.seed}|{model}|{version}".encode()).hexdigest()
+                out.append(
+                    {
+                        "type": "deployment",
+                        "ts": max(ts, self.start_ms),
+                        "model": model,
+                        "model_version": version,
+                        "arm": arm,
+                        "traffic": round(share, 6),
+                        "baseline_version": baseline,
+                        "lineage": {
+                            "training_data": f"s3://recs-data/{surface}/train/{version.split('-')[0]}/",
+                            "feature_set": f"{surface}-features@v12",
+                            "code_commit": digest[:40],
+                            "artifact_digest": "sha256:" + digest,
+                        },
+                        "actor": "ci",
+                        "reason": reason,
+                    }
+                )
+        return out
 
     def _draw_slates(self, n: int) -> IntArray:
         """(n, slate_size) popularity ranks, distinct within each row."""
@@ -684,6 +737,8 @@ class TrafficSimulator:
         p_err = np.full(n, cfg.error_rate)
         p_fb = np.full(n, cfg.fallback_rate)
         p_empty = np.full(n, cfg.empty_slate_rate)
+        version = arm.copy()  # index into [control, canary, *release versions]
+        p_click = np.full(n, cfg.click_rate)
         dead_src: BoolArray | None = None  # (n, sources): which source returned nothing for which request
         eng_drop: IntArray | None = None  # per request: bit i set = its i-th engagement event is not emitted
         for inc, in_slice, mask in self._incident_masks(ts, codes, names):
@@ -698,6 +753,19 @@ class TrafficSimulator:
                         lost &= times < inc.end_ms
                     bits = lost @ (np.int64(1) << np.arange(n_imp + 3, dtype=np.int64))
                     eng_drop = bits if eng_drop is None else eng_drop | bits
+                continue
+            if INCIDENT_KINDS[inc.kind].release:
+                # The new version serves every request of its arm (and model) while deployed; it is worse
+                # only in the target slice.
+                arm_code = ARMS.index(inc.target.get("arm", "control"))
+                deployed = (arm == arm_code) & (ts >= inc.onset_ms)
+                if inc.end_ms is not None:
+                    deployed &= ts < inc.end_ms
+                for dim in ("model", "surface"):
+                    if dim in inc.target:
+                        deployed &= np.isin(codes[dim], np.flatnonzero(names[dim] == inc.target[dim]))
+                version[deployed] = 2 + self._release_versions.index(str(inc.version))
+                p_click[deployed & mask] *= 1.0 - inc.factor
                 continue
             if not mask.any():
                 continue
@@ -778,7 +846,8 @@ class TrafficSimulator:
             fts_watch=feature_ts["watch_minutes_7d"],
             fts_days=feature_ts["days_since_signup"],
             imp_delay=imp_delay,
-            click=u_click < cfg.click_rate,
+            click=u_click < p_click,
+            version=version,
             click_pos=click_pos,
             click_delay=click_delay_ms,
             play=u_play < cfg.play_rate,
@@ -795,7 +864,7 @@ class TrafficSimulator:
         # below is the hot path, so it must touch only lists (no numpy scalar access).
         c = {name: (arr if idx is None else arr[idx]).tolist() for name, arr in cols.items()}
         models, surfaces = self._models.tolist(), self._surfaces.tolist()
-        versions, arms = self._versions.tolist(), self._arms.tolist()
+        versions, arms = [*self._versions.tolist(), *self._release_versions], self._arms.tolist()
         pending = self._pending
         start = self.start_ms
         block_ms = self.block_ms
@@ -809,7 +878,7 @@ class TrafficSimulator:
             c["sources"], c["slate"], c["scores"], c["item_src"], c["plat"], c["region"], c["tenure"],
             c["watch"], c["days"], c["country"], c["fts_watch"], c["fts_days"], c["err_kind"], c["imp_delay"],
             c["click"], c["click_pos"], c["click_delay"], c["play"], c["play_delay"], c["complete"],
-            c["complete_delay"], c["eng_drop"],
+            c["complete_delay"], c["eng_drop"], c["version"],
             strict=True,
         )  # fmt: skip
         bit_click, bit_play, bit_complete = 1 << n_imp, 2 << n_imp, 4 << n_imp
@@ -817,7 +886,7 @@ class TrafficSimulator:
             ts, rid_int, status, m, a, stages, total, (retrieved, filtered, ranked), (collab, trending, cw),
             slate, scores, item_src, plat, region, tenure, watch, days, country, fts_watch, fts_days,
             err_kind, imp_delay, click, click_pos, click_delay, play, play_delay, complete, complete_delay,
-            drop,
+            drop, v,
         ) in rows:  # fmt: skip
             rid = f"{rid_int:016x}"
             key = rid.encode()
@@ -851,7 +920,7 @@ class TrafficSimulator:
                 "request_id": rid,
                 "ts": ts,
                 "model": models[m],
-                "model_version": versions[a],
+                "model_version": versions[v],
                 "arm": arms[a],
                 "surface": surfaces[m],
                 "segment": {"platform": plat, "region": region, "tenure": tenure},

@@ -6,13 +6,20 @@ series keyer (``other`` past the cap), and signal gauges of series that went awa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_monitor.core.signals import SignalValue
 
+if TYPE_CHECKING:
+    from stream_monitor.core.labels import JoinDelta, LabelJoin
+
 __all__ = ["MonitorMetrics"]
+
+# Outcomes counted by the label join (see stream_monitor.core.labels).
+JOIN_OUTCOMES = ("eng", "late", "orphan", "capped", "dup", "late_serving", "unjoined")
 
 SERIES_LABELS = ("model", "model_version", "arm", "surface", "segment")
 
@@ -124,7 +131,46 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.label_events = Counter(
+            "label_join_events",
+            "Label join outcomes committed: sampled engagement events (eng), late, orphan; serving requests "
+            "not buffered (capped, dup, late_serving, unjoined); requests whose labels matured (matured).",
+            ["outcome"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.label_pending = Gauge(
+            "label_pending_requests",
+            "Served requests waiting in this worker's label join for their labels to mature.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.label_refused = Counter(
+            "label_join_refused",
+            "Join-group deltas the state store refused (a partition of the group is owned elsewhere).",
+            namespace=ns,
+            registry=registry,
+        )
         self._signal_labels: set[tuple[str, ...]] = set()
+
+    def record_joins(
+        self, joins: Sequence[JoinDelta], refused: Sequence[str], join: LabelJoin | None
+    ) -> None:
+        """Count the outcomes of the join deltas a commit applied."""
+        skip = set(refused)
+        self.label_refused.inc(len(skip))
+        for delta in joins:
+            if delta.group in skip:
+                continue
+            for outcome in JOIN_OUTCOMES:
+                n = delta.count(outcome)
+                if n:
+                    self.label_events.labels(outcome=outcome).inc(n)
+            matured = sum(v for w in delta.sums.values() for k, v in w.items() if k.endswith("#req"))
+            if matured:
+                self.label_events.labels(outcome="matured").inc(matured)
+        if join is not None:
+            self.label_pending.set(join.pending)
 
     def set_signals(self, values: Iterable[SignalValue]) -> None:
         """Replace the signal gauges with one window's values (series no longer present are removed)."""

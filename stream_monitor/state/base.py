@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
 
 __all__ = ["CommitResult", "PartitionClaim", "StateLost", "StateStore", "StoreUnavailable"]
@@ -55,6 +56,8 @@ class CommitResult:
     # Refused under our own epoch because the offsets overlap what is stored in another way than a
     # plain retry: the worker's idea of what was counted is wrong.
     conflict: list[str] = field(default_factory=list)
+    # Join groups whose JoinDelta was not applied (a partition of the group refused or re-claimed).
+    join_refused: list[str] = field(default_factory=list)
 
 
 class StateStore(Protocol):
@@ -69,9 +72,26 @@ class StateStore(Protocol):
         ...
 
     def commit(
-        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+        self,
+        deltas: Sequence[PartitionDelta],
+        epochs: Mapping[str, int],
+        now_ms: int,
+        joins: Sequence[JoinDelta] = (),
     ) -> CommitResult:
-        """Atomically add each partition's window sums and advance its offset (or refuse it)."""
+        """Atomically add each partition's window sums and advance its offset (or refuse it).
+
+        A join group's delta (pending label entries, matured ids, label sums) is applied in the same
+        atomic step, only when every partition of the group in this commit is applied for the first time
+        and every epoch in its fence is current; an identical retry applies nothing again.
+        """
+        ...
+
+    def load_join(self, group: str) -> tuple[dict[str, bytes], dict[int, str]]:
+        """A join group's stored state: pending entries by id, and matured ids (hex) per serving window."""
+        ...
+
+    def read_labels(self, start: int) -> dict[str, float]:
+        """The label sums of one label window (see stream_monitor.core.labels)."""
         ...
 
     def progress(self) -> dict[str, PartitionProgress]:

@@ -5,15 +5,20 @@
 --               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...},
 --               "deployments": [[model, arm, record], ...], "datasets": [[name, "<ts>", record], ...]}]}
 -- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json,
--- conflict_tps_json}. A "lost" partition has no epoch at all: the store lost its state (e.g. Redis
+-- conflict_tps_json, join_refused_json}. A "lost" partition has no epoch at all: the store lost its state (e.g. Redis
 -- restarted empty). A delta whose epoch matches and whose next offset equals the stored one was applied
 -- already (a retry after a reply was lost): it counts as applied and changes nothing. A "conflict" has
 -- our epoch but overlapping offsets that are not that: the worker's view of what is counted is wrong.
+-- "joins" (optional): [{"group": g, "parts": [tp, ...], "fence": {tp: "E"}, "put": {rid: entry},
+--   "delete": [rid, ...], "matured": {"<window>": hex}, "drop_matured": ["<window>", ...],
+--   "sums": {"<start>": {"<field>": "n"}}, "retention_s": N}]: a join group's state, applied only when
+-- every tp in parts was applied by this call (not a recognised retry) and every fence epoch is current.
 local p = ARGV[1]
 local doc = cjson.decode(ARGV[2])
 local closed = redis.call('GET', p .. ':closed_before')
 local closed_n = closed and tonumber(closed) or nil
 local applied, refused, lost, conflict, late = {}, {}, {}, {}, 0
+local fresh, retried, join_refused = {}, {}, {}
 for _, part in ipairs(doc.parts) do
   local tp = part.tp
   local epoch = redis.call('HGET', p .. ':epoch', tp)
@@ -25,6 +30,7 @@ for _, part in ipairs(doc.parts) do
     table.insert(refused, tp)
   elseif offset == tonumber(part.next) and offset > tonumber(part.first) then
     table.insert(applied, tp)
+    retried[tp] = true
   elseif offset > tonumber(part.first) then
     table.insert(refused, tp)
     table.insert(conflict, tp)
@@ -65,8 +71,42 @@ for _, part in ipairs(doc.parts) do
       redis.call('HSET', p .. ':seen', tp, doc.now)
     end
     table.insert(applied, tp)
+    fresh[tp] = true
+  end
+end
+for _, join in ipairs(doc.joins or {}) do
+  local all_retried, ok = #join.parts > 0, #join.parts > 0
+  for _, tp in ipairs(join.parts) do
+    if not retried[tp] then all_retried = false end
+    if not fresh[tp] then ok = false end
+  end
+  for tp, epoch in pairs(join.fence) do
+    if redis.call('HGET', p .. ':epoch', tp) ~= epoch then ok = false end
+  end
+  if all_retried then
+    -- applied with the first attempt of this commit
+  elseif not ok then
+    table.insert(join_refused, join.group)
+  else
+    local jkey = p .. ':join:' .. join.group
+    for rid, entry in pairs(join.put) do redis.call('HSET', jkey, rid, entry) end
+    for _, rid in ipairs(join.delete) do redis.call('HDEL', jkey, rid) end
+    local mkey = p .. ':jm:' .. join.group
+    for window, ids in pairs(join.matured) do
+      redis.call('HSET', mkey, window, (redis.call('HGET', mkey, window) or '') .. ids)
+    end
+    for _, window in ipairs(join.drop_matured) do redis.call('HDEL', mkey, window) end
+    for start, sums in pairs(join.sums) do
+      if closed_n and tonumber(start) < closed_n then
+        redis.call('HINCRBY', p .. ':totals', 'labels_late', 1)
+      else
+        local key = p .. ':lab:' .. start
+        for name, value in pairs(sums) do redis.call('HINCRBY', key, name, value) end
+        redis.call('EXPIRE', key, doc.window_ttl_s)
+      end
+    end
   end
 end
 if late > 0 then redis.call('HINCRBY', p .. ':totals', 'late', late) end
 return {cjson.encode(applied), cjson.encode(refused), late, closed or '', cjson.encode(lost),
-        cjson.encode(conflict)}
+        cjson.encode(conflict), cjson.encode(join_refused)}

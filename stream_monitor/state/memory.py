@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
 from stream_monitor.state.base import CommitResult, PartitionClaim
 
@@ -36,6 +37,9 @@ class MemoryStore:
         self._leases: dict[str, tuple[str, int]] = {}
         self._deployments: dict[str, dict[str, bytes]] = {}
         self._datasets: dict[str, tuple[int, bytes]] = {}
+        self._joins: dict[str, dict[str, bytes]] = {}
+        self._matured: dict[str, dict[int, str]] = {}
+        self._labels: dict[int, dict[str, float]] = {}
 
     def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
         with self._lock:
@@ -48,11 +52,16 @@ class MemoryStore:
             return out
 
     def commit(
-        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+        self,
+        deltas: Sequence[PartitionDelta],
+        epochs: Mapping[str, int],
+        now_ms: int,
+        joins: Sequence[JoinDelta] = (),
     ) -> CommitResult:
         result = CommitResult()
         with self._lock:
             closed = self._closed_before
+            retried: set[str] = set()
             for delta in deltas:
                 tp = delta.partition
                 if tp not in self._epoch:
@@ -65,6 +74,7 @@ class MemoryStore:
                     continue
                 if stored == delta.next_offset and stored > delta.first_offset:
                     result.applied.append(tp)  # already applied: a retry after a lost reply
+                    retried.add(tp)
                     continue
                 if stored > delta.first_offset:
                     result.refused.append(tp)
@@ -96,8 +106,46 @@ class MemoryStore:
                 result.applied.append(tp)
             if result.late_events:
                 self._totals["late"] = self._totals.get("late", 0) + result.late_events
+            fresh = set(result.applied) - retried
+            for join in joins:
+                if all(tp in retried for tp in join.parts):
+                    continue  # applied with the first attempt
+                if (
+                    not join.parts
+                    or not all(tp in fresh for tp in join.parts)
+                    or any(self._epoch.get(tp) != epoch for tp, epoch in join.fence.items())
+                ):
+                    result.join_refused.append(join.group)
+                    continue
+                self._apply_join(join, closed)
             result.closed_before = closed
         return result
+
+    def _apply_join(self, join: JoinDelta, closed: int | None) -> None:
+        entries = self._joins.setdefault(join.group, {})
+        entries.update(join.put)
+        for rid in join.delete:
+            entries.pop(rid, None)
+        matured = self._matured.setdefault(join.group, {})
+        for serving_window, ids in join.matured.items():
+            matured[serving_window] = matured.get(serving_window, "") + ids
+        for serving_window in join.drop_matured:
+            matured.pop(serving_window, None)
+        for start, sums in join.sums.items():
+            if closed is not None and start < closed:
+                self._totals["labels_late"] = self._totals.get("labels_late", 0) + 1
+                continue
+            label_sums = self._labels.setdefault(start, {})
+            for name, value in sums.items():
+                label_sums[name] = label_sums.get(name, 0) + value
+
+    def load_join(self, group: str) -> tuple[dict[str, bytes], dict[int, str]]:
+        with self._lock:
+            return dict(self._joins.get(group, {})), dict(self._matured.get(group, {}))
+
+    def read_labels(self, start: int) -> dict[str, float]:
+        with self._lock:
+            return dict(self._labels.get(start, {}))
 
     def progress(self) -> dict[str, PartitionProgress]:
         with self._lock:
@@ -130,6 +178,9 @@ class MemoryStore:
             for old in sorted(self._windows)[:-240]:
                 if old not in self._open:
                     del self._windows[old]
+            for old in sorted(self._labels)[:-240]:
+                if old < end:
+                    del self._labels[old]
             return True
 
     def load_detector_state(self) -> bytes | None:

@@ -9,6 +9,8 @@ each partition's epoch and offset and applies or refuses its delta as a unit. Ke
 ``:detector``  detector checkpoint (versioned JSON, never pickle);  ``:totals``  message counters
 ``:deploy:<model>``  latest deployment record per arm;  ``:lease:<name>``  closer lease
 ``:datasets``  newest arrival record per dataset;  ``:datasets_ts``  its event ts (for "newest" in Lua)
+``:join:<group>``  pending label-join entries by request-id hash;  ``:jm:<group>``  matured ids per window
+``:lab:<start>``  hash ``"<series>#<metric>" -> sum`` of one label window (expires like window sums)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
 from stream_monitor.state.base import CommitResult, PartitionClaim, StoreUnavailable
 
@@ -80,7 +83,11 @@ class RedisStore:
         return out
 
     def commit(
-        self, deltas: Sequence[PartitionDelta], epochs: Mapping[str, int], now_ms: int
+        self,
+        deltas: Sequence[PartitionDelta],
+        epochs: Mapping[str, int],
+        now_ms: int,
+        joins: Sequence[JoinDelta] = (),
     ) -> CommitResult:
         payload = {
             "now": str(now_ms),
@@ -101,10 +108,23 @@ class RedisStore:
                 }
                 for d in deltas
             ],
+            "joins": [
+                {
+                    "group": j.group,
+                    "parts": j.parts,
+                    "fence": {tp: str(e) for tp, e in j.fence.items()},
+                    "put": {rid: entry.decode() for rid, entry in j.put.items()},
+                    "delete": j.delete,
+                    "matured": {str(w): ids for w, ids in j.matured.items()},
+                    "drop_matured": [str(w) for w in j.drop_matured],
+                    "sums": {str(s): {k: str(v) for k, v in f.items()} for s, f in j.sums.items()},
+                }
+                for j in joins
+            ],
         }
         if not payload["parts"]:
             return CommitResult()
-        applied, refused, late, closed, lost, conflict = self._call(
+        applied, refused, late, closed, lost, conflict, join_refused = self._call(
             self._commit, args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)]
         )
         return CommitResult(
@@ -114,7 +134,22 @@ class RedisStore:
             closed_before=int(closed) if closed else None,
             lost=orjson.loads(lost) or [],
             conflict=orjson.loads(conflict) or [],
+            join_refused=orjson.loads(join_refused) or [],
         )
+
+    def load_join(self, group: str) -> tuple[dict[str, bytes], dict[int, str]]:
+        pipe = self.client.pipeline(transaction=True)  # one snapshot of both hashes
+        pipe.hgetall(f"{self.prefix}:join:{group}")
+        pipe.hgetall(f"{self.prefix}:jm:{group}")
+        entries, matured = self._call(pipe.execute)
+        return (
+            {k.decode(): bytes(v) for k, v in entries.items()},
+            {int(k): v.decode() for k, v in matured.items()},
+        )
+
+    def read_labels(self, start: int) -> dict[str, float]:
+        raw = self._call(self.client.hgetall, f"{self.prefix}:lab:{start}")
+        return {k.decode(): float(v) for k, v in raw.items()}
 
     def progress(self) -> dict[str, PartitionProgress]:
         pipe = self.client.pipeline(transaction=False)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_monitor.core.aggregates import PartitionDelta
+from stream_monitor.core.labels import JoinDelta
 from stream_monitor.state import MemoryStore, StateStore
 
 TP = "recs.serving/0"
@@ -224,3 +225,81 @@ def test_datasets_commit_exactly_once_with_their_offsets(store: StateStore) -> N
     assert store.commit([stale], {TP: 1}, now_ms=5).refused == [TP]
     assert store.datasets() == {"f": b'{"p": 3}'}
     assert store.totals()["consumed"] == 3
+
+
+# -- the label join's state (stream_monitor.core.labels) --------------------------------------------------
+
+SERVING, ENGAGEMENT = "recs.serving/3", "recs.engagement/3"
+
+
+def join_delta(parts: list[str], fence: dict[str, int], n: int = 1) -> JoinDelta:
+    return JoinDelta(
+        "3",
+        parts,
+        fence,
+        put={f"{i:016x}": b'["m|v",1000,20,1,0,0,0,0]' for i in range(n)},
+        delete=["00000000000000ff"],
+        matured={0: "00000000000000ff"},
+        sums={180_000: {"m|v#req": n, "*#eng": 2 * n}},
+    )
+
+
+def test_join_state_commits_with_both_partitions_offsets(store: StateStore) -> None:
+    store.claim([SERVING, ENGAGEMENT], now_ms=0)
+    fence = {SERVING: 1, ENGAGEMENT: 1}
+    parts = [delta(0, 4, {}, tp=SERVING), delta(0, 6, {}, tp=ENGAGEMENT)]
+    result = store.commit(parts, fence, now_ms=1, joins=[join_delta([SERVING, ENGAGEMENT], fence, n=2)])
+    assert sorted(result.applied) == [ENGAGEMENT, SERVING] and result.join_refused == []
+    entries, matured = store.load_join("3")
+    assert entries == {f"{i:016x}": b'["m|v",1000,20,1,0,0,0,0]' for i in range(2)}
+    assert matured == {0: "00000000000000ff"}
+    assert store.read_labels(180_000) == {"m|v#req": 2, "*#eng": 4}
+    # The next commit deletes an entry and appends matured ids of the same window.
+    later = JoinDelta("3", [SERVING], fence, delete=[f"{0:016x}"], matured={0: "0000000000000100"})
+    store.commit([delta(4, 5, {}, tp=SERVING)], fence, now_ms=2, joins=[later])
+    entries, matured = store.load_join("3")
+    assert list(entries) == [f"{1:016x}"] and matured == {0: "00000000000000ff0000000000000100"}
+
+
+def test_an_identical_retry_applies_the_join_once(store: StateStore) -> None:
+    store.claim([SERVING, ENGAGEMENT], now_ms=0)
+    fence = {SERVING: 1, ENGAGEMENT: 1}
+    parts = [delta(0, 4, {}, tp=SERVING)]
+    joins = [join_delta([SERVING], fence)]
+    assert store.commit(parts, fence, now_ms=1, joins=joins).join_refused == []
+    again = store.commit(parts, fence, now_ms=2, joins=joins)
+    assert again.applied == [SERVING] and again.join_refused == []
+    assert store.read_labels(180_000) == {"m|v#req": 1, "*#eng": 2}
+
+
+def test_a_join_is_refused_when_a_partition_of_its_group_moved(store: StateStore) -> None:
+    store.claim([SERVING, ENGAGEMENT], now_ms=0)
+    store.claim([ENGAGEMENT], now_ms=1)  # the partner went to another worker (co-partitioning broken)
+    fence = {SERVING: 1, ENGAGEMENT: 1}
+    result = store.commit(
+        [delta(0, 4, {}, tp=SERVING)], {SERVING: 1}, now_ms=2, joins=[join_delta([SERVING], fence)]
+    )
+    # The serving offsets still count (their window sums are exact); the join state is left alone.
+    assert result.applied == [SERVING] and result.join_refused == ["3"]
+    assert store.load_join("3") == ({}, {}) and store.read_labels(180_000) == {}
+
+
+def test_a_join_is_refused_with_its_refused_partition(store: StateStore) -> None:
+    store.claim([SERVING, ENGAGEMENT], now_ms=0)
+    store.claim([SERVING, ENGAGEMENT], now_ms=1)  # both taken over: our epoch 1 is stale
+    fence = {SERVING: 1, ENGAGEMENT: 1}
+    result = store.commit(
+        [delta(0, 4, {}, tp=SERVING)], {SERVING: 1}, now_ms=2, joins=[join_delta([SERVING], fence)]
+    )
+    assert result.refused == [SERVING] and result.join_refused == ["3"]
+    assert store.load_join("3") == ({}, {})
+
+
+def test_label_sums_for_a_closed_window_are_not_added(store: StateStore) -> None:
+    store.claim([SERVING], now_ms=0)
+    store.commit([delta(0, 1, {0: {"s#n": 1}}, tp=SERVING)], {SERVING: 1}, now_ms=1)
+    store.close_window(0, 60_000, b"{}")
+    late = JoinDelta("3", [SERVING], {SERVING: 1}, sums={0: {"m|v#req": 1}, 60_000: {"m|v#req": 2}})
+    store.commit([delta(1, 2, {}, tp=SERVING)], {SERVING: 1}, now_ms=2, joins=[late])
+    assert store.read_labels(0) == {} and store.read_labels(60_000) == {"m|v#req": 2}
+    assert store.totals()["labels_late"] == 1

@@ -43,6 +43,8 @@ INCIDENT_SEED = 11
 CLEAN_SEEDS = (1, 2)
 DETECT_WITHIN_WINDOWS = 3
 TOPICS = Topics()
+# Kinds judged on late labels (release_ctr) need engagement and maturity: tests/unit/test_labels_inprocess.py.
+WINDOW_KINDS = sorted(k for k, spec in INCIDENT_KINDS.items() if not spec.release)
 ALERT_SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "alert.schema.json"
 
 
@@ -144,7 +146,7 @@ def _diagnoses(alerts: list[Alert]) -> list[Alert]:
 # -- every incident kind is detected, localised and cleared ---------------------------------------------
 
 
-@pytest.mark.parametrize("kind", sorted(INCIDENT_KINDS))
+@pytest.mark.parametrize("kind", WINDOW_KINDS)
 def test_incident_fires_on_its_ground_truth_slice(kind: str) -> None:
     incident, run = _incident_run(kind)
     truth = incident.ground_truth
@@ -183,7 +185,7 @@ def test_low_traffic_latency_regression_is_localised() -> None:
     assert [(a.metric, a.series) for a in firing if not _names_slice(a, incident.ground_truth)] == []
 
 
-@pytest.mark.parametrize("kind", sorted(INCIDENT_KINDS))
+@pytest.mark.parametrize("kind", WINDOW_KINDS)
 def test_incident_alert_resolves_after_the_incident_ends(kind: str) -> None:
     incident, run = _incident_run(kind)
     truth = incident.ground_truth
@@ -205,7 +207,7 @@ def test_incident_alert_resolves_after_the_incident_ends(kind: str) -> None:
     assert open_ids == set()
 
 
-@pytest.mark.parametrize("kind", sorted(INCIDENT_KINDS))
+@pytest.mark.parametrize("kind", WINDOW_KINDS)
 def test_incident_alerts_follow_the_alert_schema(kind: str) -> None:
     _, run = _incident_run(kind)
     validator = Draft202012Validator(json.loads(ALERT_SCHEMA.read_text(encoding="utf-8")))
