@@ -61,6 +61,9 @@ class EngineOptions:
     max_future_ms: int = 300_000
     lease_ttl_ms: int = 15_000
     max_catch_up_windows: int = 1_440
+    # A commit writes every accumulated field in one atomic script; past this many the runtime commits
+    # mid-batch, so one script never holds Redis for seconds (2M fields took longer than its 5 s limit).
+    max_commit_fields: int = 100_000
     auto_claim: bool = False
     late_to_deadletter: bool = True
     # The co-partitioned topics the label join pairs (partition p of one with partition p of the other).
@@ -401,6 +404,10 @@ class Engine:
             raise
         self.finish_commit(result, pending)
         return result
+
+    def commit_due(self) -> bool:
+        """Whether enough is accumulated that the runtime should commit before reading on."""
+        return self.accumulator.field_count() >= self.options.max_commit_fields
 
     def prepare_commit(self) -> PendingCommit | None:
         """The commit to make next (on the ingesting thread).

@@ -32,6 +32,7 @@ from stream_monitor.bench.detection import (
     quick_config,
     run_detection_bench,
 )
+from stream_monitor.sim import INCIDENT_KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -52,6 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     d.add_argument(
         "--seeds", type=_positive, help="seeds per incident kind and magnitude (default 5; 1 quick)"
+    )
+    d.add_argument(
+        "--kinds",
+        help="comma-separated incident kinds to run (default: every kind of the simulator's library)",
     )
     d.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
     d.add_argument("--quick", action="store_true", help="smoke run: 2 kinds, 1 seed, 2 h of clean traffic")
@@ -160,6 +165,16 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.seeds is not None:
         options["seeds"] = args.seeds
+    if args.kinds:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        unknown = sorted(set(kinds) - set(INCIDENT_KINDS))
+        if unknown or not kinds:
+            print(
+                f"bench: unknown incident kinds {unknown}; expected some of {sorted(INCIDENT_KINDS)}",
+                file=sys.stderr,
+            )
+            return 2
+        options["kinds"] = kinds
     if args.clean_days is not None:
         if args.clean_days < 0:
             print("bench: --clean-days must be >= 0", file=sys.stderr)

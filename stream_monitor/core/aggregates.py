@@ -221,7 +221,7 @@ class WindowAccumulator:
                         name = source if source in self._sources else OTHER
                         _add(window, f"{prefix}src.{name}", count)
             profiler = self._profiler
-            if profiler is not None and profiler.sampled():
+            if profiler is not None:
                 profiler.add(window, prefix, event)
 
     def add_engagement(self, partition: str, offset: int, event: EngagementEvent) -> None:
@@ -261,6 +261,10 @@ class WindowAccumulator:
 
     def pending(self) -> bool:
         return bool(self._parts)
+
+    def field_count(self) -> int:
+        """Window-sum fields accumulated so far (what the next commit writes)."""
+        return sum(len(w) for delta in self._parts.values() for w in delta.windows.values())
 
     def discard(self, partitions: Iterable[str]) -> None:
         """Forget what was accumulated for ``partitions`` (they were re-claimed and restart counting)."""

@@ -20,12 +20,14 @@ The window-sum fields it writes under a series (``<series>#<field>``), all plain
 =====================  ==========================================================================
 
 Only one request in ``features.sample_every`` is profiled, and of those one slate in
-``ranking.sample_every``: distribution tests need hundreds of values per window, not every request, and a
+``ranking.sample_every``, chosen by a hash of the request id (so window sums stay a function of the input,
+whichever worker or replay computes them): distribution tests need hundreds of values per window, not every request, and a
 slate of 20 items is the most expensive part of an event.
 """
 
 from __future__ import annotations
 
+import zlib
 from itertools import pairwise
 from typing import Any
 
@@ -83,25 +85,25 @@ class Profiler:
         self._cap = ValueCap(rule.max_values)
         self.ranking = topology.ranking.enabled
         self.ranking_every = topology.ranking.sample_every
-        self._ranking_tick = 0
         self._scores = score_bins(topology)
         self._items = ItemBuckets(topology.ranking.item_buckets, topology.ranking.item_sample)
         self.sample_every = rule.sample_every
-        self._tick = 0
 
     @property
     def enabled(self) -> bool:
         return bool(self._features) or self.ranking
 
-    def sampled(self) -> bool:
-        """Whether the next request is one to profile (one in ``sample_every``)."""
-        self._tick += 1
-        if self._tick >= self.sample_every:
-            self._tick = 0
-            return True
-        return False
-
     def add(self, window: dict[str, float], prefix: str, event: ServingEvent) -> None:
+        """Profile ``event`` if it is in the sample (chosen by a hash of its request id, so that the
+        window sums are a function of the input: every worker, replay and restart picks the same)."""
+        if self.sample_every == 1 and self.ranking_every == 1:
+            self._add(window, prefix, event, True)
+            return
+        h = zlib.crc32(event.request_id.encode())
+        if h % self.sample_every == 0:
+            self._add(window, prefix, event, (h // self.sample_every) % self.ranking_every == 0)
+
+    def _add(self, window: dict[str, float], prefix: str, event: ServingEvent, slate: bool) -> None:
         get = window.get
         name = prefix + "prof"
         window[name] = get(name, 0) + 1
@@ -128,11 +130,8 @@ class Profiler:
                 name = f"{prefix}fbad.{feature}"
             window[name] = get(name, 0) + 1
         # A fallback serves a fixed list, not the model's ranking: its own rate signal watches it.
-        if self.ranking and event.items and not event.fallback:
-            self._ranking_tick += 1
-            if self._ranking_tick >= self.ranking_every:
-                self._ranking_tick = 0
-                self._slate(window, prefix, event.items)
+        if slate and self.ranking and event.items and not event.fallback:
+            self._slate(window, prefix, event.items)
 
     def _slate(self, window: dict[str, float], prefix: str, items: list[Any]) -> None:
         # The hot loop of the profiler (20 items a slate): exact type checks, no method lookups per item.

@@ -39,6 +39,7 @@ __all__ = ["WorkerRuntime", "build_worker"]
 log = logging.getLogger(__name__)
 
 EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
+COMMIT_CHECK_EVERY = 64  # messages between checks of the accumulated commit size
 LAG_INTERVAL_S = 5.0
 
 
@@ -127,7 +128,11 @@ class WorkerRuntime:
         async def agent(stream: faust.StreamT[Any]) -> None:
             # noack_take: we ack each message ourselves, only once its delta is in the state store.
             async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
-                for event in events:
+                for number, event in enumerate(events, 1):
+                    if number % COMMIT_CHECK_EVERY == 0 and engine.commit_due():
+                        # Many new series in one batch: commit what is there (acks still wait for the
+                        # final commit below, which is safe: the store holds the offsets).
+                        await self.commit()
                     message = event.message
                     engine.ingest(
                         kind,

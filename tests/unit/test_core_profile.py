@@ -196,7 +196,8 @@ def _event(**overrides: object) -> ServingEvent:
         "items": [{"id": "a", "score": 0.9}, {"id": "b", "score": 0.8}],
     }
     fields.update(overrides)
-    return ServingEvent("r", 0, "m", "v", "control", "home", {}, {}, **fields)  # type: ignore[arg-type]
+    request_id = str(fields.pop("request_id", "r"))
+    return ServingEvent(request_id, 0, "m", "v", "control", "home", {}, {}, **fields)  # type: ignore[arg-type]
 
 
 def test_profiler_counts_quality_problems_per_feature() -> None:
@@ -235,16 +236,19 @@ def test_profiler_survives_hostile_slates() -> None:
     assert window["s#sc.10"] == 1
 
 
-def test_profiler_skips_fallback_slates_and_samples_requests() -> None:
+def test_profiler_skips_fallback_slates_and_samples_requests_by_id() -> None:
     profiler = Profiler(_topology(sample_every=4))
     window: dict[str, float] = {}
-    picked = 0
-    for _ in range(40):
-        if profiler.sampled():
-            picked += 1
-            profiler.add(window, "s#", _event(fallback=True))
-    assert picked == 10 and window["s#prof"] == 10
+    for i in range(400):
+        profiler.add(window, "s#", _event(request_id=f"r{i}", fallback=True))
+    assert 60 <= window["s#prof"] <= 140  # about one in four
     assert not any(name.startswith(("s#rk.", "s#sc.", "s#it.")) for name in window)
+    # The sample is a function of the request ids: another worker (or a replay) picks the same ones.
+    again: dict[str, float] = {}
+    other = Profiler(_topology(sample_every=4))
+    for i in reversed(range(400)):
+        other.add(again, "s#", _event(request_id=f"r{i}", fallback=True))
+    assert again == window
 
 
 def test_profiler_counts_inversions_constant_slates_and_score_bins() -> None:
