@@ -20,9 +20,9 @@ The window-sum fields it writes under a series (``<series>#<field>``), all plain
 =====================  ==========================================================================
 
 Only one request in ``features.sample_every`` is profiled, and of those one slate in
-``ranking.sample_every``, chosen by a hash of the request id (so window sums stay a function of the input,
-whichever worker or replay computes them): distribution tests need hundreds of values per window, not every request, and a
-slate of 20 items is the most expensive part of an event.
+``ranking.sample_every``, chosen by a hash of the request id (so window sums stay a function of the
+input, whichever worker or replay computes them): distribution tests need hundreds of values per window,
+not every request, and a slate of 20 items is the most expensive part of an event.
 """
 
 from __future__ import annotations
