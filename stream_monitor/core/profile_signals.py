@@ -54,8 +54,6 @@ __all__ = ["PROFILE_RATE_SIGNALS", "ProfileEvaluator", "RateSpec"]
 
 PROFILE_RATE_SIGNALS = frozenset({"feature_quality", "score_collapse", "diversity", "position_score"})
 MAX_PROFILES = 5_000
-# A slice's residual still shows a popularity collapse when its reference head takes this much more of it.
-HEAD_SHARE_RISE = 0.15
 _VERSION = KEY_DIMS.index("model_version")
 
 
@@ -254,15 +252,17 @@ class ProfileEvaluator:
         # Traffic lost in a slice changes the mix, and so the distribution of every segment-dependent
         # feature, of each roll-up that contains it: the volume alert says what happened.
         lost = [b.key for b in floor if b.signal == "volume"]
+        # Slices explain each other first (the cause's slice also explains what shows through elsewhere),
+        # then the symptoms of a cause in the same slice go.
         mine = [
             b
-            for b in mine
+            for b in self._explain_slices(mine, series or {}, references)
             if not (b.key in causes and b.signal in ("score_drift", "score_collapse"))
             and not (b.key in concentrated and b.metric == "distinct_items")
             and not (b.key in repeated and b.signal == "popularity")
             and not (b.signal in ("feature_drift", "score_drift") and any(_contains(b.key, s) for s in lost))
         ]
-        floor.extend(self._explain_slices(mine, series or {}, references))
+        floor.extend(mine)
 
     # -- drift against a reference --------------------------------------------------------------------
 
@@ -404,14 +404,12 @@ class ProfileEvaluator:
                 items = rest.hists.get("it", {})
                 if rest.counters.get("rk.slates", 0) < self.ranking.min_slates or not items:
                     return False
-                # Gini depends on volume, so a smaller residual cannot be judged against the slice's limit.
-                # Instead: does the residual still pile onto the items that usually take half of the
-                # slice's exposure (its reference's head), or is it back to the usual share?
+                # Does the slice's traffic outside the other slice still miss the long tail?
                 reference = references.get((breach.key, "it"))
                 if not reference or sum(items.values()) < 50:
                     return False
-                usual, now = _head_share(items, reference)
-                return now - usual > HEAD_SHARE_RISE
+                _usual, now = _tail_share(items, reference, self.ranking.head_share)
+                return breach.threshold is not None and now < breach.threshold
             hist_name = "sc" if breach.signal == "score_drift" else _hist_of(breach.metric, self.features)
             current = rest.hists.get(hist_name or "", {})
             reference = references.get((breach.key, hist_name or ""))
@@ -426,7 +424,7 @@ class ProfileEvaluator:
             if (
                 breach.signal in explainable
                 and dim_of(breach.key) is not None
-                and breach.metric.startswith(("psi", "gini"))
+                and breach.metric.startswith(("psi", "tail"))
             ):
                 groups.setdefault((breach.signal, breach.metric, breach.key[:n_base]), []).append(breach)
             else:
@@ -493,7 +491,6 @@ class ProfileEvaluator:
                     "entropy",
                     normalised_entropy(stats.hists.get("sc", {}), n_score_bins),
                 ),
-                ("popularity", "gini", gini(buckets, rk.item_buckets) if served else None),
                 (
                     "diversity",
                     "distinct_items",
@@ -519,14 +516,7 @@ class ProfileEvaluator:
                 breached = False
                 if len(past) >= rk.min_history:
                     expected = statistics.median(past)
-                    if metric == "gini":
-                        limit = expected + rk.gini_rise
-                        breached = value > limit
-                        text = (
-                            f"item exposure Gini {value:.2f} against a trailing median of {expected:.2f}: "
-                            "recommendations concentrate on fewer items"
-                        )
-                    elif metric == "entropy":
+                    if metric == "entropy":
                         limit = expected * (1.0 - rk.entropy_drop_ratio)
                         breached = value < limit
                         text = (
@@ -540,9 +530,9 @@ class ProfileEvaluator:
                             f"about {value:.0f} distinct items served against a trailing median of "
                             f"{expected:.0f}"
                         )
-                    # Gini and coverage depend on how many items were served: fewer requests serve fewer
-                    # distinct items. They are judged only at (at least 70 % of) the usual volume.
-                    if metric != "entropy" and (usual_volume is None or served < 0.7 * usual_volume):
+                    # Coverage depends on how many items were served: fewer requests serve fewer distinct
+                    # items. It is judged only at (at least 70 % of) the usual volume.
+                    if metric == "distinct_items" and (usual_volume is None or served < 0.7 * usual_volume):
                         breached = False
                     if breached:
                         floor.append(
@@ -562,36 +552,69 @@ class ProfileEvaluator:
                     past.append(value)
                     del past[: -rk.baseline_windows]
             if served:
-                # The item exposure reference of the slice: what a slice breach is explained against.
+                values.append(SignalValue("popularity", "gini", key, gini(buckets, rk.item_buckets)))
+                # Popularity bias: the long tail's share of exposure (items outside those that usually take
+                # head_share of it) against the slice's own item-exposure reference. A ratio, so it does
+                # not depend on the volume, unlike Gini or distinct counts.
                 exposure = _touch(profiles, f"ref|it|{series}")
-                references[(key, "it")] = dict(exposure.get("c", {}))
-                if not any(b.key == key and b.signal == "popularity" for b in floor):
+                reference = dict(exposure.get("c", {}))
+                references[(key, "it")] = reference
+                collapsed = False
+                warm = exposure.get("w", 0) >= self.features.min_reference_windows
+                if warm and sum(reference.values()) >= self.features.min_count:
+                    usual, now = _tail_share(items, reference, rk.head_share)
+                    values.append(SignalValue("popularity", "tail_share", key, now))
+                    limit = usual * (1.0 - rk.tail_drop_ratio)
+                    # Items of one slate are not independent draws: the slates are the sample size.
+                    upper = 1.0 - wilson_lower_bound((1.0 - now) * slates, slates, rk.z)
+                    if now < limit and upper < limit:
+                        collapsed = True
+                        floor.append(
+                            Breach(
+                                "popularity",
+                                "tail_share",
+                                key,
+                                now,
+                                usual,
+                                limit,
+                                "ratio",
+                                "warning",
+                                f"{now:.1%} of served items come from the long tail (outside the items "
+                                f"that usually take {rk.head_share:.0%} of exposure), against {usual:.1%} "
+                                "usually: recommendations collapsed onto popular items",
+                            )
+                        )
+                if not collapsed:
                     _decay_add(exposure, items, self._decay)
                 volume.append(served)
                 del volume[: -rk.baseline_windows]
 
 
-def _head_share(items: Mapping[str, float], reference: Mapping[str, float]) -> tuple[float, float]:
-    """(share of the reference, share of ``items``) in the reference's head: its fullest buckets that
-    together hold half of its counts."""
+def _tail_share(
+    items: Mapping[str, float], reference: Mapping[str, float], head: float
+) -> tuple[float, float]:
+    """(usual, current) share of exposure outside the reference's head: its fullest buckets that together
+    hold ``head`` of its counts."""
     total = sum(reference.values())
-    head: set[str] = set()
-    held = 0.0
-    for bucket, count in sorted(reference.items(), key=lambda kv: -kv[1]):
-        if held >= total / 2:
-            break
-        head.add(bucket)
-        held += count
     served = sum(items.values())
     if total <= 0 or served <= 0:
         return 0.0, 0.0
-    return held / total, sum(c for b, c in items.items() if b in head) / served
+    top: set[str] = set()
+    held = 0.0
+    for bucket, count in sorted(reference.items(), key=lambda kv: -kv[1]):
+        if held >= head * total:
+            break
+        top.add(bucket)
+        held += count
+    return 1.0 - held / total, sum(c for b, c in items.items() if b not in top) / served
 
 
 def _strength(breach: Breach) -> float:
     """How far past its limit a breach is (above a ceiling, or below a floor)."""
     if not breach.threshold:
         return 0.0
+    if breach.signal == "popularity":  # the tail share falls: lower is worse
+        return breach.threshold / breach.observed if breach.observed > 0 else math.inf
     return breach.observed / breach.threshold
 
 

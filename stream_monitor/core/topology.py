@@ -189,7 +189,8 @@ class RankingRule:
     baseline_windows: int = 15
     min_history: int = 5
     coverage_drop_ratio: float = 0.5
-    gini_rise: float = 0.05
+    head_share: float = 0.8
+    tail_drop_ratio: float = 0.5
     entropy_drop_ratio: float = 0.5
     z: float = 2.326
     clear_ratio: float = 0.8

@@ -598,6 +598,7 @@ def parse_incident(spec: str, start_ms: int, default_onset_s: float = DEFAULT_ON
             if spec_kind.default_dataset is None:
                 users = [k.name for k in _ALL_KINDS.values() if k.default_dataset is not None]
                 raise ValueError(f"incident spec {spec!r}: dataset applies only to {', '.join(users)}")
+            choices[name] = value
         elif name == "version":
             if not spec_kind.release:
                 raise ValueError(f"incident spec {spec!r}: version applies only to ctr_drop_after_release")

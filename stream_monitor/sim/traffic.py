@@ -301,7 +301,7 @@ class TrafficSimulator:
         # Releases (ctr_drop_after_release): versions beyond control and canary, and their deployments.
         self._release_versions: list[str] = []
         for inc in self.incidents:
-            if INCIDENT_KINDS[inc.kind].release:
+            if inc.kind in INCIDENT_KINDS and INCIDENT_KINDS[inc.kind].release:
                 self._release_versions.append(str(inc.version))
                 for event in self._release_deployments(inc):
                     block = max(0, (event["ts"] - self.start_ms) // self.block_ms)
@@ -754,7 +754,7 @@ class TrafficSimulator:
                     bits = lost @ (np.int64(1) << np.arange(n_imp + 3, dtype=np.int64))
                     eng_drop = bits if eng_drop is None else eng_drop | bits
                 continue
-            if INCIDENT_KINDS[inc.kind].release:
+            if inc.kind in INCIDENT_KINDS and INCIDENT_KINDS[inc.kind].release:
                 # The new version serves every request of its arm (and model) while deployed; it is worse
                 # only in the target slice.
                 arm_code = ARMS.index(inc.target.get("arm", "control"))

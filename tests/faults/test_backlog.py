@@ -124,5 +124,6 @@ def test_consumer_lag_is_exported_per_partition(
     assert {(t, str(p)) for t in with_data for p in range(dep.partitions)} <= set(caught_up), sorted(
         caught_up
     )
-    assert {t for t, _p in caught_up} <= with_data | {dep.topics["deployments"]}, sorted(caught_up)
+    inputs = with_data | {dep.topics["deployments"], dep.topics["datasets"]}
+    assert {t for t, _p in caught_up} <= inputs, sorted(caught_up)
     assert sum(behind.values()) <= len(events) - at + 2 * 2000 * len(with_data), "lag larger than the backlog"

@@ -19,7 +19,7 @@ import redis
 
 from tests.integration.conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a few minutes: CI runs it in the slow tier
 
 
 def _positive(value: object) -> bool:
