@@ -8,8 +8,10 @@ Two kinds, as in :mod:`stream_monitor.core.signals`:
   lower bound of the rate is above the ceiling, and are localised like the request rates (the slice
   that explains the breach is kept, see ``WindowEvaluator.explain_away``);
 - *comparisons with a reference* (``feature_drift`` and ``score_drift``: PSI with a significance test
-  across all tests of the window; ``score_collapse`` entropy, ``diversity`` distinct items and
-  ``popularity`` top-k share against their trailing medians): localised by dimension like volume.
+  across all tests of the window; ``score_collapse`` entropy and ``diversity`` distinct items against
+  their trailing medians; ``popularity``: the long tail's share of exposure against the slice's item
+  exposure reference): localised by dimension like volume, after slices that another slice's residual
+  explains are dropped.
 
 References live in the evaluator state (``profiles``, checkpointed as JSON with the detector state):
 per (histogram, series) an exponentially decayed sum of the windows that did not breach, and per

@@ -171,8 +171,9 @@ class RankingRule:
     duplicates within a slate, position/score order, catalogue coverage and popularity concentration.
 
     Rates (constant-score slates, duplicates, inversions) alert above a ceiling with confidence (Wilson
-    bound, like the request rates). Coverage (distinct items) and the top-``top_k`` share are compared
-    with their trailing median; score drift uses the feature drift test and reference.
+    bound, like the request rates). Coverage (distinct items) and score entropy are compared with their
+    trailing median; popularity bias is the long tail's share of exposure (outside the items that usually
+    take ``head_share`` of it) against the slice's reference; score drift uses the feature drift test.
     """
 
     enabled: bool = False
