@@ -127,6 +127,8 @@ SYSTEMS: Mapping[str, str] = MappingProxyType(
         "adwin": "river ADWIN per serving event on each raw value (no slice)",
     }
 )
+# Signals judged on late labels (core/labels.py): detected up to the label maturity after the incident.
+LABEL_SIGNALS = frozenset({"release_ctr", "label_ctr"})
 # Systems that name a slice; the others are scored on any alert during the incident.
 SLICED = ("monitor", "static_all", "detectors")
 GOALS: Mapping[str, float] = MappingProxyType(
@@ -566,8 +568,10 @@ def _slice(key: Mapping[str, str], topology: Topology) -> str:
 def _names_truth(fired: Fired, truth: GroundTruth, topology: Topology) -> bool:
     if fired.signal != truth.signal:
         return False
-    # Per-feature and per-source signals must name the broken one ("p95_age_s.<feature>", "share.<source>").
-    if truth.detail is not None and fired.metric.split(".", 1)[-1] != truth.detail:
+    # Per-feature and per-source signals must name the broken one ("p95_age_s.<feature>", "share.<source>");
+    # a release's detail is the new model version, named by the alert's key.
+    named = (fired.metric.split(".", 1)[-1], fired.key.get("model_version"))
+    if truth.detail is not None and truth.detail not in named:
         return False
     for dim in topology.segment_dims:
         if fired.key.get(dim) != truth.key.get(dim, ALL):
@@ -584,6 +588,10 @@ def _score_incident(
     size = topology.window.size_ms
     onset_window = truth.onset_ms - truth.onset_ms % size
     end = truth.end_ms if truth.end_ms is not None else math.inf
+    if truth.signal in LABEL_SIGNALS:
+        # Judged on late labels: a window's labels are final only after the maturity time, so its alert
+        # can come after the incident itself ended.
+        end += topology.labels.maturity_ms + 2 * size
     sliced = system in SLICED
 
     def during(f: Fired) -> bool:
