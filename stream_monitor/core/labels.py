@@ -653,6 +653,35 @@ class LabelEvaluator:
                 if version not in here and len(history) < rule.min_history:
                     values.append(SignalValue("release_ctr", metric, gone, hits / imp))
 
+    def _judge(
+        self,
+        signal: str,
+        metric: str,
+        key: tuple[str, ...],
+        rate: float,
+        upper: float,
+        expected: float,
+        severity: str,
+        message: str,
+        values: list[SignalValue],
+        breaches: list[Breach],
+    ) -> bool:
+        """Judge a rate against ``expected`` x (1 - drop_ratio); True when the window must stay out of the
+        baseline (below the floor, confidently or not)."""
+        floor = expected * (1.0 - self.rule.drop_ratio)
+        keep_out = False
+        # The value is reported (and so an open alert may resolve) when the drop is confident or the rate
+        # is back at the floor; in between an open alert stays open (no flapping on noise).
+        if upper < floor or rate >= floor:
+            values.append(SignalValue(signal, metric, key, rate))
+        else:
+            keep_out = True
+            self._below.add((signal, metric, key))
+        if upper < floor:
+            keep_out = True
+            breaches.append(Breach(signal, metric, key, rate, expected, floor, "ratio", severity, message))
+        return keep_out
+
     @staticmethod
     def _history_key(metric: str, key: tuple[str, ...]) -> str:
         return f"label_ctr|{metric}|{SEP_SERIES.join(key)}"
@@ -696,30 +725,19 @@ class LabelEvaluator:
         what = "CTR" if metric == "ctr" else "play rate"
         if len(past) >= rule.min_history:
             expected = statistics.median(past)
-            floor = expected * (1.0 - rule.drop_ratio)
-            # The value is reported (and so an open alert may resolve) when the drop is confident or
-            # the rate is back at the floor; in between an open alert stays open (no flapping on noise).
-            if upper < floor or rate >= floor:
-                values.append(SignalValue("label_ctr", metric, key, rate))
-            else:
-                keep_out = True
-                self._below.add(("label_ctr", metric, key))
-            if upper < floor:
-                keep_out = True
-                breaches.append(
-                    Breach(
-                        "label_ctr",
-                        metric,
-                        key,
-                        rate,
-                        expected,
-                        floor,
-                        "ratio",
-                        "critical" if rate < expected * (1.0 - 2 * rule.drop_ratio) else "warning",
-                        f"{what} from late labels is {rate:.2%} over {int(imp)} impressions, against a "
-                        f"trailing median of {expected:.2%}",
-                    )
-                )
+            keep_out = self._judge(
+                "label_ctr",
+                metric,
+                key,
+                rate,
+                upper,
+                expected,
+                "critical" if rate < expected * (1.0 - 2 * rule.drop_ratio) else "warning",
+                f"{what} from late labels is {rate:.2%} over {int(imp)} impressions, against a "
+                f"trailing median of {expected:.2%}",
+                values,
+                breaches,
+            )
         elif key[1] != ALL:
             slice_key = list(key)
             slice_key[1] = ALL
@@ -735,28 +753,19 @@ class LabelEvaluator:
             if prior is not None:
                 version, history = prior
                 expected = statistics.median(history)
-                floor = expected * (1.0 - rule.drop_ratio)
-                if upper < floor or rate >= floor:
-                    values.append(SignalValue("release_ctr", metric, key, rate))
-                else:
-                    keep_out = True
-                    self._below.add(("release_ctr", metric, key))
-                if upper < floor:
-                    keep_out = True
-                    breaches.append(
-                        Breach(
-                            "release_ctr",
-                            metric,
-                            key,
-                            rate,
-                            expected,
-                            floor,
-                            "ratio",
-                            "critical",
-                            f"{what} of new version {key[1]} is {rate:.2%} over {int(imp)} impressions, "
-                            f"against {expected:.2%} for the previous version {version}",
-                        )
-                    )
+                keep_out = self._judge(
+                    "release_ctr",
+                    metric,
+                    key,
+                    rate,
+                    upper,
+                    expected,
+                    "critical",
+                    f"{what} of new version {key[1]} is {rate:.2%} over {int(imp)} impressions, "
+                    f"against {expected:.2%} for the previous version {version}",
+                    values,
+                    breaches,
+                )
         if not keep_out:
             past.append(rate)
             del past[: -rule.baseline_windows]
