@@ -20,6 +20,7 @@ import orjson
 
 from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
+from stream_monitor.core.anomaly import ANOMALY_SIGNAL, AnomalyLayer
 from stream_monitor.core.clock import Clock
 from stream_monitor.core.datasets import DatasetArrival, check_datasets
 from stream_monitor.core.events import (
@@ -105,7 +106,13 @@ class Engine:
         self.options = options or EngineOptions()
         self.accumulator = WindowAccumulator(topology)
         self.evaluator = WindowEvaluator(topology)
-        self.book = AlertBook(topology.key_dims, topology.name, self.evaluator.clear_ratios())
+        self.anomaly = AnomalyLayer(topology.anomaly, topology.key_dims, topology.window.size_ms)
+        self._anomaly_suppressed_seen = 0
+        self.book = AlertBook(
+            topology.key_dims,
+            topology.name,
+            {**self.evaluator.clear_ratios(), ANOMALY_SIGNAL: topology.anomaly.clear_ratio},
+        )
         self._datasets = frozenset(rule.name for rule in topology.datasets)
         self.claims: dict[str, PartitionClaim] = {}
         self.fenced: set[str] = set()
@@ -560,6 +567,12 @@ class Engine:
                 )
                 values.extend(label_values)
                 breaches.extend(label_breaches)
+            if self.anomaly.enabled:
+                scores, anomalies = self.anomaly.evaluate(
+                    values, breaches, state.anomaly, end, state.open_alerts.keys()
+                )
+                values.extend(scores)
+                breaches.extend(anomalies)
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
             alerts = self.book.update(state, breaches, (window_start, end), now, evaluated)
             state.last_closed_end = end
@@ -568,6 +581,7 @@ class Engine:
             if alerts:
                 self.alert_sink.emit(alerts)
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
+                self.anomaly.forget()
                 break  # someone else closed it: stop, and reload their state next time
             emitted.extend(alerts)
             self.windows_closed += 1
@@ -605,6 +619,10 @@ class Engine:
         m = self.metrics
         m.windows_closed.inc()
         m.window_lag.set(max(0.0, (now - end) / 1000))
+        if self.anomaly.enabled:
+            m.anomaly_suppressed.inc(self.anomaly.suppressed - self._anomaly_suppressed_seen)
+            self._anomaly_suppressed_seen = self.anomaly.suppressed
+            m.anomaly_series.set(len(state.anomaly.get("detectors", ())))
         m.set_signals(values)  # type: ignore[arg-type]
         for alert in alerts:
             m.alerts.labels(signal=alert.signal, severity=alert.severity, status=alert.status).inc()

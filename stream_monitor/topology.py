@@ -12,9 +12,12 @@ from typing import Any
 
 import yaml
 
+from stream_monitor.core.reference import PinnedProfile, ProfileFormatError, binning, profile_fingerprint
 from stream_monitor.core.topology import (
     DEFAULT_BURN_ALERTS,
     DEFAULT_RATES,
+    AnomalyRule,
+    AnomalySeries,
     BurnAlert,
     DatasetRule,
     EngagementRatioRule,
@@ -68,13 +71,13 @@ def load_topology(path: Path | str | None = None) -> Topology:
     except yaml.YAMLError as exc:
         raise TopologyError(f"{file}: not valid YAML: {exc}") from exc
     try:
-        return parse_topology(doc)
+        return parse_topology(doc, base_dir=file.parent)
     except TopologyError as exc:
         raise TopologyError(f"{file}: {exc}") from exc
 
 
-def parse_topology(doc: Any) -> Topology:
-    """Build a Topology from a parsed YAML document.
+def parse_topology(doc: Any, base_dir: Path | None = None) -> Topology:
+    """Build a Topology from a parsed YAML document (relative file names are relative to ``base_dir``).
 
     >>> t = parse_topology({"name": "x", "window": {"size": "30s"}, "segment_dims": ["region"]})
     >>> t.window.size_ms, t.group_by
@@ -86,6 +89,7 @@ def parse_topology(doc: Any) -> Topology:
     segment_dims = tuple(_str_list(doc.get("segment_dims", []), "segment_dims"))
     signals = _mapping(doc, "signals", required=False)
     try:
+        ranking = _ranking(_mapping(signals, "ranking", required=False))
         spec = WindowSpec(
             parse_duration_ms(window.get("size", "60s"), "window.size"),
             parse_duration_ms(window.get("allowed_lateness", "0s"), "window.allowed_lateness"),
@@ -114,10 +118,11 @@ def parse_topology(doc: Any) -> Topology:
                     "signals.engagement_ratio",
                 )
             ),
-            features=_features(_mapping(signals, "features", required=False)),
-            ranking=_ranking(_mapping(signals, "ranking", required=False)),
+            features=_features(_mapping(signals, "features", required=False), ranking, base_dir),
+            ranking=ranking,
             slo=_slo(_mapping(doc, "slo", required=False)),
             datasets=_datasets(_mapping(doc, "datasets", required=False)),
+            anomaly=_anomaly(_mapping(doc, "anomaly", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -137,6 +142,31 @@ def _labels(doc: dict[str, Any]) -> LabelRule:
         if name in doc:
             known[f"{name}_ms"] = parse_duration_ms(doc[name], f"labels.{name}")
     return LabelRule(**known)
+
+
+def _anomaly(doc: dict[str, Any]) -> AnomalyRule:
+    """The ``anomaly:`` section: detector settings and the list of watched ``series``.
+
+    >>> rule = _anomaly({"budget_per_day": 2,
+    ...                  "series": [{"signal": "latency", "metric": "p99.*", "side": "up"}]})
+    >>> rule.budget_per_day, rule.watch("latency", "p99.total")
+    (2, AnomalySeries(signal='latency', metric='p99.*', side='up'))
+    """
+    rest = {k: v for k, v in doc.items() if k != "series"}
+    known = _known(rest, AnomalyRule, "anomaly", ("series",))
+    raw = doc.get("series", []) or []
+    if not isinstance(raw, list):
+        raise TopologyError("anomaly.series: expected a list of {signal, metric, side} mappings")
+    series = []
+    for i, item in enumerate(raw):
+        where = f"anomaly.series[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("signal"), str):
+            raise TopologyError(f"{where}: expected a mapping with a signal name")
+        unknown = set(item) - {"signal", "metric", "side"}
+        if unknown:
+            raise TopologyError(f"{where}: unknown keys {sorted(unknown)} (known: metric, side, signal)")
+        series.append(AnomalySeries(**{k: str(v) for k, v in item.items()}))
+    return AnomalyRule(series=tuple(series), **known)
 
 
 def _volume(doc: dict[str, Any]) -> VolumeRule:
@@ -177,9 +207,10 @@ def _sources(doc: dict[str, Any]) -> SourceRule:
     return SourceRule(sources=sources, **_known(rest, SourceRule, "signals.candidate_source"))
 
 
-def _features(doc: dict[str, Any]) -> FeatureRule:
+def _features(doc: dict[str, Any], ranking: RankingRule, base_dir: Path | None) -> FeatureRule:
     where = "signals.features"
     rest = dict(doc)
+    pinned_path = rest.pop("pinned_profile", None)
     specs: list[FeatureSpec] = []
     for kind in ("numeric", "categorical"):
         declared = rest.pop(kind, None) or {}
@@ -204,7 +235,30 @@ def _features(doc: dict[str, Any]) -> FeatureRule:
                 specs.append(FeatureSpec(name=str(name), kind=kind, **fields))
             except ValueError as exc:
                 raise TopologyError(f"{where}.{kind}.{name}: {exc}") from exc
-    return FeatureRule(features=tuple(specs), **_known(rest, FeatureRule, where, skip=("features",)))
+    pinned = None
+    if pinned_path is not None:
+        pinned = _pinned(pinned_path, tuple(specs), ranking, base_dir, f"{where}.pinned_profile")
+    known = _known(rest, FeatureRule, where, skip=("features", "pinned"))
+    return FeatureRule(features=tuple(specs), pinned=pinned, **known)
+
+
+def _pinned(
+    value: object, specs: tuple[FeatureSpec, ...], ranking: RankingRule, base_dir: Path | None, where: str
+) -> PinnedProfile:
+    """Load the pinned reference profile named by the topology, checked against its binning."""
+    if not isinstance(value, str) or not value:
+        raise TopologyError(f"{where}: expected a file name, got {value!r}")
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TopologyError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return PinnedProfile.from_json(raw, profile_fingerprint(binning(specs, ranking)))
+    except ProfileFormatError as exc:
+        raise TopologyError(f"{where}: {path}: {exc}") from exc
 
 
 def _ranking(doc: dict[str, Any]) -> RankingRule:

@@ -71,6 +71,9 @@ class DetectorState:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-window (total, bad) SLO counts, "<objective>|<series>" -> [total, bad, total, bad, ...].
     slo_history: dict[str, list[int]] = field(default_factory=dict)
+    # The anomaly layer's checkpoint (core/anomaly.py): token bucket and per-series detector states, each
+    # checked by core/detectors.py when loaded. Absent from older checkpoints (then empty).
+    anomaly: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -91,9 +94,17 @@ class DetectorState:
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
         if doc.get("version") not in (1, 2, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, **doc}
+        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, "anomaly": {}, **doc}
         try:
-            names = ("volume_history", "volume_absent", "open_alerts", "baselines", "profiles", "slo_history")
+            names = (
+                "volume_history",
+                "volume_absent",
+                "open_alerts",
+                "baselines",
+                "profiles",
+                "slo_history",
+                "anomaly",
+            )
             for name in names:
                 if not isinstance(doc.get(name), dict):
                     raise StateFormatError(f"detector state {name} must be a JSON object")
@@ -108,6 +119,7 @@ class DetectorState:
                 baselines={str(k): [float(x) for x in v] for k, v in doc["baselines"].items()},
                 profiles={str(k): _profile_entry(v) for k, v in doc["profiles"].items()},
                 slo_history={str(k): [int(x) for x in v] for k, v in doc["slo_history"].items()},
+                anomaly=dict(doc["anomaly"]),
             )
             if any(len(v) % 2 for v in state.slo_history.values()):
                 raise StateFormatError("detector state slo_history lists must hold (total, bad) pairs")

@@ -558,7 +558,7 @@ class EnsembleDetector:
         return cls(load_detector(m) for m in members)
 
 
-def default_detector(side: str = "both") -> EnsembleDetector:
+def default_detector(side: str = "both", replay: int = 1000) -> EnsembleDetector:
     """The project's default detector stack for one per-window series.
 
     * :class:`RobustBaseline` with its defaults (two-hour rolling median and spread for one-minute
@@ -570,6 +570,9 @@ def default_detector(side: str = "both") -> EnsembleDetector:
     Tuned on two simulated clean days (265 series of the default topology): about 6.5 false alarms a
     day in all, mostly Page-Hinkley on traffic volume while the daily curve falls fastest, and the
     Poisson tail of small slices' error counts (docs/benchmarks.md).
+
+    ``replay`` bounds the Page-Hinkley member's checkpoint (its last ``replay`` inputs, at least 135):
+    the worker keeps it at 135 so a watched series costs about 255 numbers of state.
 
     >>> det = default_detector(side="up")
     >>> [m.kind for m in det.members], det.warmup
@@ -585,6 +588,7 @@ def default_detector(side: str = "both") -> EnsembleDetector:
                 window=120,
                 min_history=20,
                 lag=15,
+                replay=replay,
             ),
         ]
     )

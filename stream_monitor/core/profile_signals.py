@@ -307,7 +307,9 @@ class ProfileEvaluator:
                 release = self._release(profiles, hist_name, key, current)
                 trailing = _touch(profiles, f"ref|{hist_name}|{series}")
                 reference: dict[str, float] | None = None
-                if rule.reference == "previous_version" and release is not None:
+                if rule.reference == "pinned":
+                    reference = rule.pinned.reference(key, hist_name) if rule.pinned else None
+                elif rule.reference == "previous_version" and release is not None:
                     reference = release
                 elif trailing.get("w", 0) >= rule.min_reference_windows:
                     reference = trailing["c"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stream_monitor.core.reference import PinnedProfile
 from stream_monitor.core.windows import WindowSpec
 
 __all__ = [
     "DEFAULT_BURN_ALERTS",
     "DEFAULT_RATES",
+    "AnomalyRule",
+    "AnomalySeries",
     "BurnAlert",
     "DatasetRule",
     "EngagementRatioRule",
@@ -135,8 +138,9 @@ class FeatureRule:
     """Feature distribution drift and data quality (null, invalid and default-value rates).
 
     Drift compares each window's histogram of a feature with a reference: ``trailing`` (an exponentially
-    decayed sum of earlier windows of the same slice, half-life ``half_life_windows``) or
-    ``previous_version`` (the profile the model's previous version saw on the same slice). A breach needs
+    decayed sum of earlier windows of the same slice, half-life ``half_life_windows``),
+    ``previous_version`` (the profile the model's previous version saw on the same slice) or ``pinned``
+    (a fixed profile such as the training data's, per slice: core/reference.py). A breach needs
     both an effect (PSI at least ``psi_threshold``) and significance: the drift p-values of every
     (slice, feature) tested in the window go through Benjamini-Hochberg at false discovery rate ``fdr``.
     """
@@ -155,10 +159,16 @@ class FeatureRule:
     max_unseen_share: float = 0.1
     z: float = 2.326
     clear_ratio: float = 0.8
+    # The fixed reference of ``reference: pinned`` (core/reference.py), loaded outside core.
+    pinned: PinnedProfile | None = None
 
     def __post_init__(self) -> None:
-        if self.reference not in ("trailing", "previous_version"):
-            raise ValueError(f"reference must be trailing or previous_version, got {self.reference!r}")
+        if self.reference not in ("trailing", "previous_version", "pinned"):
+            raise ValueError(
+                f"reference must be trailing, previous_version or pinned, got {self.reference!r}"
+            )
+        if self.reference == "pinned" and self.pinned is None:
+            raise ValueError("reference: pinned needs a pinned profile (signals.features.pinned_profile)")
         if self.sample_every < 1:
             raise ValueError(f"sample_every must be >= 1, got {self.sample_every!r}")
         if not 0 < self.fdr < 1:
@@ -343,6 +353,69 @@ DEFAULT_RATES = (
 )
 
 
+_ANOMALY_SIDES = ("both", "up", "down")
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalySeries:
+    """Which per-window series the anomaly detectors watch: one signal's metric (``*`` at the end: a
+    prefix, e.g. ``p99.*``), and the side that counts (``up``: latency, rates; ``down``: volume)."""
+
+    signal: str
+    metric: str = "*"
+    side: str = "both"
+
+    def __post_init__(self) -> None:
+        if self.side not in _ANOMALY_SIDES:
+            raise ValueError(
+                f"anomaly series {self.signal}: side {self.side!r} is not one of {_ANOMALY_SIDES}"
+            )
+
+    def matches(self, signal: str, metric: str) -> bool:
+        """Whether a signal value of ``signal`` / ``metric`` belongs to this series."""
+        if signal != self.signal:
+            return False
+        if self.metric.endswith("*"):
+            return metric.startswith(self.metric[:-1])
+        return metric == self.metric
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRule:
+    """Adaptive detectors (core/detectors.py) on per-window signal series, under an alarm budget.
+
+    ``budget_per_day`` new anomaly alerts a day at most, across every watched series (a token bucket of
+    ``burst`` tokens); alerts past it are counted as suppressed. ``max_segment_dims`` bounds the roll-up
+    levels watched (0: per model version only; 1: also each single segment dimension), ``max_series`` the
+    number of detectors (newcomers past it are not watched).
+    """
+
+    series: tuple[AnomalySeries, ...] = ()
+    threshold: float = 0.9
+    budget_per_day: float = 1.0
+    burst: float = 2.0
+    max_series: int = 400
+    max_segment_dims: int = 1
+    severity: str = "warning"
+    clear_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"anomaly threshold must be in (0, 1], got {self.threshold}")
+        if self.budget_per_day < 0 or self.burst < 1:
+            raise ValueError("anomaly budget_per_day must be >= 0 and burst >= 1")
+        if self.max_series < 1 or self.max_segment_dims < 0:
+            raise ValueError("anomaly max_series must be >= 1 and max_segment_dims >= 0")
+        if self.severity not in ("critical", "warning", "info"):
+            raise ValueError(f"anomaly severity {self.severity!r} is not critical/warning/info")
+        if not 0.0 < self.clear_ratio <= 1.0:
+            raise ValueError(f"anomaly clear_ratio must be in (0, 1], got {self.clear_ratio}")
+
+    def watch(self, signal: str, metric: str) -> AnomalySeries | None:
+        """The first series spec that covers ``signal`` / ``metric`` (None: not watched)."""
+        return next((s for s in self.series if s.matches(signal, metric)), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """One monitoring topology: windows, key dimensions, roll-ups and signal rules.
@@ -374,6 +447,7 @@ class Topology:
     slo: SloRule = field(default_factory=SloRule)
     datasets: tuple[DatasetRule, ...] = ()
     labels: LabelRule = field(default_factory=LabelRule)
+    anomaly: AnomalyRule = field(default_factory=AnomalyRule)
 
     def __post_init__(self) -> None:
         if not self.group_by:

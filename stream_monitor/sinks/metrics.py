@@ -151,6 +151,18 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.anomaly_suppressed = Counter(
+            "anomaly_suppressed",
+            "Anomaly alerts not opened because the anomaly layer's alarm budget was spent.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.anomaly_series = Gauge(
+            "anomaly_series",
+            "Per-window series the anomaly detectors watch (capped by the topology's anomaly.max_series).",
+            namespace=ns,
+            registry=registry,
+        )
         self._signal_labels: set[tuple[str, ...]] = set()
 
     def record_joins(

@@ -1,0 +1,240 @@
+"""Adaptive detectors on the per-window signal series, localised and under an alarm budget.
+
+Thresholds and SLAs (core/signals.py) catch what a team has declared bad. The anomaly layer watches the
+same per-window values for what nobody declared: a p99 that doubles but stays under its SLA, a source
+share that falls by a third. Each watched series (topology ``anomaly.series``: signal, metric, side) gets
+the default detector stack of :mod:`stream_monitor.core.detectors` (robust rolling baseline + river
+Page-Hinkley on robust z-scores), updated once per closed window.
+
+Thousands of series would drown people in alerts, so three things stand between a detector's score and
+an alert:
+
+1. **Redundancy.** A series whose signal already breaches its threshold on the same (model, version, arm,
+   surface) is left to that alert.
+2. **Localisation.** A slice's anomaly shows through every roll-up that contains it; the breaches go
+   through :func:`stream_monitor.core.signals.localise`, which keeps the level that explains them.
+3. **Budget.** New anomaly alerts spend tokens from one bucket (``burst`` tokens, refilled at
+   ``budget_per_day``): whatever the number of series, at most ``burst + budget_per_day x days`` anomaly
+   alerts open. The strongest scores go first; the rest are counted in ``suppressed``. This is a
+   per-layer alarm-rate budget rather than a multiple-testing correction: the scores of these
+   detectors are not calibrated p-values (windows are autocorrelated and the robust z-scores have heavy
+   tails), so a cap is the guarantee that holds whatever they are (docs/signals.md, "Anomaly detectors").
+
+State is JSON (each detector's :meth:`~stream_monitor.core.detectors.SeriesDetector.to_state`), kept in
+the engine's :class:`~stream_monitor.core.alerts.DetectorState`. The layer keeps its detectors in memory
+between windows and rebuilds them from the checkpoint only when the checkpoint is not the one it wrote
+(another worker closed windows in between, or a restart).
+
+Imports: the standard library and core only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from stream_monitor.core.detectors import (
+    EnsembleDetector,
+    RobustBaseline,
+    SeriesDetector,
+    default_detector,
+    load_detector,
+)
+from stream_monitor.core.signals import Breach, SignalValue, localise
+from stream_monitor.core.topology import KEY_DIMS, AnomalyRule
+
+__all__ = ["ANOMALY_SIGNAL", "ANOMALY_STATE_VERSION", "AnomalyLayer"]
+
+log = logging.getLogger(__name__)
+
+ANOMALY_SIGNAL = "anomaly"
+ANOMALY_STATE_VERSION = 1
+_DAY_MS = 86_400_000
+_ALL = "*"
+# Page-Hinkley's replay bound: window (120) + lag (15) of the default stack, the least that is exact.
+_REPLAY = 135
+
+
+def _worker_detector(side: str) -> SeriesDetector:
+    return default_detector(side, replay=_REPLAY)
+
+
+class AnomalyLayer:
+    """Detectors on the watched per-window series; anomaly breaches out, under the rule's alarm budget.
+
+    >>> from stream_monitor.core.topology import AnomalyRule, AnomalySeries
+    >>> rule = AnomalyRule(series=(AnomalySeries("latency", "p99.*", "up"),), threshold=0.9)
+    >>> layer = AnomalyLayer(rule, ("model", "model_version", "arm", "surface"), window_ms=60_000)
+    >>> key = ("m", "v1", "control", "home")
+    >>> state: dict = {}
+    >>> for i in range(40):  # clean history: 200 ms give or take a few
+    ...     _, found = layer.evaluate([SignalValue("latency", "p99.total", key, 200.0 + i % 5)], [], state,
+    ...                               (i + 1) * 60_000, open_alerts=())
+    >>> found
+    []
+    >>> values, found = layer.evaluate([SignalValue("latency", "p99.total", key, 290.0)], [], state,
+    ...                                41 * 60_000, open_alerts=())
+    >>> [(b.signal, b.metric, round(b.observed, 2)) for b in found]
+    [('anomaly', 'latency.p99.total', 1.0)]
+    >>> found[0].message
+    'latency p99.total 290 is anomalous (expected about 202, score 1.00)'
+    """
+
+    def __init__(
+        self,
+        rule: AnomalyRule,
+        key_dims: tuple[str, ...],
+        window_ms: int,
+        factory: Callable[[str], SeriesDetector] = _worker_detector,
+    ) -> None:
+        self.rule = rule
+        self.key_dims = key_dims
+        self.window_ms = window_ms
+        self.factory = factory
+        self._detectors: dict[str, SeriesDetector] = {}
+        # The window end of the checkpoint this layer last wrote: its detectors are that checkpoint.
+        self._written_end: int | None = None
+        self.suppressed = 0
+        self.untracked = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rule.series)
+
+    def forget(self) -> None:
+        """Drop the in-memory detectors: the next window rebuilds them from the checkpoint."""
+        self._detectors = {}
+        self._written_end = None
+
+    def evaluate(
+        self,
+        values: Sequence[SignalValue],
+        breaches: Sequence[Breach],
+        state: dict[str, Any],
+        window_end: int,
+        open_alerts: Collection[str],
+    ) -> tuple[list[SignalValue], list[Breach]]:
+        """Update every watched series with this window's value; anomaly scores and new breaches.
+
+        ``breaches`` are the threshold layer's (localised) breaches of the same window; ``open_alerts``
+        the dedupe ids of the open alerts (an anomaly already alerting needs no new token). ``state`` is
+        the layer's checkpoint (a JSON object), updated in place.
+        """
+        if not self.enabled:
+            return [], []
+        self._load(state)
+        tokens = self._refill(state, window_end)
+        alerting = {(b.signal, b.key[: len(KEY_DIMS)]) for b in breaches}
+        scores: list[SignalValue] = []
+        candidates: list[tuple[float, Breach]] = []
+        for value in values:
+            spec = self.rule.watch(value.signal, value.metric)
+            if spec is None or not self._level_watched(value.key):
+                continue
+            ident = f"{value.signal}|{value.metric}|{'|'.join(value.key)}"
+            detector = self._detectors.get(ident)
+            if detector is None:
+                if len(self._detectors) >= self.rule.max_series:
+                    self.untracked += 1
+                    continue
+                detector = self._detectors[ident] = self.factory(spec.side)
+            expected = _expected(detector)
+            score = detector.update(_significant(value.value))
+            metric = f"{value.signal}.{value.metric}"
+            scores.append(SignalValue(ANOMALY_SIGNAL, metric, value.key, score))
+            if score < self.rule.threshold or (value.signal, value.key[: len(KEY_DIMS)]) in alerting:
+                continue
+            about = "" if expected is None else f"expected about {_num(expected)}, "
+            candidates.append(
+                (
+                    score,
+                    Breach(
+                        ANOMALY_SIGNAL,
+                        metric,
+                        value.key,
+                        observed=score,
+                        expected=None,
+                        threshold=self.rule.threshold,
+                        unit="score",
+                        severity=self.rule.severity,
+                        message=(
+                            f"{value.signal.replace('_', ' ')} {value.metric} {_num(value.value)} "
+                            f"is anomalous ({about}score {score:.2f})"
+                        ),
+                    ),
+                )
+            )
+        kept = localise([b for _, b in candidates], scores, self.key_dims)
+        strength = {id(b): s for s, b in candidates}
+        out: list[Breach] = []
+        for breach in sorted(kept, key=lambda b: -strength[id(b)]):
+            dedupe = f"{breach.signal}|{breach.metric}|{'|'.join(breach.key)}"
+            if dedupe in open_alerts:
+                out.append(breach)  # already alerting: keeps its alert open, costs nothing
+            elif tokens >= 1.0:
+                tokens -= 1.0
+                out.append(breach)
+            else:
+                self.suppressed += 1
+                state["suppressed"] = int(state.get("suppressed", 0)) + 1
+        state["tokens"] = tokens
+        self._save(state, window_end)
+        return scores, out
+
+    # -- budget and levels ------------------------------------------------------------------------------
+
+    def _refill(self, state: Mapping[str, Any], window_end: int) -> float:
+        burst = self.rule.burst
+        tokens = float(state.get("tokens", burst))
+        last = state.get("end")
+        if isinstance(last, int) and window_end > last:
+            tokens += (window_end - last) * self.rule.budget_per_day / _DAY_MS
+        return min(max(tokens, 0.0), burst)
+
+    def _level_watched(self, key: tuple[str, ...]) -> bool:
+        set_dims = sum(1 for v in key[len(KEY_DIMS) :] if v != _ALL)
+        return set_dims <= self.rule.max_segment_dims
+
+    # -- checkpoint -------------------------------------------------------------------------------------
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        end = state.get("end")
+        if self._written_end is not None and end == self._written_end:
+            return  # the checkpoint is the one this layer wrote: its detectors are in memory
+        self._detectors = {}
+        raw = state.get("detectors", {})
+        if state.get("version", ANOMALY_STATE_VERSION) != ANOMALY_STATE_VERSION or not isinstance(raw, dict):
+            log.error("anomaly detector state version %r unknown: starting afresh", state.get("version"))
+            return
+        for ident, doc in raw.items():
+            try:
+                self._detectors[str(ident)] = load_detector(doc)
+            except ValueError as exc:  # DetectorStateError: one bad series does not lose the others
+                log.error("anomaly detector %s unreadable (%s): starting it afresh", ident, exc)
+
+    def _save(self, state: dict[str, Any], window_end: int) -> None:
+        state["version"] = ANOMALY_STATE_VERSION
+        state["end"] = window_end
+        state["detectors"] = {ident: det.to_state() for ident, det in self._detectors.items()}
+        self._written_end = window_end
+
+
+def _expected(detector: SeriesDetector) -> float | None:
+    """The robust baseline's expected value before this update (None while it warms up)."""
+    members = detector.members if isinstance(detector, EnsembleDetector) else [detector]
+    for member in members:
+        if isinstance(member, RobustBaseline):
+            expected = member.expected()
+            return None if expected is None else expected[0]
+    return None
+
+
+def _significant(value: float) -> float:
+    """``value`` to 6 significant digits: checkpoints stay short (about 8 bytes a number in JSON), and the
+    detector sees exactly what it will see again when it is rebuilt from them."""
+    return float(f"{value:.6g}")
+
+
+def _num(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
