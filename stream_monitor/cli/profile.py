@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
             profile, rejected = build_pinned_profile(topology, lines, source=args.file.name)
     if not profile.slices:
         print(
-            f"profile: no profiled serving event in {args.file} ({len(rejected.dead_letters)} lines rejected)",
+            f"profile: no profiled serving event in {args.file} "
+            f"({len(rejected.dead_letters)} lines rejected)",
             file=sys.stderr,
         )
         return 1

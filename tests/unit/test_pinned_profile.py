@@ -1,4 +1,4 @@
-"""Pinned reference profiles: built from recorded events, loaded by the topology, drift measured against them."""
+"""Pinned reference profiles: built from recorded events, loaded by the topology, drift tested on them."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_a_drifted_feature_is_found_against_the_pinned_profile_from_the_first_wi
 
 
 def test_a_profile_made_under_other_bins_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(TopologyError, match="made with binning .*rebuild it"):
+    with pytest.raises(TopologyError, match=r"made with binning .*rebuild it"):
         _pinned_topology(tmp_path, numeric={"watch_minutes_7d": {"range": [0, 500]}, "days_since_signup": {}})
 
 
@@ -128,7 +128,7 @@ def test_malformed_profiles_are_refused_with_the_reason(doc: dict[str, Any], mes
 def test_the_topology_names_a_missing_profile_file(tmp_path: Path) -> None:
     doc = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
     doc["signals"]["features"].update({"reference": "pinned", "pinned_profile": "absent.json"})
-    with pytest.raises(TopologyError, match="pinned_profile: cannot read .*absent.json"):
+    with pytest.raises(TopologyError, match=r"pinned_profile: cannot read .*absent\.json"):
         parse_topology(doc, base_dir=tmp_path)
     doc["signals"]["features"].pop("pinned_profile")
     with pytest.raises(TopologyError, match="reference: pinned needs a pinned profile"):
