@@ -263,7 +263,7 @@ class JoinBuffer:
             self._count(ts, "late_serving")
             self._expire_early(rid, late=True)
             return
-        if any(rid in entries for entries in self._pending.values()) or self._was_matured(rid):
+        if any(rid in entries for entries in self._pending.values()) or self._was_matured(rid, window):
             self._count(ts, "dup")
             return
         if self.pending >= self.rule.max_pending:
@@ -321,8 +321,11 @@ class JoinBuffer:
                 entry[_GRADES] = entry[_GRADES] & ~(3 << shift) | code << shift
         self._dirty[rid] = window
 
-    def _was_matured(self, rid: int) -> bool:
-        return any(_contains(ids, rid) for ids in self._matured.values())
+    def _was_matured(self, rid: int, window: int) -> bool:
+        # A re-sent serving event carries its request's ts, so only its own window can hold it: looking
+        # through every retained window cost one binary search per window for every serving event.
+        ids = self._matured.get(window)
+        return ids is not None and _contains(ids, rid)
 
     def _expire_early(self, rid: int, late: bool) -> None:
         for early in self._early.values():
