@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["DEFAULT_RUNBOOK_BASE", "ROLLBACK_SIGNALS", "RUNBOOKS", "runbook_for", "suggested_action"]
+__all__ = [
+    "DEFAULT_RUNBOOK_BASE",
+    "ROLLBACK_SIGNALS",
+    "RUNBOOKS",
+    "incident_level",
+    "runbook_for",
+    "suggested_action",
+]
 
 # Relative to the repository root; a deployment that serves the docs elsewhere passes its own base URL.
 DEFAULT_RUNBOOK_BASE = "docs/runbooks/"
@@ -135,3 +142,25 @@ def suggested_action(signal: str, metric: str, key: Mapping[str, str]) -> str:
             f"(see `stream-monitor lineage {model}`)"
         )
     return text
+
+
+def incident_level(signal: str, severity: str, metric: str, key: Mapping[str, str]) -> str:
+    """The incident level (SEV1-SEV4, docs/alerting.md) of a worker alert, as the Prometheus rules label it.
+
+    critical is SEV2 (page), warning SEV3 (ticket), info SEV4; a whole series gone silent (volume 0 with
+    every segment dimension rolled up) is SEV1.
+
+    >>> top = {"model": "m", "model_version": "*", "arm": "control", "surface": "home", "region": "*"}
+    >>> incident_level("volume", "critical", "count", top)
+    'SEV1'
+    >>> incident_level("volume", "critical", "count", {**top, "region": "eu"})
+    'SEV2'
+    >>> incident_level("feature_drift", "warning", "psi.country", top)
+    'SEV3'
+    """
+    if severity == "critical":
+        segments = [v for d, v in key.items() if d not in ("model", "model_version", "arm", "surface")]
+        if signal == "volume" and all(v == "*" for v in segments):
+            return "SEV1"
+        return "SEV2"
+    return "SEV3" if severity == "warning" else "SEV4"

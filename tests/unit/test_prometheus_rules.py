@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_monitor.core.runbooks import GENERIC_RUNBOOK, RUNBOOKS, runbook_for
+from stream_monitor.core.runbooks import GENERIC_RUNBOOK, RUNBOOKS, incident_level, runbook_for
 from stream_monitor.topology import load_topology, parse_duration_ms
 from tests.unit._promql import (
     PENDING_METRICS,
@@ -265,6 +265,23 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
         assert annotations["runbook_url"] == runbook_for(labels["signal"]), (
             "same runbook as the worker's alert"
         )
+
+
+def test_worker_alert_levels_agree_with_the_rules() -> None:
+    """incident_level() (for the worker's own alerts) gives the level the Prometheus rule of the same signal
+    and severity gives (TrafficDrop excepted: the worker calls any non-silent drop a warning)."""
+    checked = 0
+    for name, labels in _tested_alerts():
+        if labels.get("signal") not in RUNBOOKS or name == "StreamMonitorTrafficDrop":
+            continue
+        key = {d: labels.get(d, "*") for d in ("model", "model_version", "arm", "surface")}
+        segment = labels.get("segment", "*")
+        key.update(
+            dict(part.split("=", 1) for part in segment.split(",")) if segment != "*" else {"region": "*"}
+        )
+        assert incident_level(labels["signal"], labels["severity"], "", key) == labels["sev"], (name, labels)
+        checked += 1
+    assert checked >= 20
 
 
 def test_every_documented_worker_signal_has_its_own_runbook() -> None:
