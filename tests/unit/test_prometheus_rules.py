@@ -472,3 +472,34 @@ def test_inhibition_labels_exist_on_the_alerts() -> None:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:
             parsed = _MATCHER.match(matcher)
             assert parsed and parsed.group(1) in produced, matcher
+
+
+def test_inline_factors_equal_the_default_topology() -> None:
+    """The baseline comparisons written into the expressions use the topology's ratios and floors."""
+    topology = load_topology(ROOT / "topologies" / "default.yaml")
+
+    def exprs(name: str) -> list[str]:
+        found = [" ".join(r["expr"].split()) for r in ALERTS if r["alert"] == name]
+        assert found, name
+        return found
+
+    def factor(expr: str) -> float:
+        match = re.search(r"< ([0-9.]+) \*", expr)
+        assert match, expr
+        return float(match.group(1))
+
+    volume = topology.volume
+    for expr in exprs("StreamMonitorTrafficSilent") + exprs("StreamMonitorTrafficDrop"):
+        assert set(re.findall(r"median1h >= ([0-9.]+)", expr)) == {f"{volume.min_expected:g}"}, expr
+    assert factor(exprs("StreamMonitorTrafficDrop")[0]) == pytest.approx(1 - volume.drop_ratio)
+    sources = topology.sources
+    drop, lost = exprs("StreamMonitorCandidateSourceDrop")
+    assert factor(drop) == pytest.approx(1 - sources.drop_ratio)
+    for expr in (drop, lost):
+        assert expr.endswith(f">= {sources.min_share:g}"), expr
+    (engagement,) = exprs("StreamMonitorEngagementLoggingDrop")
+    assert factor(engagement) == pytest.approx(1 - topology.engagement.drop_ratio)
+    (ctr,) = exprs("StreamMonitorCTRDrop")
+    # The rule's floor counts matured requests (impressions are not exported), at min_impressions.
+    assert factor(ctr) == pytest.approx(1 - topology.labels.drop_ratio)
+    assert ctr.endswith(f">= {topology.labels.min_impressions:g}"), ctr
