@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from stream_monitor.core.aggregates import SEP_SERIES
+from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
 from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
@@ -44,6 +45,9 @@ class Alert:
     opened_at: int
     emitted_at: int
     topology: str
+    # Added later, so with defaults: checkpoints written before them still load (see from_dict).
+    runbook: str = ""
+    action: str = ""
 
     @property
     def dedupe_key(self) -> str:
@@ -54,6 +58,7 @@ class Alert:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Alert:
+        doc = {"runbook": "", "action": "", **doc}  # alerts opened before these fields existed
         return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
 
 
@@ -150,10 +155,15 @@ class AlertBook:
     """
 
     def __init__(
-        self, key_dims: tuple[str, ...], topology: str, clear_ratios: Mapping[str, float] | None = None
+        self,
+        key_dims: tuple[str, ...],
+        topology: str,
+        clear_ratios: Mapping[str, float] | None = None,
+        runbook_base: str = DEFAULT_RUNBOOK_BASE,
     ) -> None:
         self.key_dims = key_dims
         self.topology = topology
+        self.runbook_base = runbook_base
         # Hysteresis for ceiling signals: an alert resolves only once the value is back below
         # threshold * ratio, so a value hovering at the threshold does not flap.
         self.clear_ratios = dict(clear_ratios or {})
@@ -180,13 +190,14 @@ class AlertBook:
             breaching.add(dedupe)
             if dedupe in state.open_alerts:
                 continue
+            key = dict(zip(self.key_dims, breach.key, strict=True))
             alert = Alert(
                 id="a-" + hashlib.sha1(f"{dedupe}|{start}".encode()).hexdigest()[:16],
                 status="firing",
                 severity=breach.severity,
                 signal=breach.signal,
                 metric=breach.metric,
-                key=dict(zip(self.key_dims, breach.key, strict=True)),
+                key=key,
                 series=series,
                 window={"start": start, "end": end, "size_ms": end - start},
                 observed=breach.observed,
@@ -197,6 +208,8 @@ class AlertBook:
                 opened_at=start,
                 emitted_at=now_ms,
                 topology=self.topology,
+                runbook=runbook_for(breach.signal, self.runbook_base),
+                action=suggested_action(breach.signal, breach.metric, key),
             )
             state.open_alerts[dedupe] = alert.to_dict()
             out.append(alert)
@@ -215,6 +228,9 @@ class AlertBook:
             opened.window = {"start": start, "end": end, "size_ms": end - start}
             opened.emitted_at = now_ms
             opened.observed = values[dedupe]
+            if not opened.runbook:  # opened by a version without runbooks
+                opened.runbook = runbook_for(opened.signal, self.runbook_base)
+                opened.action = suggested_action(opened.signal, opened.metric, opened.key)
             what = f"{opened.signal.replace('_', ' ')} {opened.metric}"
             opened.message = (
                 f"{_describe(self.key_dims, tuple(opened.key.values()))}: {what} back to "

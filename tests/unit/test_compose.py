@@ -149,7 +149,7 @@ def test_compose_spec_validation_catches_mistakes(compose: dict[str, Any]) -> No
 
 
 def test_services(services: dict[str, Any]) -> None:
-    assert {"kafka", "redis", "worker", "simulator", "prometheus"} <= set(services)
+    assert {"kafka", "redis", "worker", "simulator", "prometheus", "alertmanager", "grafana"} <= set(services)
 
 
 def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
@@ -383,3 +383,187 @@ def test_dockerfile() -> None:
     assert re.search(r"\bpip install \.(\s|$)", runs), runs
     (cmd,) = [args for name, args in instructions if name == "CMD"]
     assert json.loads(cmd) == ["stream-monitor", "worker"]
+
+
+# --- alerting: Prometheus rules, Alertmanager, Grafana ------------------------------------------------------
+
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "stream-monitor.json"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts: container path -> host path (relative to the repository), all read-only."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container, *mode = str(volume).split(":")
+        if host.startswith("./"):
+            assert mode == ["ro"], f"{volume}: mount configuration read-only"
+            assert (ROOT / host).exists(), f"{volume}: {host} does not exist"
+            out[container] = host
+    return out
+
+
+def test_prometheus_evaluates_the_rules_and_sends_to_alertmanager(services: dict[str, Any]) -> None:
+    from fnmatch import fnmatch
+
+    mounts = _mounts(services["prometheus"])
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    (pattern,) = config["rule_files"]
+    (rules_dir,) = [c for c, h in mounts.items() if h == "./deploy/prometheus/rules"]
+    rules = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
+    assert rules
+    for path in rules:
+        assert fnmatch(f"{rules_dir}/{path.name}", pattern), (path.name, pattern)
+    (am,) = config["alerting"]["alertmanagers"]
+    targets = [t for static in am["static_configs"] for t in static["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert "alertmanager" in services and ("127.0.0.1", 9093, 9093) in _ports(services["alertmanager"])
+
+
+def test_prometheus_config_with_the_rules_passes_promtool(tmp_path: Path) -> None:
+    from tests.unit._promql import tool
+
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / "*.yml")]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(config), encoding="utf-8")
+    import subprocess
+
+    done = subprocess.run(
+        [tool("promtool"), "check", "config", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("SUCCESS") >= 1 + 2, done.stdout  # the config and both rule files
+
+
+def test_alertmanager_service(services: dict[str, Any]) -> None:
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    mounts = _mounts(alertmanager)
+    config_flag = next(a for a in alertmanager["command"] if a.startswith("--config.file="))
+    assert mounts[config_flag.split("=", 1)[1]] == "./deploy/alertmanager/alertmanager.yml"
+    assert "--cluster.listen-address=" in alertmanager["command"], "no gossip listener on 0.0.0.0:9094"
+    assert _ports(alertmanager) == [("127.0.0.1", 9093, 9093)]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert _ports(grafana) == [("127.0.0.1", 3000, 3000)]
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert ("127.0.0.1", 9090, 9090) in _ports(services["prometheus"])
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "stream-monitor.yml").read_text())[
+        "providers"
+    ]
+    assert mounts[provider["options"]["path"]] == "./deploy/grafana/dashboards"
+    home = _env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}" and DASHBOARD.is_file()
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["current"]["value"] == datasource["uid"]
+
+
+def _dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    exprs = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [
+        (v["name"], v["query"]["query"]) for v in dashboard["templating"]["list"] if v["type"] == "query"
+    ]
+    exprs += [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
+    return exprs
+
+
+def test_dashboard_reads_only_series_that_exist() -> None:
+    """Every series a panel, variable or annotation reads is exported by the worker (or recorded by the
+    rules, or Prometheus' own), with labels it has: the dashboard cannot drift from the code."""
+    from tests.unit._promql import (
+        PENDING_METRICS,
+        PROMETHEUS_SERIES,
+        TARGET_LABELS,
+        metric_names,
+        registered_series,
+        selectors,
+    )
+
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exported = registered_series()
+    recorded = {
+        rule["record"]
+        for path in (DEPLOY / "prometheus" / "rules").glob("*.yml")
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    exprs = _dashboard_exprs(dashboard)
+    assert len(exprs) >= 30
+    seen = set()
+    for where, expr in exprs:
+        # label_values(metric{...}, label) is Grafana's, not PromQL: check the selector inside.
+        query = re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", expr.strip())
+        names = metric_names(query)
+        assert names, f"{where}: no series in {expr!r}"
+        for name in names:
+            known = (
+                name in exported or name in recorded or name in PROMETHEUS_SERIES or name in PENDING_METRICS
+            )
+            assert known, f"{where}: {name} is not exported, recorded or Prometheus' own"
+            seen.add(name)
+        for metric, matchers in selectors(query):
+            if metric in exported:
+                assert set(matchers) <= exported[metric] | TARGET_LABELS, (
+                    f"{where}: {metric} {sorted(matchers)}"
+                )
+    assert {"stream_monitor_signal_value", "stream_monitor_consumer_lag_messages"} <= seen
+
+
+def test_dashboard_covers_the_signal_path() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == [
+        "Arrival and volume",
+        "Outcomes",
+        "Freshness",
+        "Datasets",
+        "Drift",
+        "Funnel",
+        "Ranking",
+        "Labels and CTR",
+        "Latency and SLO burn",
+        "Canary and releases",
+        "Worker health",
+    ]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    # Signals read directly, or through a series recorded by the rules.
+    exprs = [e for _w, e in _dashboard_exprs(dashboard)]
+    for path in (DEPLOY / "prometheus" / "rules").glob("*.yml"):
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+            exprs += [
+                r["expr"] for r in group["rules"] if "record" in r and any(r["record"] in e for e in exprs)
+            ]
+    shown = {s for e in exprs for group in re.findall(r'signal=~?"([a-z_|]+)"', e) for s in group.split("|")}
+    path_signals = {"volume", "error_rate", "freshness", "dataset_arrival", "feature_drift", "score_drift"}
+    path_signals |= {"candidate_source", "funnel", "score_collapse", "diversity", "popularity", "labels"}
+    path_signals |= {
+        "engagement_ratio",
+        "label_join",
+        "latency",
+        "error_budget_burn",
+        "release",
+        "release_ctr",
+    }
+    assert path_signals <= shown, path_signals - shown
+    # The rows the runbooks send people to exist.
+    for runbook in (ROOT / "docs" / "runbooks").glob("*.md"):
+        for row in re.findall(r'row "([^"]+)"', runbook.read_text(encoding="utf-8")):
+            assert row in rows, f"{runbook.name} refers to a dashboard row {row!r} that does not exist"

@@ -446,3 +446,32 @@ def test_dead_letters_from_the_sink_follow_the_schema() -> None:
         doc = json.loads(json.dumps(record.to_dict()))
         assert _errors("deadletter", doc) == [], doc
         assert base64.b64decode(doc["value_b64"], validate=True) == value
+
+
+def test_alerts_carry_a_runbook_and_an_action_also_when_opened_before_they_existed() -> None:
+    from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
+    from stream_monitor.core.signals import Breach
+
+    dims = ("model", "model_version", "arm", "surface", "platform", "region", "tenure")
+    key = ("home-ranker", "2026.11.24-1", "canary", "home", "*", "*", "*")
+    breach = Breach("score_drift", "psi", key, 0.9, None, 0.25, "psi", "critical", "scores drift")
+    book, state = AlertBook(dims, topology="default"), DetectorState()
+    (firing,) = book.update(state, [breach], (1764086400000, 1764086460000), now_ms=1764086461000)
+    assert firing.runbook == "docs/runbooks/score_drift.md"
+    assert "roll back to the previous version on arm canary" in firing.action
+    assert "stream-monitor lineage home-ranker" in firing.action
+    assert _errors("alert", json.loads(json.dumps(firing.to_dict()))) == []
+
+    # A checkpoint written before runbooks: its open alert loads and resolves with both fields filled in.
+    (dedupe,) = state.open_alerts
+    for name in ("runbook", "action"):
+        del state.open_alerts[dedupe][name]
+    restored = DetectorState.from_json_dict(json.loads(json.dumps(state.to_json_dict())))
+    assert Alert.from_dict(restored.open_alerts[dedupe]).runbook == ""
+    (resolved,) = book.update(
+        restored, [], (1764086460000, 1764086520000), now_ms=1764086521000, evaluated={breach.identity: 0.0}
+    )
+    assert (resolved.status, resolved.runbook) == ("resolved", firing.runbook)
+    assert resolved.action == firing.action
+    assert _errors("alert", json.loads(json.dumps(resolved.to_dict()))) == []
+    assert _errors("alert", {**resolved.to_dict(), "runbook": ""}) != []
