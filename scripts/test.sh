@@ -25,6 +25,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# promtool/amtool for the alerting-rule tests (extracted from Debian's packages; no daemon is started).
+scripts/install_promtool.sh
 scripts/services.sh up
 # shellcheck source=/dev/null
 . .services/env
