@@ -57,6 +57,7 @@ import orjson
 from stream_monitor.config import Topics
 from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
+from stream_monitor.core.anomaly import ANOMALY_SIGNAL
 from stream_monitor.core.clock import Clock
 from stream_monitor.core.detectors import (
     DEFAULT_THRESHOLD,
@@ -266,10 +267,14 @@ class _RecordingEvaluator(WindowEvaluator):
 
 
 def _fired(system: str, alert: Alert) -> Fired:
+    signal, metric = alert.signal, alert.metric
+    if signal == ANOMALY_SIGNAL:
+        # The anomaly layer's alerts are about a watched series ("<signal>.<metric>"): scored as that signal.
+        signal, _, metric = metric.partition(".")
     return Fired(
         system,
-        alert.signal,
-        alert.metric,
+        signal,
+        metric,
         dict(alert.key),
         alert.window["start"],
         alert.window["end"],

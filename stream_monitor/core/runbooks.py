@@ -51,6 +51,7 @@ RUNBOOKS: Mapping[str, str] = {
     "release_ctr": "release_ctr.md",
     "label_join": "label_join.md",
     "canary": "canary.md",
+    "anomaly": "anomaly.md",
 }
 GENERIC_RUNBOOK = "README.md"
 
@@ -101,6 +102,7 @@ _ACTIONS: Mapping[str, str] = {
     "release_ctr": "compare the new version's CTR with the previous one's on the same slice",
     "label_join": "check serving logging, request ids and co-partitioning of serving and engagement",
     "canary": "follow the canary verdict",
+    "anomaly": "plot the series against its recent history, then follow the runbook of its signal ({what})",
 }
 
 
@@ -128,6 +130,8 @@ def suggested_action(signal: str, metric: str, key: Mapping[str, str]) -> str:
     """
     # The part of the metric after the first dot names the feature / source / dataset.
     what = metric.split(".", 1)[1] if "." in metric else metric
+    if signal == "anomaly":  # its metric is "<signal>.<metric>" of the watched series
+        what = metric.split(".", 1)[0]
     text = _ACTIONS.get(signal, "open the runbook and the dashboard for this series").format(
         what=what, topic="recs.serving"
     )
