@@ -44,6 +44,9 @@ class Alert:
     opened_at: int
     emitted_at: int
     topology: str
+    # Lineage of the model version(s) in the key, {version: {arm, deployed_at, ...}} (core/lineage.py).
+    # Filled in when the alert is emitted; not part of the checkpoint, so older alerts load without it.
+    lineage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dedupe_key(self) -> str:
@@ -54,7 +57,8 @@ class Alert:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Alert:
-        return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
+        optional = {"lineage"}  # added later: alerts and checkpoints written before it still load
+        return cls(**{n: doc[n] for n in cls.__dataclass_fields__ if n in doc or n not in optional})
 
 
 @dataclass(slots=True)
@@ -184,7 +188,7 @@ class AlertBook:
                 emitted_at=now_ms,
                 topology=self.topology,
             )
-            state.open_alerts[dedupe] = alert.to_dict()
+            state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k != "lineage"}
             out.append(alert)
         values = {f"{s}|{m}|{SEP_SERIES.join(k)}": v for (s, m, k), v in (evaluated or {}).items()}
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):
