@@ -360,13 +360,12 @@ def _validation(value: object, name: str) -> dict[str, float]:
     if not isinstance(value, dict):
         raise EventError("invalid_field", name, f"{_short(value)} is not a JSON object of numbers")
     if len(value) > MAX_VALIDATION_METRICS:
-        raise EventError("invalid_field", name, f"{len(value)} metrics, the limit is {MAX_VALIDATION_METRICS}")
+        limit = MAX_VALIDATION_METRICS
+        raise EventError("invalid_field", name, f"{len(value)} metrics, the limit is {limit}")
     out: dict[str, float] = {}
     for metric, number in value.items():
         if len(metric) > MAX_ID_CHARS:
-            raise EventError(
-                "invalid_field", f"{name}.{metric[:20]}...", f"name of {len(metric)} characters"
-            )
+            raise EventError("invalid_field", f"{name}.{metric[:20]}...", f"name of {len(metric)} characters")
         out[metric] = _finite(number, f"{name}.{metric}")
     return out
 

@@ -18,13 +18,15 @@ no verdict for the model / version           404     HOLD
 Only PROMOTE is 2xx, because Flagger's webhooks read any 2xx as "go"; the body is the same JSON in
 every case, for Argo Rollouts' ``web`` provider (which reads it by ``jsonPath``) and for people.
 
-Pure: standard library only.
+Pure: standard library and orjson only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
+
+import orjson
 
 __all__ = [
     "DECISIONS",
@@ -34,6 +36,7 @@ __all__ = [
     "check_verdict",
     "gate_response",
     "health_key",
+    "load_verdicts",
     "select_verdict",
 ]
 
@@ -90,6 +93,26 @@ def check_verdict(doc: object) -> dict[str, Any]:
     if not isinstance(doc.get("metrics"), list):
         raise VerdictError(f"verdict: metrics: {doc.get('metrics')!r} is not a list")
     return doc
+
+
+def load_verdicts(raw: Mapping[str, bytes]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Decode stored verdict documents (key -> JSON); returns (documents, keys that were not JSON objects).
+
+    >>> load_verdicts({"m/v2@1": b'{"deployment": "v2@1"}', "m/x": b"{oops"})
+    ([{'deployment': 'v2@1'}], ['m/x'])
+    """
+    docs: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for key, value in sorted(raw.items()):
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            docs.append(doc)
+        else:
+            bad.append(key)
+    return docs, bad
 
 
 def select_verdict(

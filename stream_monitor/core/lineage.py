@@ -164,14 +164,10 @@ class ReleaseHistory:
 
     def rollback_target(self, arm: str) -> str | None:
         """The version the arm served before its current one (None when it never changed)."""
-        current = self.live().get(arm)
-        if current is None:
+        if arm not in self.live():
             return None
-        for release in reversed(self.releases):
-            if release.record.arm == arm and release.record.version == current.version:
-                if release.previous is not None and release.previous != current.version:
-                    return release.previous
-        return None
+        # build_history carries "previous" across share changes of the same version.
+        return self.releases[_last_on(self, arm)].previous
 
     def lineage_of(self, version: str) -> dict[str, Any]:
         """The newest non-empty lineage recorded for a version (any arm), else ``{}``."""
@@ -247,6 +243,4 @@ def lineage_for(history: ReleaseHistory | None, version: str | None) -> dict[str
     else:
         found = history.record_of(version)
         records = [found] if found is not None else []
-    return {
-        r.version: {"arm": r.arm, "deployed_at": r.ts, **history.lineage_of(r.version)} for r in records
-    }
+    return {r.version: {"arm": r.arm, "deployed_at": r.ts, **history.lineage_of(r.version)} for r in records}

@@ -7,12 +7,13 @@ stream_monitor.core.gate and docs/deployment-safety.md) to one :class:`HealthSin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from stream_monitor.core.gate import health_key
+from stream_monitor.core.gate import gate_response, health_key, load_verdicts, select_verdict
 
 if TYPE_CHECKING:
     from stream_monitor.sinks.metrics import MonitorMetrics
@@ -25,7 +26,10 @@ __all__ = [
     "ListHealthSink",
     "MetricsHealthSink",
     "StoreHealthSink",
+    "read_gate",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class HealthSink(Protocol):
@@ -97,3 +101,27 @@ class CompositeHealthSink:
             return
         for sink in self.sinks:
             sink.emit(docs)
+
+
+def read_gate(
+    store: StateStore,
+    model: str,
+    now_ms: int,
+    version: str | None = None,
+    deployment: str | None = None,
+    kind: str | None = None,
+) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+    """(HTTP status, gate body, verdict document) for a model, from what :class:`StoreHealthSink` kept.
+
+    Blocking (it reads the store): the web views run it off the event loop.
+
+    >>> from stream_monitor.state.memory import MemoryStore
+    >>> read_gate(MemoryStore(), "home-ranker", now_ms=0)[:1]
+    (404,)
+    """
+    docs, bad = load_verdicts(store.verdicts(model))
+    for key in bad:
+        log.error("verdict %s in the store is not a JSON object; ignored", key)
+    doc = select_verdict(docs, version=version, deployment=deployment, kind=kind)
+    status, body = gate_response(doc, now_ms)
+    return status, body, doc
