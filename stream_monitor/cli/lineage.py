@@ -112,8 +112,8 @@ def render_history(history: ReleaseHistory) -> str:
                 release.previous or "-",
                 r.actor or "-",
                 _cut(r.reason, 40),
-                _cut(lineage.get("code_commit"), 12),
-                _cut(lineage.get("artifact_digest"), 19),
+                _prefix(lineage.get("code_commit"), 12),
+                _prefix(lineage.get("artifact_digest"), 19),
                 _cut(lineage.get("training_data"), 40),
                 _cut(lineage.get("feature_set"), 30),
                 _validation(lineage.get("validation")),
@@ -137,6 +137,11 @@ def _cut(value: Any, limit: int) -> str:
     if not isinstance(value, str) or not value:
         return "-"
     return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _prefix(value: Any, limit: int) -> str:
+    """A commit or digest shortened as in the model_info metric's labels (a prefix identifies it)."""
+    return value[:limit] if isinstance(value, str) and value else "-"
 
 
 def _validation(value: Any) -> str:
