@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -579,7 +579,7 @@ class Engine:
             self._record_close(values, alerts, state, end, now)
         self._closed_before = self.store.closed_before()
         if self.metrics and starts:
-            self._publish_model_info()
+            self.publish_model_info()
         return emitted
 
     # -- lineage --------------------------------------------------------------------------------------
@@ -602,20 +602,27 @@ class Engine:
                 histories[model] = self.release_history(model)
             alert.lineage = _lineage_for(histories[model], alert.key.get("model_version"))
 
-    def _publish_model_info(self) -> None:
+    def publish_model_info(self) -> None:
         """Set ``stream_monitor_model_info`` from the latest deployment per model and arm."""
         if self.metrics is None:
             return
         live: list[DeploymentRecord] = []
         for model, arms in self.store.deployments().items():
+            history: ReleaseHistory | None = None
             for arm, raw in arms.items():
                 try:
                     record = DeploymentRecord.from_json(raw)
                 except LineageError as exc:
                     log.error("deployment record of %s/%s unreadable: %s", model, arm, exc)
                     continue
-                if record.live:
-                    live.append(record)
+                if not record.live:
+                    continue
+                if not record.lineage:
+                    # A traffic step often repeats no lineage: take the version's from its history.
+                    history = history or self.release_history(model)
+                    if history is not None:
+                        record = replace(record, lineage=history.lineage_of(record.version))
+                live.append(record)
         self.metrics.set_model_info(live)
 
     def _dataset_arrivals(self) -> dict[str, DatasetArrival] | None:

@@ -186,7 +186,12 @@ class ReleaseHistory:
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "live": {arm: r.to_json_dict() for arm, r in self.live().items()},
+            # The lineage of a live version comes from its newest event that had one (a traffic step
+            # usually repeats none).
+            "live": {
+                arm: {**r.to_json_dict(), "lineage": self.lineage_of(r.version)}
+                for arm, r in self.live().items()
+            },
             "rollback_targets": {arm: self.rollback_target(arm) for arm in self.live()},
             "releases": [r.to_json_dict() for r in self.releases],
         }

@@ -329,14 +329,16 @@ def test_canary_command_prints_the_evidence() -> None:
     text = out.getvalue()
     lines = text.splitlines()
     assert lines[0] == (
-        f"home-ranker canary 2026.11.24-1@{T0}: candidate 2026.11.24-1 (canary) vs baseline 2026.11.20-3 (control)"
+        f"home-ranker canary 2026.11.24-1@{T0}: "
+        "candidate 2026.11.24-1 (canary) vs baseline 2026.11.20-3 (control)"
     )
     assert lines[1].startswith("decision ROLLBACK  verdict FAIL  score 31.5/100  window 2025-11-25 16:00:00")
     assert lines[3] == "reason: critical metric error_rate is HIGH"
     table = lines[5:7]
     assert table[0].split()[:4] == ["METRIC", "GROUP", "CRITICAL", "RESULT"]
     assert re.match(
-        r"error_rate\s+reliability\s+yes\s+HIGH\s+0\.031\s+\[0\.021, 0\.041\]\s+ratio\s+4210\s+80113\s+candidate 3\.4 %",
+        r"error_rate\s+reliability\s+yes\s+HIGH\s+0\.031\s+\[0\.021, 0\.041\]\s+ratio\s+4210\s+80113\s+"
+        r"candidate 3\.4 %",
         table[1],
     )
     assert "  segment region=eu: 82 % of the excess errors" in lines

@@ -288,3 +288,32 @@ def test_alerts_and_checkpoints_without_lineage_still_load() -> None:
     with_lineage = {**old, "lineage": {"v1": {"arm": "canary", "deployed_at": 1}}}
     assert Alert.from_dict(with_lineage).lineage == {"v1": {"arm": "canary", "deployed_at": 1}}
     assert DetectorState.from_json_dict(orjson.loads(orjson.dumps(state.to_json_dict()))).open_alerts
+
+
+def test_model_info_takes_the_lineage_of_a_traffic_step_from_the_history() -> None:
+    sink, store, registry = ListSink(), MemoryStore(), CollectorRegistry()
+    engine = Engine(
+        TOPOLOGY,
+        store,
+        sink,
+        sink,
+        ManualClock(T0),
+        MonitorMetrics(registry),
+        EngineOptions(auto_claim=True),
+    )
+    events = [
+        deployment(model_version="v2", traffic=0.05),
+        deployment(ts=T0 + 1, model_version="v2", traffic=0.25, lineage={}),  # a rollout step, no lineage
+        deployment(ts=T0 + 2, model_version="v1", arm="control", traffic=0.0),  # arm taken down
+    ]
+    for offset, event in enumerate(events):
+        engine.ingest("deployment", "recs.deployments", 0, offset, b"home-ranker", orjson.dumps(event))
+    engine.flush()
+    engine.publish_model_info()
+    samples = [s for m in registry.collect() if m.name == "stream_monitor_model_info" for s in m.samples]
+    assert [(s.labels["arm"], s.labels["version"], s.labels["code_commit"]) for s in samples] == [
+        ("canary", "v2", "4f2c1e9")
+    ]
+    history = engine.release_history("home-ranker")
+    assert history is not None
+    assert history.to_json_dict()["live"]["canary"]["lineage"]["code_commit"] == "4f2c1e9"
