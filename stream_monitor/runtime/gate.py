@@ -1,9 +1,9 @@
 """The rollout gate over HTTP, on the worker's Faust web server (``web_bind``/``web_port`` settings).
 
-``GET /gate/{model}``    status from :func:`stream_monitor.core.gate.gate_response`: 200 only for PROMOTE
-                         (a Flagger ``confirm-promotion`` webhook); the JSON body says why.
-``GET /health/{model}``  always 200 (while the store answers) with the same body plus the verdict
-                         document: for Argo Rollouts' ``web`` provider, which reads it by ``jsonPath``.
+``GET|POST /gate/{model}``  status from :func:`stream_monitor.core.gate.gate_response`: 200 only for PROMOTE
+                           (a Flagger ``confirm-promotion`` webhook); the JSON body says why.
+``GET /health/{model}``     always 200 (while the store answers) with the same body plus the verdict
+                           document: for Argo Rollouts' ``web`` provider, which reads it by ``jsonPath``.
 
 Query parameters narrow the verdict read: ``version`` (the candidate version being rolled out: pass
 it, so an earlier rollout's verdict is never read as this one's), ``deployment`` (rollout id) and
@@ -52,6 +52,10 @@ def add_gate_views(app: faust.App, store: StateStore, clock: Clock) -> None:
     @app.page("/gate/{model}")
     class Gate(faust.web.View):
         async def get(self, request: Any, model: str) -> Any:
+            return await answer(self, request, model, always_ok=False)
+
+        async def post(self, request: Any, model: str) -> Any:
+            # Flagger calls webhooks with POST (its JSON payload names the canary, not the model).
             return await answer(self, request, model, always_ok=False)
 
     @app.page("/health/{model}")

@@ -76,9 +76,9 @@ def _verdict(now_ms: int, decision: str, verdict: str, version: str = "v2") -> d
     }
 
 
-def _get(url: str) -> tuple[int, dict[str, Any]]:
+def _get(url: str, post: bytes | None = None) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, data=post, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -193,6 +193,10 @@ def test_history_lineage_cli_and_the_http_gate(
         sink.emit([_verdict(int(time.time() * 1000) + 1, "PROMOTE", "PASS")])
         status, body = _get(f"{base}/gate/{MODEL}?version=v2&kind=canary")
         assert (status, body["decision"], body["promote"]) == (200, "PROMOTE", True)
+        # Flagger posts its webhook payload; the answer is the same.
+        flagger = orjson.dumps({"name": "home-ranker", "namespace": "recs", "phase": "Progressing"})
+        status, body = _get(f"{base}/gate/{MODEL}?kind=canary", post=flagger)
+        assert (status, body["decision"]) == (200, "PROMOTE")
         status, body = _get(f"{base}/health/{MODEL}?version=v2")  # Argo's web provider: always 200
         assert (status, body["decision"], body["document"]["verdict"]) == (200, "PROMOTE", "PASS")
         status, body = _get(f"{base}/gate/{MODEL}?version=v3")  # another rollout: no verdict yet
