@@ -102,7 +102,8 @@ def render_history(history: ReleaseHistory) -> str:
     rows = [header]
     for release in history.releases:
         r = release.record
-        lineage = r.lineage
+        # A traffic step usually repeats no lineage: show the version's (from its earlier event).
+        lineage = r.lineage or history.lineage_of(r.version)
         rows.append(
             (
                 _when(r.ts),
