@@ -6,12 +6,15 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
 from stream_monitor.core.clock import ManualClock
 from stream_monitor.core.events import (
+    LINEAGE_STRINGS,
     MAX_LINEAGE_CHARS,
     MAX_LINEAGE_EXTRA_BYTES,
     MAX_VALIDATION_METRICS,
@@ -317,3 +320,57 @@ def test_model_info_takes_the_lineage_of_a_traffic_step_from_the_history() -> No
     history = engine.release_history("home-ranker")
     assert history is not None
     assert history.to_json_dict()["live"]["canary"]["lineage"]["code_commit"] == "4f2c1e9"
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+LINEAGES = (
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "training_data",
+                "feature_set",
+                "code_commit",
+                "artifact_digest",
+                "validation",
+                "offline_validation",
+            ]
+        )
+        | st.text(max_size=12),
+        JSON_VALUES,
+        max_size=6,
+    )
+    | JSON_VALUES
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lineages=st.lists(LINEAGES, min_size=1, max_size=6))
+def test_any_lineage_is_either_recorded_or_dead_lettered(lineages: list[object]) -> None:
+    sink, store = ListSink(), MemoryStore()
+    engine = Engine(TOPOLOGY, store, sink, sink, ManualClock(T0), options=EngineOptions(auto_claim=True))
+    for offset, lineage in enumerate(lineages):
+        event = orjson.dumps(deployment(ts=T0 + offset, model_version=f"v{offset}", lineage=lineage))
+        engine.ingest("deployment", "recs.deployments", 0, offset, b"home-ranker", event)
+    engine.flush()
+    totals = store.totals()
+    assert totals["consumed"] == len(lineages) == totals.get("accepted", 0) + totals.get("rejected", 0)
+    assert {d.reason for d in sink.dead_letters} <= {"invalid_field"}
+    history = build_history("home-ranker", store.history("home-ranker"))
+    assert len(history.releases) == totals.get("accepted", 0)
+    for release in history.releases:
+        lineage = release.record.lineage
+        assert "offline_validation" not in lineage and None not in lineage.values()
+        assert all(
+            isinstance(lineage[k], str) and len(lineage[k]) <= 512 for k in LINEAGE_STRINGS if k in lineage
+        )
+        assert all(type(v) is float for v in lineage.get("validation", {}).values())
