@@ -366,9 +366,9 @@ def test_both_commands_are_registered() -> None:
 
 
 def test_the_documented_verdict_follows_the_schema_and_the_gate_reads_it() -> None:
-    text = (ROOT / "docs" / "deployment-safety.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
     blocks = re.findall(r"<!-- schema: health -->\s*```json\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    assert blocks, "docs/deployment-safety.md has no <!-- schema: health --> example"
+    assert blocks, "docs/events.md has no <!-- schema: health --> example"
     for block in blocks:
         doc = json.loads(block)
         assert list(Draft202012Validator(HEALTH_SCHEMA).iter_errors(doc)) == []
