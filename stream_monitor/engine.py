@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -32,10 +32,13 @@ from stream_monitor.core.events import (
     parse_event,
 )
 from stream_monitor.core.labels import JoinDelta, LabelEvaluator, LabelJoin
+from stream_monitor.core.lineage import DeploymentRecord, LineageError, ReleaseHistory, build_history
+from stream_monitor.core.lineage import lineage_for as _lineage_for
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
+from stream_monitor.sinks.health import HealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.base import CommitResult, PartitionClaim, StateLost, StateStore
 
@@ -96,8 +99,10 @@ class Engine:
         clock: Clock,
         metrics: MonitorMetrics | None = None,
         options: EngineOptions | None = None,
+        health_sink: HealthSink | None = None,
     ) -> None:
         self.topology = topology
+        self.health_sink = health_sink
         self.store = store
         self.alert_sink = alerts
         self.deadletters = deadletters
@@ -346,19 +351,17 @@ class Engine:
 
     @staticmethod
     def _deployment_record(event: DeploymentEvent) -> bytes:
-        return orjson.dumps(
-            {
-                "ts": event.ts,
-                "model": event.model,
-                "model_version": event.model_version,
-                "arm": event.arm,
-                "traffic": event.traffic,
-                "baseline_version": event.baseline_version,
-                "lineage": event.lineage,
-                "actor": event.actor,
-                "reason": event.reason,
-            }
-        )
+        return DeploymentRecord(
+            event.ts,
+            event.model,
+            event.model_version,
+            event.arm,
+            event.traffic,
+            event.baseline_version,
+            event.lineage,
+            event.actor,
+            event.reason,
+        ).to_json()
 
     def _reject(
         self,
@@ -543,6 +546,7 @@ class Engine:
             starts = list(range(start, limit, size))
         state = self._load_state()
         arrivals = self._dataset_arrivals()
+        histories: dict[str, ReleaseHistory | None] = {}  # read once per close, only for alerting models
         emitted: list[Alert] = []
         for window_start in starts:
             end = window_start + size
@@ -579,6 +583,7 @@ class Engine:
             # Emit before marking closed: a crash in between re-emits the same alert ids (at-least-once)
             # instead of losing them.
             if alerts:
+                self._attach_lineage(alerts, histories)
                 self.alert_sink.emit(alerts)
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 self.anomaly.forget()
@@ -587,7 +592,52 @@ class Engine:
             self.windows_closed += 1
             self._record_close(values, alerts, state, end, now)
         self._closed_before = self.store.closed_before()
+        if self.metrics and starts:
+            self.publish_model_info()
         return emitted
+
+    # -- lineage --------------------------------------------------------------------------------------
+
+    def release_history(self, model: str) -> ReleaseHistory | None:
+        """The model's release history from the store (None when a stored record is unreadable)."""
+        try:
+            return build_history(model, self.store.history(model))
+        except LineageError as exc:
+            log.error("release history of %s unreadable: %s", model, exc)
+            return None
+
+    def _attach_lineage(self, alerts: Sequence[Alert], histories: dict[str, ReleaseHistory | None]) -> None:
+        """Give each alert the lineage of the model version(s) in its key (see core/lineage.py)."""
+        for alert in alerts:
+            model = alert.key.get("model")
+            if model is None or model in ("*", "other"):
+                continue
+            if model not in histories:
+                histories[model] = self.release_history(model)
+            alert.lineage = _lineage_for(histories[model], alert.key.get("model_version"))
+
+    def publish_model_info(self) -> None:
+        """Set ``stream_monitor_model_info`` from the latest deployment per model and arm."""
+        if self.metrics is None:
+            return
+        live: list[DeploymentRecord] = []
+        for model, arms in self.store.deployments().items():
+            history: ReleaseHistory | None = None
+            for arm, raw in arms.items():
+                try:
+                    record = DeploymentRecord.from_json(raw)
+                except LineageError as exc:
+                    log.error("deployment record of %s/%s unreadable: %s", model, arm, exc)
+                    continue
+                if not record.live:
+                    continue
+                if not record.lineage:
+                    # A traffic step often repeats no lineage: take the version's from its history.
+                    history = history or self.release_history(model)
+                    if history is not None:
+                        record = replace(record, lineage=history.lineage_of(record.version))
+                live.append(record)
+        self.metrics.set_model_info(live)
 
     def _dataset_arrivals(self) -> dict[str, DatasetArrival] | None:
         """Newest stored arrival per configured dataset (None when the topology configures none)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from stream_monitor.config import Settings
 from stream_monitor.core.topology import Topology
 from stream_monitor.topology import load_topology
 
-__all__ = ["add_topology_arg", "load_settings_and_topology", "setup_logging", "start_metrics_server"]
+__all__ = [
+    "add_topology_arg",
+    "format_table",
+    "load_settings_and_topology",
+    "open_store",
+    "setup_logging",
+    "start_metrics_server",
+]
 
 
 def add_topology_arg(parser: argparse.ArgumentParser) -> None:
@@ -44,3 +52,24 @@ def start_metrics_server(registry: CollectorRegistry, addr: str, port: int) -> A
     """Serve ``/metrics`` for ``registry`` on ``addr:port`` (returns the server so it can be shut down)."""
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return server
+
+
+def open_store(settings: Settings) -> Any:
+    """The Redis state store the settings name (imported here: only the commands that need it load redis)."""
+    from stream_monitor.state.redis_store import RedisStore
+
+    return RedisStore.from_url(
+        settings.redis_url.get_secret_value(),
+        prefix=settings.redis_prefix,
+        ssl_ca_certs=str(settings.redis_ssl_ca_certs) if settings.redis_ssl_ca_certs else None,
+    )
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the first row is the header).
+
+    >>> format_table([("A", "BB"), ("ccc", "d")])
+    ['A    BB', 'ccc  d']
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]

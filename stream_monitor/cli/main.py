@@ -14,7 +14,17 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Module names under stream_monitor.cli; imported lazily so `stream-monitor replay` never loads Faust.
-COMMANDS = ("demo", "worker", "simulate", "replay", "score_series", "bench", "profile")
+COMMANDS = (
+    "demo",
+    "worker",
+    "simulate",
+    "replay",
+    "score_series",
+    "bench",
+    "profile",
+    "lineage",
+    "canary",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

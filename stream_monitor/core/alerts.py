@@ -48,6 +48,9 @@ class Alert:
     # Added later, so with defaults: checkpoints written before them still load (see from_dict).
     runbook: str = ""
     action: str = ""
+    # Lineage of the model version(s) in the key, {version: {arm, deployed_at, ...}} (core/lineage.py).
+    # Filled in when the alert is emitted; not part of the checkpoint, so older alerts load without it.
+    lineage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dedupe_key(self) -> str:
@@ -58,8 +61,10 @@ class Alert:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Alert:
-        doc = {"runbook": "", "action": "", **doc}  # alerts opened before these fields existed
-        return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
+        optional = {"runbook": "", "action": ""}  # alerts opened before these fields existed
+        doc = {**optional, **doc}
+        # lineage is added later too: alerts and checkpoints written before it still load without it.
+        return cls(**{n: doc[n] for n in cls.__dataclass_fields__ if n in doc or n != "lineage"})
 
 
 @dataclass(slots=True)
@@ -211,7 +216,7 @@ class AlertBook:
                 runbook=runbook_for(breach.signal, self.runbook_base),
                 action=suggested_action(breach.signal, breach.metric, key),
             )
-            state.open_alerts[dedupe] = alert.to_dict()
+            state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k != "lineage"}
             out.append(alert)
         values = {f"{s}|{m}|{SEP_SERIES.join(k)}": v for (s, m, k), v in (evaluated or {}).items()}
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):

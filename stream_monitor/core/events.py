@@ -32,6 +32,11 @@ ARMS: Final = frozenset({"control", "canary", "shadow"})
 ACTIONS: Final = frozenset({"impression", "click", "play", "complete"})
 MAX_EVENT_BYTES: Final = 1_000_000
 MAX_ID_CHARS: Final = 128
+# Deployment lineage is kept in the release history (up to 200 records a model): bounded per record.
+LINEAGE_STRINGS: Final = ("training_data", "feature_set", "code_commit", "artifact_digest")
+MAX_LINEAGE_CHARS: Final = 512
+MAX_VALIDATION_METRICS: Final = 64
+MAX_LINEAGE_EXTRA_BYTES: Final = 4096
 # Epoch-ms bounds: 2000-01-01 .. 2100-01-01. Anything outside is a unit mistake (seconds, micros).
 MIN_TS_MS: Final = 946_684_800_000
 MAX_TS_MS: Final = 4_102_444_800_000
@@ -287,10 +292,82 @@ def _deployment(doc: dict[str, Any]) -> DeploymentEvent:
         arm=arm,
         traffic=traffic,
         baseline_version=baseline if isinstance(baseline, str) else None,
-        lineage=_mapping(doc, "lineage"),
-        actor=doc.get("actor") if isinstance(doc.get("actor"), str) else None,
-        reason=doc.get("reason") if isinstance(doc.get("reason"), str) else None,
+        lineage=_lineage(_mapping(doc, "lineage")),
+        actor=_note(doc, "actor"),
+        reason=_note(doc, "reason"),
     )
+
+
+def _note(doc: dict[str, Any], name: str) -> str | None:
+    """An optional free-text field (actor, reason): a non-string is ignored, an oversized one rejected."""
+    value = doc.get(name)
+    if not isinstance(value, str):
+        return None
+    if len(value) > MAX_LINEAGE_CHARS:
+        raise EventError("invalid_field", name, f"{len(value)} characters, the limit is {MAX_LINEAGE_CHARS}")
+    return value
+
+
+def _lineage(lineage: dict[str, Any]) -> dict[str, Any]:
+    """Check a deployment's lineage: known fields typed, unknown ones kept but bounded in size.
+
+    ``offline_validation`` is accepted as another name of ``validation`` and stored as ``validation``.
+
+    >>> _lineage({"code_commit": "4f2c1e9", "offline_validation": {"ndcg@10": 0.41}, "team": "recs"})
+    {'code_commit': '4f2c1e9', 'validation': {'ndcg@10': 0.41}, 'team': 'recs'}
+    >>> _lineage({"code_commit": 4})
+    Traceback (most recent call last):
+    ...
+    stream_monitor.core.events.EventError: lineage.code_commit: 4 is not a string
+    """
+    out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in lineage.items():
+        if value is None:
+            continue  # null means "not known", as if absent
+        if name in LINEAGE_STRINGS:
+            if not isinstance(value, str):
+                raise EventError("invalid_field", f"lineage.{name}", f"{_short(value)} is not a string")
+            if len(value) > MAX_LINEAGE_CHARS:
+                raise EventError(
+                    "invalid_field",
+                    f"lineage.{name}",
+                    f"{len(value)} characters, the limit is {MAX_LINEAGE_CHARS}",
+                )
+            out[name] = value
+        elif name in ("validation", "offline_validation"):
+            if "validation" in out:
+                raise EventError(
+                    "invalid_field", f"lineage.{name}", "validation and offline_validation are both given"
+                )
+            out["validation"] = _validation(value, f"lineage.{name}")
+        else:
+            extra[name] = value
+    if extra:
+        size = len(orjson.dumps(extra))
+        if size > MAX_LINEAGE_EXTRA_BYTES:
+            raise EventError(
+                "invalid_field",
+                "lineage",
+                f"other fields ({', '.join(_short(k, 20) for k in list(extra)[:3])}, ...) take {size} bytes, "
+                f"the limit is {MAX_LINEAGE_EXTRA_BYTES}",
+            )
+        out.update(extra)
+    return out
+
+
+def _validation(value: object, name: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise EventError("invalid_field", name, f"{_short(value)} is not a JSON object of numbers")
+    if len(value) > MAX_VALIDATION_METRICS:
+        limit = MAX_VALIDATION_METRICS
+        raise EventError("invalid_field", name, f"{len(value)} metrics, the limit is {limit}")
+    out: dict[str, float] = {}
+    for metric, number in value.items():
+        if len(metric) > MAX_ID_CHARS:
+            raise EventError("invalid_field", f"{name}.{metric[:20]}...", f"name of {len(metric)} characters")
+        out[metric] = _finite(number, f"{name}.{metric}")
+    return out
 
 
 def _dataset(doc: dict[str, Any]) -> DatasetEvent:

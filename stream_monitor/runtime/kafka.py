@@ -16,9 +16,17 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from stream_monitor.config import Settings
 from stream_monitor.core.alerts import Alert
+from stream_monitor.core.gate import health_key
 from stream_monitor.sinks.base import DeadLetter
 
-__all__ = ["KafkaAlertSink", "KafkaDeadLetterSink", "client_config", "ensure_topics", "make_producer"]
+__all__ = [
+    "KafkaAlertSink",
+    "KafkaDeadLetterSink",
+    "KafkaHealthSink",
+    "client_config",
+    "ensure_topics",
+    "make_producer",
+]
 
 log = logging.getLogger(__name__)
 # A dead letter carries the original bytes base64-encoded; keep the record under Kafka's default 1 MB.
@@ -163,6 +171,18 @@ class KafkaDeadLetterSink(_KafkaOutput):
             )
             doc = truncated.to_dict()
         self._produce(record.key, orjson.dumps(doc))
+
+
+class KafkaHealthSink(_KafkaOutput):
+    """Publishes verdict documents to the compacted health topic, keyed ``model/deployment``.
+
+    Like alerts, they are on the broker before :meth:`emit` returns (the window is marked closed after).
+    """
+
+    def emit(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        for doc in docs:
+            self._produce(health_key(doc).encode(), orjson.dumps(doc))
+        self.flush()
 
 
 def murmur2_partition(key: bytes, partitions: int) -> int:

@@ -24,13 +24,16 @@ from stream_monitor.config import Settings
 from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
+from stream_monitor.runtime.gate import add_gate_views
 from stream_monitor.runtime.kafka import (
     KafkaAlertSink,
     KafkaDeadLetterSink,
+    KafkaHealthSink,
     client_config,
     ensure_topics,
     make_producer,
 )
+from stream_monitor.sinks.health import CompositeHealthSink, MetricsHealthSink, StoreHealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.base import PartitionClaim, StateLost, StateStore, StoreUnavailable
 
@@ -62,6 +65,13 @@ class WorkerRuntime:
         self.alert_sink = KafkaAlertSink(producer, settings.topics.alerts)
         self.deadletter_sink = KafkaDeadLetterSink(producer, settings.topics.deadletter)
         self.metrics = MonitorMetrics(registry, topology.segment_dims)
+        # Verdicts: on the compacted health topic first (durable), then the store (the gate and the CLI
+        # read it there), then the gauges.
+        self.health_sink = CompositeHealthSink(
+            KafkaHealthSink(producer, settings.topics.health),
+            StoreHealthSink(store),
+            MetricsHealthSink(self.metrics),
+        )
         self.engine = Engine(
             topology,
             store,
@@ -78,6 +88,7 @@ class WorkerRuntime:
                 engagement_topic=settings.topics.engagement,
                 auto_claim=False,
             ),
+            health_sink=self.health_sink,
         )
         self._commit_lock = asyncio.Lock()
         # A group-less consumer used only to ask the broker for log-end offsets (the lag metric).
@@ -114,6 +125,7 @@ class WorkerRuntime:
             )
             app.agent(topic, name=f"stream_monitor.{kind}")(self._agent_for(kind))
 
+        add_gate_views(app, self.engine.store, self.engine.clock)
         app.timer(interval=s.close_interval_s)(self._close_windows)
         app.timer(interval=LAG_INTERVAL_S)(self._export_lag)
         # Faust's signal typing predates async receivers with keyword arguments; the call is documented.

@@ -6,8 +6,8 @@ series keyer (``other`` past the cap), and signal gauges of series that went awa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -15,6 +15,7 @@ from stream_monitor.core.signals import SignalValue
 
 if TYPE_CHECKING:
     from stream_monitor.core.labels import JoinDelta, LabelJoin
+    from stream_monitor.core.lineage import DeploymentRecord
 
 __all__ = ["MonitorMetrics"]
 
@@ -164,6 +165,87 @@ class MonitorMetrics:
             registry=registry,
         )
         self._signal_labels: set[tuple[str, ...]] = set()
+        self._init_deployment_safety(registry, ns)
+
+    # -- deployment safety (docs/deployment-safety.md) -------------------------------------------------
+
+    def _init_deployment_safety(self, registry: CollectorRegistry, ns: str) -> None:
+        self.model_info = Gauge(
+            "model_info",
+            "1 per model version live on an arm (from recs.deployments), with short lineage labels.",
+            ["model", "arm", "version", "code_commit", "artifact_digest"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.canary_verdict = Gauge(
+            "canary_verdict",
+            "Decision of the newest canary verdict per model and kind: PROMOTE=1, HOLD=0, ROLLBACK=-1.",
+            ["model", "kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.canary_decision = Gauge(
+            "canary_decision",
+            "1 for the decision of the newest verdict per model and kind, 0 for the other decisions.",
+            ["model", "kind", "decision"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.canary_score = Gauge(
+            "canary_score",
+            "Score (0-100) of the newest canary verdict per model and kind.",
+            ["model", "kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.canary_valid_until = Gauge(
+            "canary_verdict_valid_until_timestamp_seconds",
+            "Until when the newest verdict holds (epoch seconds); past it the gate answers HOLD.",
+            ["model", "kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        self._model_info_labels: set[tuple[str, ...]] = set()
+        self._verdict_seen: dict[tuple[str, str], int] = {}
+
+    def set_model_info(self, live: Iterable[DeploymentRecord]) -> None:
+        """Replace ``model_info`` with the versions live now (versions no longer live are removed)."""
+        fresh: set[tuple[str, ...]] = set()
+        for record in live:
+            labels = (
+                record.model,
+                record.arm,
+                record.version,
+                _short_label(record.lineage.get("code_commit"), 12),
+                _short_label(record.lineage.get("artifact_digest"), 19),
+            )
+            self.model_info.labels(*labels).set(1)
+            fresh.add(labels)
+        for stale in self._model_info_labels - fresh:
+            self.model_info.remove(*stale)
+        self._model_info_labels = fresh
+
+    def set_verdicts(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        """Set the canary gauges from verdict documents (an older one than already shown is skipped)."""
+        from stream_monitor.core.gate import DECISION_VALUES
+
+        for doc in docs:
+            decision, emitted = doc.get("decision"), doc.get("emitted_at")
+            if decision not in DECISION_VALUES or not isinstance(emitted, int):
+                continue
+            series = (str(doc.get("model")), str(doc.get("kind")))
+            if self._verdict_seen.get(series, -1) > emitted:
+                continue
+            self._verdict_seen[series] = emitted
+            self.canary_verdict.labels(*series).set(DECISION_VALUES[decision])
+            for name in DECISION_VALUES:
+                self.canary_decision.labels(*series, name).set(1 if name == decision else 0)
+            score = doc.get("score")
+            if isinstance(score, int | float) and not isinstance(score, bool):
+                self.canary_score.labels(*series).set(score)
+            valid_until = doc.get("valid_until")
+            if isinstance(valid_until, int):
+                self.canary_valid_until.labels(*series).set(valid_until / 1000)
 
     def record_joins(
         self, joins: Sequence[JoinDelta], refused: Sequence[str], join: LabelJoin | None
@@ -198,3 +280,8 @@ class MonitorMetrics:
     def series_labels(self, signal: str, metric: str, key: tuple[str, ...]) -> tuple[str, ...]:
         segment = ",".join(f"{d}={v}" for d, v in zip(self.segment_dims, key[4:], strict=False) if v != "*")
         return (signal, metric, *key[:4], segment or "*")
+
+
+def _short_label(value: object, limit: int) -> str:
+    """A bounded label value: lineage strings are cut (a 12-digit commit or digest prefix identifies)."""
+    return value[:limit] if isinstance(value, str) else ""

@@ -16,9 +16,20 @@ from typing import Protocol
 
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.labels import JoinDelta
+from stream_monitor.core.lineage import HISTORY_LIMIT as HISTORY_LIMIT
 from stream_monitor.core.windows import PartitionProgress
 
-__all__ = ["CommitResult", "PartitionClaim", "StateLost", "StateStore", "StoreUnavailable"]
+__all__ = [
+    "VERDICTS_PER_MODEL",
+    "CommitResult",
+    "PartitionClaim",
+    "StateLost",
+    "StateStore",
+    "StoreUnavailable",
+]
+
+# Verdicts kept per model (one per rollout): enough for the rollouts in flight and a few past ones.
+VERDICTS_PER_MODEL = 20
 
 
 class StoreUnavailable(RuntimeError):
@@ -132,6 +143,25 @@ class StateStore(Protocol):
 
     def deployments(self) -> dict[str, dict[str, bytes]]:
         """Latest deployment record per model and arm."""
+        ...
+
+    def history(self, model: str) -> list[bytes]:
+        """The model's deployment records in commit order (see stream_monitor.core.lineage).
+
+        Each record of a commit's deltas is appended exactly once, with the offsets that cover it (an
+        identical retry appends nothing); only the newest ``HISTORY_LIMIT`` are kept.
+        """
+        ...
+
+    def put_verdict(self, model: str, key: str, doc: bytes, emitted_at: int) -> None:
+        """Keep a canary verdict document under its key (``model/deployment``), unless a newer is kept.
+
+        Only the newest ``VERDICTS_PER_MODEL`` keys of a model are kept.
+        """
+        ...
+
+    def verdicts(self, model: str) -> dict[str, bytes]:
+        """The model's kept verdict documents by key (the newest per deployment)."""
         ...
 
     def datasets(self) -> dict[str, bytes]:

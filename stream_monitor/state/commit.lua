@@ -1,6 +1,6 @@
 -- Atomically add per-partition window sums and advance offsets, fenced by epoch and offset.
 -- ARGV[1] = key prefix, ARGV[2] = JSON payload:
---   {"now": "<wall ms>", "window_ttl_s": N,
+--   {"now": "<wall ms>", "window_ttl_s": N, "history_limit": N,
 --    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
 --               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...},
 --               "deployments": [[model, arm, record], ...], "datasets": [[name, "<ts>", record], ...]}]}
@@ -49,6 +49,10 @@ for _, part in ipairs(doc.parts) do
     end
     for _, deployment in ipairs(part.deployments) do
       redis.call('HSET', p .. ':deploy:' .. deployment[1], deployment[2], deployment[3])
+      -- The release history: appended here, under the offset check, so a retry never appends twice.
+      local hkey = p .. ':history:' .. deployment[1]
+      redis.call('RPUSH', hkey, deployment[3])
+      redis.call('LTRIM', hkey, -(doc.history_limit or 200), -1)
     end
     -- The newest arrival per dataset by event ts (a re-published partition with the same ts replaces).
     for _, arrival in ipairs(part.datasets or {}) do

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
-from stream_monitor.state.base import CommitResult, PartitionClaim
+from stream_monitor.state.base import HISTORY_LIMIT, VERDICTS_PER_MODEL, CommitResult, PartitionClaim
 
 __all__ = ["MemoryStore"]
 
@@ -36,6 +36,8 @@ class MemoryStore:
         self._totals: dict[str, int] = {}
         self._leases: dict[str, tuple[str, int]] = {}
         self._deployments: dict[str, dict[str, bytes]] = {}
+        self._history: dict[str, list[bytes]] = {}
+        self._verdicts: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._datasets: dict[str, tuple[int, bytes]] = {}
         self._joins: dict[str, dict[str, bytes]] = {}
         self._matured: dict[str, dict[int, str]] = {}
@@ -82,6 +84,9 @@ class MemoryStore:
                     continue
                 for model, arm, record in delta.deployments:
                     self._deployments.setdefault(model, {})[arm] = record
+                    history = self._history.setdefault(model, [])
+                    history.append(record)
+                    del history[:-HISTORY_LIMIT]
                 for name, ts, record in delta.datasets:
                     # The newest partition by event time; an equal ts (a re-published partition) replaces.
                     if ts >= self._datasets.get(name, (ts, b""))[0]:
@@ -206,6 +211,23 @@ class MemoryStore:
     def deployments(self) -> dict[str, dict[str, bytes]]:
         with self._lock:
             return {m: dict(arms) for m, arms in self._deployments.items()}
+
+    def history(self, model: str) -> list[bytes]:
+        with self._lock:
+            return list(self._history.get(model, []))
+
+    def put_verdict(self, model: str, key: str, doc: bytes, emitted_at: int) -> None:
+        with self._lock:
+            kept = self._verdicts.setdefault(model, {})
+            if key in kept and kept[key][0] > emitted_at:
+                return  # a re-delivered older verdict must not replace a newer one
+            kept[key] = (emitted_at, doc)
+            for old in sorted(kept, key=lambda k: (kept[k][0], k))[:-VERDICTS_PER_MODEL]:
+                del kept[old]
+
+    def verdicts(self, model: str) -> dict[str, bytes]:
+        with self._lock:
+            return {key: doc for key, (_ts, doc) in self._verdicts.get(model, {}).items()}
 
     def datasets(self) -> dict[str, bytes]:
         with self._lock:

@@ -8,6 +8,8 @@ each partition's epoch and offset and applies or refuses its delta as a unit. Ke
 ``:windows``  sorted set of open window starts;  ``:closed_before``  first start still open
 ``:detector``  detector checkpoint (versioned JSON, never pickle);  ``:totals``  message counters
 ``:deploy:<model>``  latest deployment record per arm;  ``:lease:<name>``  closer lease
+``:history:<model>``  list of the model's deployment records in commit order (newest HISTORY_LIMIT)
+``:verdict:<model>``  hash key -> verdict document;  ``:verdict_ts:<model>``  sorted set key -> emitted_at
 ``:datasets``  newest arrival record per dataset;  ``:datasets_ts``  its event ts (for "newest" in Lua)
 ``:join:<group>``  pending label-join entries by request-id hash;  ``:jm:<group>``  matured ids per window
 ``:lab:<start>``  hash ``"<series>#<metric>" -> sum`` of one label window (expires like window sums)
@@ -27,7 +29,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
-from stream_monitor.state.base import CommitResult, PartitionClaim, StoreUnavailable
+from stream_monitor.state.base import (
+    HISTORY_LIMIT,
+    VERDICTS_PER_MODEL,
+    CommitResult,
+    PartitionClaim,
+    StoreUnavailable,
+)
 
 __all__ = ["RedisStore"]
 
@@ -49,6 +57,7 @@ class RedisStore:
         self._commit = client.register_script(_script("commit.lua"))
         self._close = client.register_script(_script("close.lua"))
         self._lease = client.register_script(_script("lease.lua"))
+        self._verdict = client.register_script(_script("verdict.lua"))
         self.round_trips = 0
 
     @classmethod
@@ -92,6 +101,7 @@ class RedisStore:
         payload = {
             "now": str(now_ms),
             "window_ttl_s": self.window_ttl_s,
+            "history_limit": HISTORY_LIMIT,
             "parts": [
                 {
                     "tp": d.partition,
@@ -201,6 +211,26 @@ class RedisStore:
             model = key.decode().split(":deploy:", 1)[1]
             out[model] = {a.decode(): bytes(v) for a, v in self._call(self.client.hgetall, key).items()}
         return out
+
+    def history(self, model: str) -> list[bytes]:
+        return [bytes(r) for r in self._call(self.client.lrange, f"{self.prefix}:history:{model}", 0, -1)]
+
+    def put_verdict(self, model: str, key: str, doc: bytes, emitted_at: int) -> None:
+        self._call(
+            self._verdict,
+            args=[
+                f"{self.prefix}:verdict:{model}",
+                f"{self.prefix}:verdict_ts:{model}",
+                key,
+                doc,
+                emitted_at,
+                VERDICTS_PER_MODEL,
+            ],
+        )
+
+    def verdicts(self, model: str) -> dict[str, bytes]:
+        raw = self._call(self.client.hgetall, f"{self.prefix}:verdict:{model}")
+        return {k.decode(): bytes(v) for k, v in raw.items()}
 
     def datasets(self) -> dict[str, bytes]:
         raw = self._call(self.client.hgetall, f"{self.prefix}:datasets")

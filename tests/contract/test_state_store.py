@@ -303,3 +303,60 @@ def test_label_sums_for_a_closed_window_are_not_added(store: StateStore) -> None
     store.commit([delta(1, 2, {}, tp=SERVING)], {SERVING: 1}, now_ms=2, joins=[late])
     assert store.read_labels(0) == {} and store.read_labels(60_000) == {"m|v#req": 2}
     assert store.totals()["labels_late"] == 1
+
+
+# --- release history and verdicts (stream_monitor.core.lineage, docs/deployment-safety.md) ---------
+
+
+def test_the_release_history_appends_each_record_exactly_once(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    first = delta(0, 2, {})
+    first.deployments = [("m", "control", b'{"v": 1}'), ("m", "canary", b'{"v": 2}')]
+    assert store.commit([first], {TP: 1}, now_ms=1).applied == [TP]
+    # The reply was lost and the worker retries the very same commit: nothing is appended again.
+    assert store.commit([first], {TP: 1}, now_ms=2).applied == [TP]
+    second = delta(2, 3, {})
+    second.deployments = [("m", "canary", b'{"v": 3}'), ("other", "control", b'{"v": 4}')]
+    store.commit([second], {TP: 1}, now_ms=3)
+    assert store.history("m") == [b'{"v": 1}', b'{"v": 2}', b'{"v": 3}']
+    assert store.history("other") == [b'{"v": 4}'] and store.history("unknown") == []
+    # A stale owner's commit (refused) and an overlapping one (conflict) append nothing either.
+    store.claim([TP], now_ms=4)
+    stale = delta(3, 4, {})
+    stale.deployments = [("m", "canary", b'{"v": 5}')]
+    assert store.commit([stale], {TP: 1}, now_ms=5).refused == [TP]
+    overlap = delta(1, 4, {})
+    overlap.deployments = [("m", "canary", b'{"v": 6}')]
+    assert store.commit([overlap], {TP: 2}, now_ms=6).conflict == [TP]
+    assert store.history("m") == [b'{"v": 1}', b'{"v": 2}', b'{"v": 3}']
+
+
+def test_the_release_history_keeps_the_newest_records(store: StateStore) -> None:
+    from stream_monitor.core.lineage import HISTORY_LIMIT
+
+    store.claim([TP], now_ms=0)
+    batch = delta(0, HISTORY_LIMIT + 5, {})
+    batch.deployments = [("m", "canary", str(i).encode()) for i in range(HISTORY_LIMIT + 5)]
+    store.commit([batch], {TP: 1}, now_ms=1)
+    kept = store.history("m")
+    assert len(kept) == HISTORY_LIMIT and kept[0] == b"5" and kept[-1] == str(HISTORY_LIMIT + 4).encode()
+
+
+def test_verdicts_keep_the_newest_document_per_key(store: StateStore) -> None:
+    store.put_verdict("m", "m/v2@1", b'{"n": 1}', emitted_at=100)
+    store.put_verdict("m", "m/v2@1", b'{"n": 2}', emitted_at=200)
+    store.put_verdict("m", "m/v2@1", b'{"n": 0}', emitted_at=150)  # re-delivered older one: ignored
+    store.put_verdict("m", "m/v3@9", b'{"n": 3}', emitted_at=300)
+    store.put_verdict("n", "n/v1@1", b'{"n": 4}', emitted_at=50)
+    assert store.verdicts("m") == {"m/v2@1": b'{"n": 2}', "m/v3@9": b'{"n": 3}'}
+    assert store.verdicts("n") == {"n/v1@1": b'{"n": 4}'} and store.verdicts("x") == {}
+
+
+def test_verdicts_keep_a_bounded_number_of_keys_per_model(store: StateStore) -> None:
+    from stream_monitor.state.base import VERDICTS_PER_MODEL
+
+    for i in range(VERDICTS_PER_MODEL + 3):
+        store.put_verdict("m", f"m/v{i}@{i}", str(i).encode(), emitted_at=1_000 + i)
+    kept = store.verdicts("m")
+    assert len(kept) == VERDICTS_PER_MODEL
+    assert "m/v0@0" not in kept and f"m/v{VERDICTS_PER_MODEL + 2}@{VERDICTS_PER_MODEL + 2}" in kept

@@ -21,9 +21,6 @@ from stream_monitor.sinks.metrics import MonitorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Series that the canary helper adds to MonitorMetrics in parallel with this branch. The rules already use
-# them; the lead removes this allow-list when the branches merge (then the names must be registered).
-PENDING_METRICS = frozenset({"stream_monitor_canary_verdict", "stream_monitor_model_info"})
 # Series Prometheus itself makes: per target (up) and per active alert (ALERTS).
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS"})
 # Labels Prometheus adds to every scraped series.

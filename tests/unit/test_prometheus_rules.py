@@ -28,7 +28,6 @@ import yaml
 from stream_monitor.core.runbooks import GENERIC_RUNBOOK, RUNBOOKS, incident_level, runbook_for
 from stream_monitor.topology import load_topology, parse_duration_ms
 from tests.unit._promql import (
-    PENDING_METRICS,
     PROMETHEUS_SERIES,
     ROOT,
     TARGET_LABELS,
@@ -145,16 +144,11 @@ def test_every_series_a_rule_reads_is_registered_by_monitor_metrics() -> None:
         name = rule.get("alert") or rule["record"]
         for metric in metric_names(rule["expr"]):
             known = metric in exported or metric in recorded or metric in PROMETHEUS_SERIES
-            assert known or metric in PENDING_METRICS, f"{name}: {metric} is not a series the worker exports"
+            assert known, f"{name}: {metric} is not a series the worker exports"
         for metric, matchers in selectors(rule["expr"]):
             if metric in exported:
                 unknown = set(matchers) - exported[metric] - TARGET_LABELS
                 assert not unknown, f"{name}: {metric} has no label {sorted(unknown)}"
-
-
-def test_pending_metrics_are_not_registered_yet() -> None:
-    """When the canary branch registers them, this fails: remove PENDING_METRICS (tests/unit/_promql.py)."""
-    assert not PENDING_METRICS & set(registered_series())
 
 
 def _documented_signals() -> set[str]:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "docs" / "schemas"
 EVENTS_MD = ROOT / "docs" / "events.md"
-SCHEMA_NAMES = ("serving", "engagement", "deployment", "dataset", "alert", "deadletter")
+SCHEMA_NAMES = ("serving", "engagement", "deployment", "dataset", "alert", "deadletter", "health")
 INPUT_EVENTS = ("serving", "engagement", "deployment", "dataset")
 
 _BLOCK = re.compile(r"^```json[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
