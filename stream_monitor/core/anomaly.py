@@ -56,8 +56,14 @@ _ALL = "*"
 _REPLAY = 135
 
 
+# Spread floor as a share of the level: per-window quantiles move in sketch buckets (2 % wide) and a
+# rolling spread of a quiet series can be smaller than one bucket, which made single-bucket steps look like
+# 10-sigma events (false alerts on clean traffic in tests/unit/test_engine_inprocess.py).
+_MIN_REL_SCALE = 0.05
+
+
 def _worker_detector(side: str) -> SeriesDetector:
-    return default_detector(side, replay=_REPLAY)
+    return default_detector(side, replay=_REPLAY, min_rel_scale=_MIN_REL_SCALE)
 
 
 class AnomalyLayer:

@@ -393,6 +393,7 @@ class RiverDrift:
         clip: float = 10.0,
         confirm: float = 1.0,
         replay: int = 1000,
+        min_rel_scale: float = 1e-3,
     ) -> None:
         if method not in _RIVER_METHODS:
             raise ValueError(f"method must be one of {sorted(_RIVER_METHODS)}, got {method!r}")
@@ -407,6 +408,8 @@ class RiverDrift:
                 raise ValueError(f"{method} param {name} must be a finite number, got {value!r}")
         if not (math.isfinite(confirm) and confirm >= 0):
             raise ValueError(f"need confirm >= 0, got {confirm!r}")
+        if not (math.isfinite(min_rel_scale) and min_rel_scale >= 0):
+            raise ValueError(f"need min_rel_scale >= 0, got {min_rel_scale!r}")
         if window < 3 or not 3 <= min_history <= window or lag < 0 or clip <= 0 or replay < window + lag:
             raise ValueError(
                 "need window >= 3, 3 <= min_history <= window, lag >= 0, clip > 0 and replay >= window + lag"
@@ -421,6 +424,7 @@ class RiverDrift:
         self.clip = float(clip)
         self.confirm = float(confirm)
         self.replay = int(replay)
+        self.min_rel_scale = float(min_rel_scale)
         self._history: deque[float] = deque(maxlen=self.window + self.lag)
         self._inputs: deque[float] = deque(maxlen=self.replay)
         self._detector = self._make()
@@ -450,6 +454,7 @@ class RiverDrift:
             "clip": self.clip,
             "confirm": self.confirm,
             "replay": self.replay,
+            "min_rel_scale": self.min_rel_scale,
         }
 
     def update(self, value: float) -> float:
@@ -462,7 +467,7 @@ class RiverDrift:
                 return 0.0
             history = list(self._history)
             center, spread = robust_location_scale(history[: len(history) - self.lag], 1e-9)
-            spread = max(spread, 1e-3 * abs(center))
+            spread = max(spread, self.min_rel_scale * abs(center))
             fed = min(max((value - center) / spread, -self.clip), self.clip)
             self._history.append(value)
         else:
@@ -558,7 +563,7 @@ class EnsembleDetector:
         return cls(load_detector(m) for m in members)
 
 
-def default_detector(side: str = "both", replay: int = 1000) -> EnsembleDetector:
+def default_detector(side: str = "both", replay: int = 1000, min_rel_scale: float = 1e-3) -> EnsembleDetector:
     """The project's default detector stack for one per-window series.
 
     * :class:`RobustBaseline` with its defaults (two-hour rolling median and spread for one-minute
@@ -572,7 +577,9 @@ def default_detector(side: str = "both", replay: int = 1000) -> EnsembleDetector
     Poisson tail of small slices' error counts (docs/benchmarks.md).
 
     ``replay`` bounds the Page-Hinkley member's checkpoint (its last ``replay`` inputs, at least 135):
-    the worker keeps it at 135 so a watched series costs about 255 numbers of state.
+    the worker keeps it at 135 so a watched series costs about 255 numbers of state. ``min_rel_scale``
+    floors both members' spread at that share of the level: the worker uses 0.05, so a change under 5 %
+    of the level (a quantile moving by one sketch bucket) is never anomalous on its own.
 
     >>> det = default_detector(side="up")
     >>> [m.kind for m in det.members], det.warmup
@@ -580,7 +587,7 @@ def default_detector(side: str = "both", replay: int = 1000) -> EnsembleDetector
     """
     return EnsembleDetector(
         [
-            RobustBaseline(side=side),
+            RobustBaseline(side=side, min_rel_scale=min_rel_scale),
             RiverDrift(
                 "page_hinkley",
                 params={"min_instances": 30, "delta": 1.0, "threshold": 30.0, "alpha": 1.0},
@@ -589,6 +596,7 @@ def default_detector(side: str = "both", replay: int = 1000) -> EnsembleDetector
                 min_history=20,
                 lag=15,
                 replay=replay,
+                min_rel_scale=min_rel_scale,
             ),
         ]
     )
