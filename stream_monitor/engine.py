@@ -20,6 +20,7 @@ import orjson
 
 from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
+from stream_monitor.core.canary import CanaryAnalyzer, decoded_deployments
 from stream_monitor.core.clock import Clock
 from stream_monitor.core.datasets import DatasetArrival, check_datasets
 from stream_monitor.core.events import (
@@ -34,7 +35,7 @@ from stream_monitor.core.labels import JoinDelta, LabelEvaluator, LabelJoin
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
-from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
+from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink, HealthSink, NullHealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.base import CommitResult, PartitionClaim, StateLost, StateStore
 
@@ -95,6 +96,7 @@ class Engine:
         clock: Clock,
         metrics: MonitorMetrics | None = None,
         options: EngineOptions | None = None,
+        health_sink: HealthSink | None = None,
     ) -> None:
         self.topology = topology
         self.store = store
@@ -128,6 +130,10 @@ class Engine:
                 self.options.engagement_topic,
             )
         self.label_evaluator = LabelEvaluator(topology)
+        # Canary verdicts (docs/canary.md): "stream-monitor.health/v1" documents, one per model in canary
+        # per closed window, handed to the health sink (Kafka / HTTP gate adapters plug in there).
+        self.health_sink: HealthSink = health_sink if health_sink is not None else NullHealthSink()
+        self.canary = CanaryAnalyzer(topology)
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -536,6 +542,7 @@ class Engine:
             starts = list(range(start, limit, size))
         state = self._load_state()
         arrivals = self._dataset_arrivals()
+        deployments = decoded_deployments(self.store.deployments()) if self.topology.canary.enabled else {}
         emitted: list[Alert] = []
         for window_start in starts:
             end = window_start + size
@@ -554,10 +561,10 @@ class Engine:
                 )
                 values.extend(more_values)
                 breaches.extend(more_breaches)
+            label_fields: dict[str, float] = {}
             if self.labels is not None:
-                label_values, label_breaches = self.label_evaluator.evaluate(
-                    self.store.read_labels(window_start), state.baselines
-                )
+                label_fields = self.store.read_labels(window_start)
+                label_values, label_breaches = self.label_evaluator.evaluate(label_fields, state.baselines)
                 values.extend(label_values)
                 breaches.extend(label_breaches)
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
@@ -567,6 +574,12 @@ class Engine:
             # instead of losing them.
             if alerts:
                 self.alert_sink.emit(alerts)
+            if deployments:
+                verdicts = self.canary.update(
+                    state.canary, deployments, fields, label_fields, (window_start, end), now
+                )
+                if verdicts:
+                    self.health_sink.emit([v.to_json_dict() for v in verdicts])
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 break  # someone else closed it: stop, and reload their state next time
             emitted.extend(alerts)

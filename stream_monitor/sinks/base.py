@@ -12,7 +12,18 @@ import orjson
 
 from stream_monitor.core.alerts import Alert
 
-__all__ = ["AlertSink", "DeadLetter", "DeadLetterSink", "JsonLinesSink", "ListSink", "TerminalAlertSink"]
+__all__ = [
+    "AlertSink",
+    "DeadLetter",
+    "DeadLetterSink",
+    "HealthSink",
+    "JsonLinesHealthSink",
+    "JsonLinesSink",
+    "ListHealthSink",
+    "ListSink",
+    "NullHealthSink",
+    "TerminalAlertSink",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +132,47 @@ class TerminalAlertSink:
                 code = self.COLOURS["resolved" if a.status == "resolved" else a.severity]
                 text = f"{code}{text}\033[0m"
             print(text, file=self.stream, flush=True)
+
+
+class HealthSink(Protocol):
+    """Where canary verdicts go: ``stream-monitor.health/v1`` documents (docs/schemas/health.schema.json).
+
+    Called once per closed window with the verdicts of that window (at-least-once, like alerts: a
+    consumer keys them by ``model``/``deployment`` and keeps the newest ``window.end``).
+    """
+
+    def emit(self, docs: Sequence[dict[str, Any]]) -> None: ...
+
+
+class NullHealthSink:
+    """Drops verdicts (the engine's default when nothing consumes them)."""
+
+    def emit(self, docs: Sequence[dict[str, Any]]) -> None:
+        return None
+
+
+class ListHealthSink:
+    """Keeps verdicts in memory (tests, benchmarks).
+
+    >>> sink = ListHealthSink(); sink.emit([{"verdict": "PASS"}]); sink.docs
+    [{'verdict': 'PASS'}]
+    """
+
+    def __init__(self) -> None:
+        self.docs: list[dict[str, Any]] = []
+
+    def emit(self, docs: Sequence[dict[str, Any]]) -> None:
+        self.docs.extend(docs)
+
+
+class JsonLinesHealthSink:
+    """Writes verdicts as JSON lines (``stream-monitor replay``: beside the alerts)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def emit(self, docs: Sequence[dict[str, Any]]) -> None:
+        for doc in docs:
+            self.stream.write(orjson.dumps(doc) + b"\n")
+        self.count += len(docs)
