@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
@@ -205,26 +206,46 @@ def hodges_lehmann(
     n_b = sum(b.values())
     if n_a <= 0 or n_b <= 0:
         return math.nan, math.nan, math.nan
-    diffs: dict[float, float] = {}
-    for va, ca in a.items():
-        if ca <= 0:
-            continue
-        for vb, cb in b.items():
-            if cb > 0:
-                d = round(va - vb, 9)
-                diffs[d] = diffs.get(d, 0.0) + ca * cb
     pairs = n_a * n_b
     if var_u is None:
         total = n_a + n_b
         var_u = n_a * n_b * (total + 1) / 12.0
     k = max(1.0, math.floor(pairs / 2.0 - z * math.sqrt(max(var_u, 0.0))))
-    order = sorted(diffs.items())
+    # The k-th smallest pair difference by bisection on the difference d: counting the pairs with
+    # a - b <= d takes one pass over a's bins and a binary search in b's, so binned samples of any size
+    # cost O(bins log bins) per step instead of one entry per pair of bins.
+    av = sorted(v for v, c in a.items() if c > 0)
+    aw = [a[v] for v in av]
+    bv = sorted(v for v, c in b.items() if c > 0)
+    above = [0.0] * (len(bv) + 1)  # above[j]: weight of b's bins j.. (values >= bv[j])
+    for j in range(len(bv) - 1, -1, -1):
+        above[j] = above[j + 1] + b[bv[j]]
+    integral = all(float(v).is_integer() for v in av) and all(float(v).is_integer() for v in bv)
+
+    def count_le(d: float) -> float:
+        return sum(w * above[bisect_left(bv, va - d - 1e-12)] for va, w in zip(av, aw, strict=True))
+
+    def rank(r: float) -> float:
+        lo, hi = av[0] - bv[-1], av[-1] - bv[0]
+        if integral:
+            low, high = int(lo), int(hi)
+            while low < high:
+                mid = (low + high) // 2
+                if count_le(mid) >= r - 1e-9:
+                    high = mid
+                else:
+                    low = mid + 1
+            return float(low)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if count_le(mid) >= r - 1e-9:
+                hi = mid
+            else:
+                lo = mid
+        return round(hi, 9)
+
     # Shift: the median pair difference; bounds: the k-th smallest and the k-th largest.
-    return (
-        _weighted_rank(order, (pairs + 1) / 2.0),
-        _weighted_rank(order, k),
-        _weighted_rank(order, pairs - k + 1),
-    )
+    return rank((pairs + 1) / 2.0), rank(k), rank(pairs - k + 1)
 
 
 def _weighted_rank(order: Sequence[tuple[float, float]], rank: float) -> float:
@@ -401,7 +422,12 @@ def score_verdict(metrics: Sequence[MetricResult], rule: CanaryRule, enough: boo
             "INCONCLUSIVE",
             "Not enough canary data yet (minimum windows or impressions not reached).",
         )
-    pending = [m.name for m in metrics if m.critical and not m.non_inferior]
+    # A critical metric never observed on either arm (e.g. a feature no request carries) cannot block.
+    pending = [
+        m.name
+        for m in metrics
+        if m.critical and not m.non_inferior and (m.n_candidate > 0 or m.n_baseline > 0)
+    ]
     if pending:
         return (
             score,
