@@ -384,3 +384,18 @@ def test_analyzer_metric_list_follows_the_topology() -> None:
     assert az.metric_names[:3] == ["ctr", "play_rate", "latency.total"]
     assert az.alpha == pytest.approx(0.05 / len(az.metric_names))
     assert az.is_critical("feature_invalid.country") and not az.is_critical("latency.ranking")
+
+
+def test_health_schema_is_valid_draft_2020_12_and_allows_extra_fields() -> None:
+    assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(SCHEMA)
+    example = json.loads(
+        _DOC_EXAMPLE.search((ROOT / "docs" / "canary.md").read_text(encoding="utf-8")).group(1)
+    )
+    validator = Draft202012Validator(SCHEMA)
+    assert list(validator.iter_errors(example)) == []
+    assert list(validator.iter_errors({**example, "x_new": 1})) == []
+    assert list(validator.iter_errors({**example, "decision": "PROMOTE"}))  # FAIL must map to ROLLBACK
+
+
+_DOC_EXAMPLE = re.compile(r"<!-- schema: health -->\s*```json\n(.*?)^```", re.MULTILINE | re.DOTALL)
