@@ -354,7 +354,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"false ROLLBACK {s['aa_false_rollbacks']} = {s['aa_false_rollback_rate']:.3%} "
         f"(95 % CI {lo:.3%}..{hi:.3%}) vs alpha {s['alpha']:.3f}; PROMOTE {s['aa_promote_rate']:.1%}",
         "",
-        f"{'bad canary':24} {'runs':>4} {'rollback':>8} {'promote':>7} {'impressions':>12} {'requests':>9} {'windows':>7}",
+        f"{'bad canary':24} {'runs':>4} {'rollback':>8} {'promote':>7} "
+        f"{'impressions':>12} {'requests':>9} {'windows':>7}",
     ]
     for kind, b in s["bad"].items():
         imp = (
@@ -365,6 +366,7 @@ def format_table(result: dict[str, Any]) -> str:
         req = "-" if b["median_requests_to_rollback"] is None else f"{b['median_requests_to_rollback']:.0f}"
         win = "-" if b["median_windows_to_rollback"] is None else f"{b['median_windows_to_rollback']:.0f}"
         lines.append(
-            f"{kind:24} {b['runs']:>4} {b['rollbacks']:>8} {b['false_promotes']:>7} {imp:>12} {req:>9} {win:>7}"
+            f"{kind:24} {b['runs']:>4} {b['rollbacks']:>8} {b['false_promotes']:>7} "
+            f"{imp:>12} {req:>9} {win:>7}"
         )
     return "\n".join(lines)

@@ -237,11 +237,11 @@ def hodges_lehmann(
                     low = mid + 1
             return float(low)
         for _ in range(60):
-            mid = (lo + hi) / 2
-            if count_le(mid) >= r - 1e-9:
-                hi = mid
+            half = (lo + hi) / 2
+            if count_le(half) >= r - 1e-9:
+                hi = half
             else:
-                lo = mid
+                lo = half
         return round(hi, 9)
 
     # Shift: the median pair difference; bounds: the k-th smallest and the k-th largest.
