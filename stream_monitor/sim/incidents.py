@@ -60,6 +60,20 @@ kind                signal               effect                                 
                                          seconds later than scheduled
 ==================  ===================  ==============================================  ========
 
+Bad canaries live in :data:`CANARY_INCIDENT_KINDS` (judged by the canary analysis, docs/canary.md, not by
+an alert signal; their ground-truth signal is ``canary`` and their key ``{"arm": "canary"}``). They need a
+simulator with ``canary_share > 0`` and always bend the canary arm (the default and only allowed target arm):
+
+=========================  ===============================================================  ========
+kind                       effect on the canary's requests after onset                      default
+=========================  ===============================================================  ========
+``canary_ctr_drop``        click probability ``magnitude`` lower (relative)                  0.03
+``canary_latency``         every stage's latency multiplied by ``magnitude``                 x1.3
+``canary_broken_feature``  one feature (``feature``, default watch_minutes_7d) null on a     0.1
+                           fraction ``magnitude`` of requests, whose click probability is
+                           multiplied by :data:`BROKEN_FEATURE_CLICK_FACTOR` (0.7)
+=========================  ===============================================================  ========
+
 A ``dataset_late`` needs the dataset in the simulator's ``SimConfig.datasets``; its ground-truth key is
 ``{}`` (datasets have no slice) and its ``detail`` the dataset's name.
 
