@@ -158,11 +158,13 @@ def run_aggregate(
     canary_share: float = 0.5,
     label_delay_windows: int = 3,
     stop_on_decision: bool = True,
+    ctr_factor: float = 1.0,
 ) -> CanaryRun:
-    """One A/A canary judged from window sums drawn from the simulator's generative model.
+    """One canary judged from window sums drawn from the simulator's generative model.
 
-    Both arms draw from identical distributions (SimConfig defaults): so any ROLLBACK is a false one.
-    Label sums of a window arrive ``label_delay_windows`` later, as matured labels do.
+    Both arms draw from identical distributions (SimConfig defaults), so with ``ctr_factor`` 1 any
+    ROLLBACK is a false one; ``ctr_factor`` 0.97 is ``canary_ctr_drop`` (the canary's click probability
+    x0.97). Label sums of a window arrive ``label_delay_windows`` later, as matured labels do.
     """
     started = time.perf_counter()
     cfg = SimConfig(canary_share=canary_share)
@@ -212,7 +214,8 @@ def run_aggregate(
                 for b, c in zip(values.tolist(), counts.tolist(), strict=True):
                     fields[f"{series}#lat.{stage}.{b}"] = c
             engaged = n - err - empty
-            clicks = int(rng.binomial(engaged, cfg.click_rate))
+            factor = ctr_factor if arm == "canary" else 1.0
+            clicks = int(rng.binomial(engaged, cfg.click_rate * factor))
             plays = int(rng.binomial(clicks, cfg.play_rate))
             labels.update(
                 {
@@ -232,7 +235,7 @@ def run_aggregate(
     assert last is not None
     impressions, requests = _counts(last)
     return CanaryRun(
-        "aa",
+        "aa" if ctr_factor == 1.0 else "canary_ctr_drop",
         seed,
         "aggregate",
         last["decision"],
@@ -286,9 +289,17 @@ def run_bench(
     minutes: int = 40,
     rate: float = 100.0,
     aggregate_windows: int = 60,
+    ctr_drop_seeds: int = 50,
+    ctr_drop_windows: int = 600,
 ) -> dict[str, Any]:
     """Every run of the benchmark and its summary (a JSON-safe document)."""
     topo = fast_topology(topology)
+    # canary_ctr_drop needs millions of impressions at alpha 0.05: more than full runs can afford, so
+    # its cost to decide is measured on window aggregates (6,000 requests a window), up to 10 h.
+    ctr_agg = [
+        run_aggregate(topo, 10_000 + seed, windows=ctr_drop_windows, ctr_factor=0.97)
+        for seed in range(ctr_drop_seeds)
+    ]
     aa = [
         run_aggregate(topo, seed, windows=aggregate_windows, stop_on_decision=False)
         for seed in range(aa_seeds)
@@ -311,8 +322,9 @@ def run_bench(
         "aa_promote_rate": sum(r.decision == "PROMOTE" for r in all_aa) / len(all_aa) if all_aa else 0.0,
         "bad": {},
     }
-    for kind in BAD_CANARIES:
-        runs = [r for r in bad if r.kind == kind]
+    for kind, runs in [(k, [r for r in bad if r.kind == k]) for k in BAD_CANARIES] + [
+        ("canary_ctr_drop (aggregate)", ctr_agg)
+    ]:
         decided = [r for r in runs if r.decision == "ROLLBACK"]
         summary["bad"][kind] = {
             "runs": len(runs),
@@ -325,6 +337,9 @@ def run_bench(
             if decided
             else None,
             "median_windows_to_rollback": float(np.median([r.windows for r in decided])) if decided else None,
+            "p90_impressions_to_rollback": float(np.percentile([r.impressions for r in decided], 90))
+            if decided
+            else None,
         }
     return {
         "settings": {
@@ -336,9 +351,11 @@ def run_bench(
             "canary_share": 0.5,
             "label_maturity_ms": topo.labels.maturity_ms,
             "aggregate_windows": aggregate_windows,
+            "ctr_drop_aggregate_seeds": ctr_drop_seeds,
+            "ctr_drop_aggregate_windows": ctr_drop_windows,
         },
         "summary": summary,
-        "runs": [asdict(r) for r in (*aa_full, *bad)],
+        "runs": [asdict(r) for r in (*aa_full, *bad, *ctr_agg)],
         "aa_aggregate_decisions": {
             d: sum(r.decision == d for r in aa) for d in ("PROMOTE", "HOLD", "ROLLBACK")
         },
@@ -354,7 +371,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"false ROLLBACK {s['aa_false_rollbacks']} = {s['aa_false_rollback_rate']:.3%} "
         f"(95 % CI {lo:.3%}..{hi:.3%}) vs alpha {s['alpha']:.3f}; PROMOTE {s['aa_promote_rate']:.1%}",
         "",
-        f"{'bad canary':24} {'runs':>4} {'rollback':>8} {'promote':>7} "
+        f"{'bad canary':28} {'runs':>4} {'rollback':>8} {'promote':>7} "
         f"{'impressions':>12} {'requests':>9} {'windows':>7}",
     ]
     for kind, b in s["bad"].items():
@@ -366,7 +383,7 @@ def format_table(result: dict[str, Any]) -> str:
         req = "-" if b["median_requests_to_rollback"] is None else f"{b['median_requests_to_rollback']:.0f}"
         win = "-" if b["median_windows_to_rollback"] is None else f"{b['median_windows_to_rollback']:.0f}"
         lines.append(
-            f"{kind:24} {b['runs']:>4} {b['rollbacks']:>8} {b['false_promotes']:>7} "
+            f"{kind:28} {b['runs']:>4} {b['rollbacks']:>8} {b['false_promotes']:>7} "
             f"{imp:>12} {req:>9} {win:>7}"
         )
     return "\n".join(lines)

@@ -217,6 +217,12 @@ def _add_canary(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     c.add_argument(
         "--windows", type=_positive, default=120, help="windows per aggregate A/A run (default 120)"
     )
+    c.add_argument(
+        "--ctr-drop-seeds",
+        type=int,
+        default=50,
+        help="canary_ctr_drop runs on window aggregates (default 50)",
+    )
     c.add_argument("--quick", action="store_true", help="smoke run: 20 aggregate A/A, 1 seed each, 30 min")
     c.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
     c.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
@@ -241,6 +247,7 @@ def run_canary(args: argparse.Namespace) -> int:
             minutes=30,
             rate=args.rate,
             aggregate_windows=30,
+            ctr_drop_seeds=3,
         )
     else:
         report = run_bench(
@@ -251,6 +258,7 @@ def run_canary(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             rate=args.rate,
             aggregate_windows=args.windows,
+            ctr_drop_seeds=max(0, args.ctr_drop_seeds),
         )
     print(format_table(report))
     if args.json:
