@@ -350,7 +350,7 @@ class CanaryRule:
 
     enabled: bool = True
     alpha: float = 0.05
-    margin: float = 0.05
+    margin: float = 0.02
     mixture_scale: float = 0.03
     rank_mixture_scale: float = 0.05
     latency_floor: float = 0.10
