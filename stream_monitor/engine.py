@@ -575,11 +575,7 @@ class Engine:
             if alerts:
                 self.alert_sink.emit(alerts)
             if deployments:
-                verdicts = self.canary.update(
-                    state.canary, deployments, fields, label_fields, (window_start, end), now
-                )
-                if verdicts:
-                    self.health_sink.emit([v.to_json_dict() for v in verdicts])
+                self._canary(state, deployments, fields, label_fields, (window_start, end), now)
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 break  # someone else closed it: stop, and reload their state next time
             emitted.extend(alerts)
@@ -587,6 +583,26 @@ class Engine:
             self._record_close(values, alerts, state, end, now)
         self._closed_before = self.store.closed_before()
         return emitted
+
+    def _canary(
+        self,
+        state: DetectorState,
+        deployments: dict[str, dict[str, dict[str, object]]],
+        fields: dict[str, float],
+        label_fields: dict[str, float],
+        window: tuple[int, int],
+        now: int,
+    ) -> None:
+        """Canary verdicts of one closed window to the health sink (docs/canary.md)."""
+        try:
+            verdicts = self.canary.update(state.canary, deployments, fields, label_fields, window, now)
+        except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+            # A canary analysis that cannot be computed must not stop alerting: start it afresh.
+            log.error("canary analysis failed for window %s (%r); its state is reset", window, exc)
+            state.canary = {}
+            return
+        if verdicts:
+            self.health_sink.emit([v.to_json_dict() for v in verdicts])
 
     def _dataset_arrivals(self) -> dict[str, DatasetArrival] | None:
         """Newest stored arrival per configured dataset (None when the topology configures none)."""

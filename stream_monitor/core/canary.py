@@ -210,7 +210,9 @@ def hodges_lehmann(
     if var_u is None:
         total = n_a + n_b
         var_u = n_a * n_b * (total + 1) / 12.0
-    k = max(1.0, math.floor(pairs / 2.0 - z * math.sqrt(max(var_u, 0.0))))
+    # No spread (every value in one tie) or an infinite z: the interval is the whole range of differences.
+    spread = z * math.sqrt(var_u) if var_u > 0 and math.isfinite(z) else (0.0 if var_u > 0 else math.inf)
+    k = max(1.0, math.floor(pairs / 2.0 - spread)) if math.isfinite(spread) else 1.0
     # The k-th smallest pair difference by bisection on the difference d: counting the pairs with
     # a - b <= d takes one pass over a's bins and a binary search in b's, so binned samples of any size
     # cost O(bins log bins) per step instead of one entry per pair of bins.
@@ -813,7 +815,7 @@ class CanaryAnalyzer:
         mw = mann_whitney(a, b)
         var = mw.var_theta
         hw = mixture_halfwidth(var, self.rule.rank_mixture_scale, self.alpha)
-        z = hw / math.sqrt(var) if var > 0 else math.inf
+        z = hw / math.sqrt(var) if var > 0 and math.isfinite(var) else 0.0
         return mw, mw.theta - hw, mw.theta + hw, z
 
     def _latency(self, name: str, c_raw: Mapping[str, float], b_raw: Mapping[str, float]) -> MetricResult:

@@ -399,3 +399,16 @@ def test_health_schema_is_valid_draft_2020_12_and_allows_extra_fields() -> None:
 
 
 _DOC_EXAMPLE = re.compile(r"<!-- schema: health -->\s*```json\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def test_rank_metrics_with_every_value_tied_do_not_crash() -> None:
+    """A constant latency or a collapsed score (one bin on both arms) has no rank variance."""
+    shift, lo, hi = hodges_lehmann({5.0: 300}, {5.0: 400}, 3.0, 0.0)
+    assert (shift, lo, hi) == (0.0, 0.0, 0.0)
+    az = CanaryAnalyzer(_topology())
+    state: dict[str, Any] = {}
+    fields = {"m|v2|canary|home|eu#n": 500, "m|v1|control|home|eu#n": 500}
+    fields |= {"m|v2|canary|home|eu#lat.total.100": 500, "m|v1|control|home|eu#lat.total.100": 500}
+    [v] = az.update(state, DEPS, fields, {}, (0, 60_000), 60_000)
+    lat = next(m for m in v.metrics if m.name == "latency.total")
+    assert lat.classification == "PASS" and lat.estimate == 0.0
