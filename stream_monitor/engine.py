@@ -15,12 +15,14 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 
 from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL, AnomalyLayer
+from stream_monitor.core.canary import CanaryAnalyzer, decoded_deployments
 from stream_monitor.core.clock import Clock
 from stream_monitor.core.datasets import DatasetArrival, check_datasets
 from stream_monitor.core.events import (
@@ -38,7 +40,7 @@ from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
-from stream_monitor.sinks.health import HealthSink
+from stream_monitor.sinks.health import HealthSink, NullHealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.base import CommitResult, PartitionClaim, StateLost, StateStore
 
@@ -102,7 +104,6 @@ class Engine:
         health_sink: HealthSink | None = None,
     ) -> None:
         self.topology = topology
-        self.health_sink = health_sink
         self.store = store
         self.alert_sink = alerts
         self.deadletters = deadletters
@@ -140,6 +141,10 @@ class Engine:
                 self.options.engagement_topic,
             )
         self.label_evaluator = LabelEvaluator(topology)
+        # Canary verdicts (docs/canary.md): "stream-monitor.health/v1" documents, one per model in canary
+        # per closed window, handed to the health sink (Kafka / HTTP gate adapters plug in there).
+        self.health_sink: HealthSink = health_sink if health_sink is not None else NullHealthSink()
+        self.canary = CanaryAnalyzer(topology)
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -547,6 +552,7 @@ class Engine:
         state = self._load_state()
         arrivals = self._dataset_arrivals()
         histories: dict[str, ReleaseHistory | None] = {}  # read once per close, only for alerting models
+        deployments = decoded_deployments(self.store.deployments()) if self.topology.canary.enabled else {}
         emitted: list[Alert] = []
         for window_start in starts:
             end = window_start + size
@@ -565,10 +571,10 @@ class Engine:
                 )
                 values.extend(more_values)
                 breaches.extend(more_breaches)
+            label_fields: dict[str, float] = {}
             if self.labels is not None:
-                label_values, label_breaches = self.label_evaluator.evaluate(
-                    self.store.read_labels(window_start), state.baselines
-                )
+                label_fields = self.store.read_labels(window_start)
+                label_values, label_breaches = self.label_evaluator.evaluate(label_fields, state.baselines)
                 values.extend(label_values)
                 breaches.extend(label_breaches)
             if self.anomaly.enabled:
@@ -585,6 +591,8 @@ class Engine:
             if alerts:
                 self._attach_lineage(alerts, histories)
                 self.alert_sink.emit(alerts)
+            if deployments:
+                self._canary(state, deployments, fields, label_fields, (window_start, end), now)
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 self.anomaly.forget()
                 break  # someone else closed it: stop, and reload their state next time
@@ -638,6 +646,42 @@ class Engine:
                         record = replace(record, lineage=history.lineage_of(record.version))
                 live.append(record)
         self.metrics.set_model_info(live)
+
+    def _canary(
+        self,
+        state: DetectorState,
+        deployments: dict[str, dict[str, dict[str, object]]],
+        fields: dict[str, float],
+        label_fields: dict[str, float],
+        window: tuple[int, int],
+        now: int,
+    ) -> None:
+        """Canary verdicts of one closed window to the health sink (docs/canary.md)."""
+        try:
+            verdicts = self.canary.update(state.canary, deployments, fields, label_fields, window, now)
+        except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+            # A canary analysis that cannot be computed must not stop alerting: start it afresh.
+            log.error("canary analysis failed for window %s (%r); its state is reset", window, exc)
+            state.canary = {}
+            return
+        if verdicts:
+            docs = [v.to_json_dict() for v in verdicts]
+            for doc in docs:
+                self._verdict_lineage(doc)
+            self.health_sink.emit(docs)
+
+    def _verdict_lineage(self, doc: dict[str, Any]) -> None:
+        """Lineage of both versions from the release history: the latest record on an arm is often a
+        traffic step that repeats no lineage, the history keeps the version's own."""
+        history = self.release_history(str(doc.get("model", "")))
+        if history is None:
+            return
+        for side in ("candidate", "baseline"):
+            entry = doc.get(side)
+            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                lineage = history.lineage_of(entry["version"])
+                if lineage:
+                    entry["lineage"] = lineage
 
     def _dataset_arrivals(self) -> dict[str, DatasetArrival] | None:
         """Newest stored arrival per configured dataset (None when the topology configures none)."""

@@ -19,6 +19,7 @@ from stream_monitor.core.topology import (
     AnomalyRule,
     AnomalySeries,
     BurnAlert,
+    CanaryRule,
     DatasetRule,
     EngagementRatioRule,
     FeatureRule,
@@ -123,6 +124,7 @@ def parse_topology(doc: Any, base_dir: Path | None = None) -> Topology:
             slo=_slo(_mapping(doc, "slo", required=False)),
             datasets=_datasets(_mapping(doc, "datasets", required=False)),
             anomaly=_anomaly(_mapping(doc, "anomaly", required=False)),
+            canary=_canary(_mapping(doc, "canary", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -393,3 +395,27 @@ def _str_list(value: object, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TopologyError(f"{where}: expected a list of strings")
     return list(value)
+
+
+def _canary(doc: dict[str, Any]) -> CanaryRule:
+    """The ``canary:`` section (docs/canary.md): ``valid_for`` is a duration, ``weights`` a mapping of
+    group -> weight, ``critical`` a list of metric names (a name also covers ``name.<anything>``).
+
+    >>> rule = _canary({"alpha": 0.01, "valid_for": "5m", "weights": {"engagement": 1}, "critical": ["ctr"]})
+    >>> rule.alpha, rule.valid_for_ms, rule.weights, rule.critical
+    (0.01, 300000, (('engagement', 1.0),), ('ctr',))
+    """
+    rest = {k: v for k, v in doc.items() if k not in ("valid_for", "weights", "critical")}
+    known = _known(rest, CanaryRule, "canary", ("valid_for_ms",))
+    if "valid_for" in doc:
+        known["valid_for_ms"] = parse_duration_ms(doc["valid_for"], "canary.valid_for")
+    if "weights" in doc:
+        weights = doc["weights"]
+        if not isinstance(weights, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in weights.values()
+        ):
+            raise TopologyError("canary.weights: expected a mapping of group -> number")
+        known["weights"] = tuple((str(k), float(v)) for k, v in weights.items())
+    if "critical" in doc:
+        known["critical"] = tuple(_str_list(doc["critical"], "canary.critical"))
+    return CanaryRule(**known)

@@ -14,6 +14,10 @@ commands per 1,000 events, peak RSS and Redis bytes per tracked series, for one 
 NDJSON batches, beside the raw consume + parse ceiling and a naive per-event Faust agent; then memory with
 10, 1,000 and 100,000 tracked series. ``--quick`` is a smoke run of a few minutes.
 
+``bench canary`` runs many seeded A/A canaries and the simulator's three bad canaries through the canary
+analysis (docs/canary.md): the false-ROLLBACK rate against the configured alpha, false PROMOTEs, and the
+impressions and windows needed to decide.
+
 See docs/benchmarks.md for the numbers of full runs.
 """
 
@@ -96,6 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     t.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
     t.add_argument("--log-dir", help="keep the worker logs here (default: a temporary directory)")
     t.set_defaults(func=run_throughput)
+    _add_canary(suites)
     p.set_defaults(func=run)
 
 
@@ -190,4 +195,73 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"report written to {args.json}")
+    return 0
+
+
+def _add_canary(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = suites.add_parser(
+        "canary",
+        help="false rollbacks of A/A canaries and the cost of catching bad ones",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "--aa-seeds", type=_positive, default=400, help="A/A runs on window aggregates (default 400)"
+    )
+    c.add_argument("--aa-full-seeds", type=int, default=3, help="A/A runs through the engine (default 3)")
+    c.add_argument("--bad-seeds", type=_positive, default=3, help="runs per bad canary (default 3)")
+    c.add_argument(
+        "--minutes", type=_positive, default=90, help="simulated minutes per full run (default 90)"
+    )
+    c.add_argument("--rate", type=float, default=100.0, help="requests per second of full runs (default 100)")
+    c.add_argument(
+        "--windows", type=_positive, default=120, help="windows per aggregate A/A run (default 120)"
+    )
+    c.add_argument(
+        "--ctr-drop-seeds",
+        type=int,
+        default=50,
+        help="canary_ctr_drop runs on window aggregates (default 50)",
+    )
+    c.add_argument("--quick", action="store_true", help="smoke run: 20 aggregate A/A, 1 seed each, 30 min")
+    c.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
+    c.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    c.set_defaults(func=run_canary)
+
+
+def run_canary(args: argparse.Namespace) -> int:
+    from stream_monitor.bench.canary import format_table, run_bench
+    from stream_monitor.topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"bench canary: {exc}", file=sys.stderr)
+        return 2
+    if args.quick:
+        report = run_bench(
+            topology,
+            aa_seeds=20,
+            aa_full_seeds=1,
+            bad_seeds=1,
+            minutes=30,
+            rate=args.rate,
+            aggregate_windows=30,
+            ctr_drop_seeds=3,
+        )
+    else:
+        report = run_bench(
+            topology,
+            aa_seeds=args.aa_seeds,
+            aa_full_seeds=max(0, args.aa_full_seeds),
+            bad_seeds=args.bad_seeds,
+            minutes=args.minutes,
+            rate=args.rate,
+            aggregate_windows=args.windows,
+            ctr_drop_seeds=max(0, args.ctr_drop_seeds),
+        )
+    print(format_table(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"bench canary: report written to {args.json}", file=sys.stderr)
     return 0

@@ -1,5 +1,9 @@
 """``stream-monitor replay FILE``: recorded events (JSONL) through the monitor, alerts out as JSONL.
 
+When the recording holds a canary deployment and its traffic, the canary verdicts
+(``stream-monitor.health/v1`` documents, docs/canary.md) are written to the same output, one per line
+beside the alerts (they carry ``"schema": "stream-monitor.health/v1"``).
+
 No servers: the same engine as the worker runs in this process with the in-memory store. Event time
 comes from the file, so a recording from last month replays exactly as it happened. Lines that are not
 valid events are reported as dead letters (on stderr, or to ``--deadletter FILE``) and counted.
@@ -18,6 +22,7 @@ from stream_monitor.cli._common import add_topology_arg, load_settings_and_topol
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sinks.base import DeadLetter, JsonLinesSink
+from stream_monitor.sinks.health import JsonLinesHealthSink
 from stream_monitor.state.memory import MemoryStore
 
 # Close windows every this many input lines, so detection sees windows in order as the worker would.
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     dead_file = open(args.deadletter, "wb") if args.deadletter else None  # noqa: SIM115
     dead = _DeadLetterFile(dead_file)
     clock = EventTimeClock()
+    health = JsonLinesHealthSink(out)
     engine = Engine(
         topology,
         MemoryStore(),
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             serving_topic=settings.topics.serving,
             engagement_topic=settings.topics.engagement,
         ),
+        health_sink=health,
     )
     pipeline = InProcessPipeline(engine, settings.topics, partitions=1)
     alerts = 0
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(dead.reasons.items())) or "none"
     print(
         f"replay: {totals.get('consumed', 0)} events, {totals.get('rejected', 0)} dead-lettered ({reasons}), "
-        f"{alerts} alert messages",
+        f"{alerts} alert messages, {health.count} canary verdicts",
         file=sys.stderr,
     )
     return 0

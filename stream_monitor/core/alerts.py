@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from stream_monitor.core.aggregates import SEP_SERIES
+from stream_monitor.core.canary import CanaryAnalyzer, CanaryStateError
 from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
 from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
-STATE_VERSION = 3  # 2 added `baselines`, 3 `profiles` and `slo_history`; versions 1 and 2 still load
+STATE_VERSION = 4  # 2 added `baselines`, 3 `profiles` and `slo_history`, 4 `canary`; versions 1-3 still load
 
 
 class StateFormatError(ValueError):
@@ -84,6 +85,8 @@ class DetectorState:
     # The anomaly layer's checkpoint (core/anomaly.py): token bucket and per-series detector states, each
     # checked by core/detectors.py when loaded. Absent from older checkpoints (then empty).
     anomaly: dict[str, Any] = field(default_factory=dict)
+    # Canary analysis (core/canary.py): a JSON document checked by CanaryAnalyzer.check_state.
+    canary: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         # Shallow on purpose: the caller serialises it at once, and dataclasses.asdict deep-copied every
@@ -97,16 +100,16 @@ class DetectorState:
         >>> DetectorState.from_json_dict({"version": 99})
         Traceback (most recent call last):
         ...
-        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 3
+        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 4
         >>> DetectorState.from_json_dict({"version": 2, "last_closed_end": 60_000, "volume_history": {},
         ...     "volume_absent": {}, "open_alerts": {}, "baselines": {}}).slo_history
         {}
         """
         if not isinstance(doc, dict):
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") not in (1, 2, STATE_VERSION):
+        if doc.get("version") not in (1, 2, 3, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, "anomaly": {}, **doc}
+        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, "anomaly": {}, "canary": {}, **doc}
         try:
             names = (
                 "volume_history",
@@ -133,10 +136,14 @@ class DetectorState:
                 slo_history={str(k): [int(x) for x in v] for k, v in doc["slo_history"].items()},
                 anomaly=dict(doc["anomaly"]),
             )
+            if doc["canary"]:
+                state.canary = CanaryAnalyzer.check_state(doc["canary"])
             if any(len(v) % 2 for v in state.slo_history.values()):
                 raise StateFormatError("detector state slo_history lists must hold (total, bad) pairs")
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)
+        except CanaryStateError as exc:
+            raise StateFormatError(str(exc)) from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateFormatError(f"detector state is malformed: {exc!r}") from exc
         if state.last_closed_end is not None and not isinstance(state.last_closed_end, int):

@@ -13,6 +13,7 @@ __all__ = [
     "AnomalyRule",
     "AnomalySeries",
     "BurnAlert",
+    "CanaryRule",
     "DatasetRule",
     "EngagementRatioRule",
     "FeatureRule",
@@ -346,6 +347,66 @@ class LabelRule:
             raise ValueError(f"labels.max_pending must be >= 1, got {self.max_pending}")
 
 
+@dataclass(frozen=True, slots=True)
+class CanaryRule:
+    """Canary analysis thresholds (the ``canary:`` section; see docs/canary.md).
+
+    ``alpha`` bounds the chance that an A/A canary is ever rolled back, over every look: it is split
+    evenly (Bonferroni) over the metrics, each judged with an anytime-valid confidence sequence.
+    ``margin`` is the relative non-inferiority margin of the engagement metrics (PROMOTE needs the
+    interval above ``-margin``); ``mixture_scale`` / ``rank_mixture_scale`` tune where the confidence
+    sequences are tightest (an effect of about that size on the log-ratio / probability scale).
+    """
+
+    enabled: bool = True
+    alpha: float = 0.05
+    margin: float = 0.02
+    mixture_scale: float = 0.03
+    rank_mixture_scale: float = 0.05
+    latency_floor: float = 0.10
+    score_floor: float = 0.05
+    rate_floor: float = 0.005
+    feature_floor: float = 0.01
+    min_windows: int = 10
+    min_impressions: int = 5_000
+    min_requests: int = 1_000
+    min_count: int = 200
+    pass_score: float = 90.0
+    fail_score: float = 50.0
+    valid_for_ms: int = 180_000
+    weights: tuple[tuple[str, float], ...] = (
+        ("engagement", 50.0),
+        ("latency", 20.0),
+        ("guardrail", 20.0),
+        ("scores", 10.0),
+    )
+    critical: tuple[str, ...] = (
+        "ctr",
+        "play_rate",
+        "latency.total",
+        "error_rate",
+        "fallback_rate",
+        "empty_slate_rate",
+        "feature_invalid",
+    )
+    max_suspects: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"canary.alpha must be in (0, 1), got {self.alpha!r}")
+        for name in ("margin", "mixture_scale", "rank_mixture_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"canary.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.fail_score <= self.pass_score <= 100.0:
+            raise ValueError(
+                f"canary: need 0 <= fail_score <= pass_score <= 100, got {self.fail_score}, {self.pass_score}"
+            )
+        if any(w < 0 for _, w in self.weights):
+            raise ValueError("canary.weights must be >= 0")
+        if self.valid_for_ms <= 0:
+            raise ValueError(f"canary.valid_for must be > 0, got {self.valid_for_ms} ms")
+
+
 DEFAULT_RATES = (
     RateRule("error_rate", "err", threshold=0.02),
     RateRule("fallback_rate", "fb", threshold=0.05),
@@ -448,6 +509,7 @@ class Topology:
     datasets: tuple[DatasetRule, ...] = ()
     labels: LabelRule = field(default_factory=LabelRule)
     anomaly: AnomalyRule = field(default_factory=AnomalyRule)
+    canary: CanaryRule = field(default_factory=CanaryRule)
 
     def __post_init__(self) -> None:
         if not self.group_by:

@@ -7,6 +7,7 @@ and the demo wire it to real transports.
 from __future__ import annotations
 
 from stream_monitor.sim.incidents import (
+    CANARY_INCIDENT_KINDS,
     DATA_INCIDENT_KINDS,
     DEFAULT_ONSET_S,
     DEFAULT_TARGET,
@@ -19,6 +20,7 @@ from stream_monitor.sim.incidents import (
 from stream_monitor.sim.traffic import Event, SimConfig, SimEvent, TopicKind, TrafficSimulator
 
 __all__ = [
+    "CANARY_INCIDENT_KINDS",
     "DATA_INCIDENT_KINDS",
     "DEFAULT_ONSET_S",
     "DEFAULT_TARGET",

@@ -60,6 +60,20 @@ kind                signal               effect                                 
                                          seconds later than scheduled
 ==================  ===================  ==============================================  ========
 
+Bad canaries live in :data:`CANARY_INCIDENT_KINDS` (judged by the canary analysis, docs/canary.md, not by
+an alert signal; their ground-truth signal is ``canary`` and their key ``{"arm": "canary"}``). They need a
+simulator with ``canary_share > 0`` and always bend the canary arm (the default and only allowed target arm):
+
+=========================  ===============================================================  ========
+kind                       effect on the canary's requests after onset                      default
+=========================  ===============================================================  ========
+``canary_ctr_drop``        click probability ``magnitude`` lower (relative)                  0.03
+``canary_latency``         every stage's latency multiplied by ``magnitude``                 x1.3
+``canary_broken_feature``  one feature (``feature``, default watch_minutes_7d) null on a     0.1
+                           fraction ``magnitude`` of requests, whose click probability is
+                           multiplied by :data:`BROKEN_FEATURE_CLICK_FACTOR` (0.7)
+=========================  ===============================================================  ========
+
 A ``dataset_late`` needs the dataset in the simulator's ``SimConfig.datasets``; its ground-truth key is
 ``{}`` (datasets have no slice) and its ``detail`` the dataset's name.
 
@@ -86,6 +100,8 @@ from types import MappingProxyType
 
 __all__ = [
     "ARMS",
+    "BROKEN_FEATURE_CLICK_FACTOR",
+    "CANARY_INCIDENT_KINDS",
     "DATA_INCIDENT_KINDS",
     "DEFAULT_ONSET_S",
     "DEFAULT_TARGET",
@@ -165,6 +181,8 @@ class IncidentKind:
     global_key: bool = False
     # A release: the incident deploys a new version (``Incident.version``) on the target's arm at onset.
     release: bool = False
+    # A bad canary: it bends the canary arm only (its target always has arm=canary).
+    canary: bool = False
 
     def check_magnitude(self, magnitude: float) -> None:
         """Raise ValueError unless ``magnitude`` is finite and inside this kind's range."""
@@ -308,7 +326,54 @@ DATA_INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
         )
     }
 )
-_ALL_KINDS: Mapping[str, IncidentKind] = MappingProxyType({**INCIDENT_KINDS, **DATA_INCIDENT_KINDS})
+# Bad canaries (the canary analysis' ground truth, docs/canary.md): they bend the canary arm of a
+# simulator run with ``canary_share > 0`` and are judged by the canary verdict, not by an alert signal, so
+# they are kept out of INCIDENT_KINDS (which the detection bench iterates over).
+CANARY_INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
+    {
+        k.name: k
+        for k in (
+            IncidentKind(
+                "canary_ctr_drop",
+                "canary",
+                0.03,
+                0.0,
+                1.0,
+                False,
+                "the canary's click probability is magnitude lower (relative)",
+                canary=True,
+            ),
+            IncidentKind(
+                "canary_latency",
+                "canary",
+                1.3,
+                0.0,
+                math.inf,
+                False,
+                "every stage of the canary's latency is multiplied by magnitude",
+                canary=True,
+            ),
+            IncidentKind(
+                "canary_broken_feature",
+                "canary",
+                0.1,
+                0.0,
+                1.0,
+                False,
+                "one feature is null on a fraction magnitude of the canary's requests, whose click "
+                "probability is then 30 % lower",
+                default_feature="watch_minutes_7d",
+                canary=True,
+            ),
+        )
+    }
+)
+# Relative click probability of a request whose feature is broken (canary_broken_feature): 10 % of the
+# canary's traffic broken then costs it 3 % of its CTR.
+BROKEN_FEATURE_CLICK_FACTOR = 0.7
+_ALL_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
+    {**INCIDENT_KINDS, **DATA_INCIDENT_KINDS, **CANARY_INCIDENT_KINDS}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +461,12 @@ class Incident:
                 raise ValueError(f"a release targets an arm of {list(ARMS)}, not {self.target.get('arm')!r}")
         elif version is not None:
             raise ValueError(f"version applies only to ctr_drop_after_release, not {self.kind}")
-        for dim, value in self.target.items():
+        if spec.canary and self.target.get("arm", "canary") != "canary":
+            raise ValueError(f"{self.kind} bends the canary arm: its target arm must be canary")
+        target = dict(self.target)
+        if spec.canary:
+            target.setdefault("arm", "canary")
+        for dim, value in target.items():
             if dim not in TARGET_DIMS:
                 raise ValueError(f"unknown target dimension {dim!r}; expected one of {list(TARGET_DIMS)}")
             if not isinstance(value, str) or not value:
@@ -409,7 +479,7 @@ class Incident:
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "dataset", dataset)
         object.__setattr__(self, "version", version)
-        object.__setattr__(self, "target", {d: self.target[d] for d in TARGET_DIMS if d in self.target})
+        object.__setattr__(self, "target", {d: target[d] for d in TARGET_DIMS if d in target})
 
     @property
     def end_ms(self) -> int | None:
@@ -495,6 +565,8 @@ def _check_choice(
 def _default_target(kind: IncidentKind) -> dict[str, str]:
     if kind.global_key:
         return {}
+    if kind.canary:
+        return {"arm": "canary"}
     # A release is deployed on an arm: without a slice it degrades the whole control arm.
     return {"arm": "control"} if kind.release else dict(DEFAULT_TARGET)
 

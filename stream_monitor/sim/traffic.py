@@ -71,6 +71,7 @@ import numpy.typing as npt
 
 from stream_monitor.sim.incidents import (
     ARMS,
+    BROKEN_FEATURE_CLICK_FACTOR,
     FRESHNESS_FEATURES,
     INCIDENT_KINDS,
     SOURCES,
@@ -247,6 +248,8 @@ class TrafficSimulator:
         # were for a given seed (see the module docstring).
         self._rng2 = np.random.default_rng([seed, 1])
         self._rng_profile = np.random.default_rng([seed, 7])
+        # Fourth stream: the bad-canary incidents' draws (one uniform per request).
+        self._rng_canary = np.random.default_rng([seed, 11])
         self.block_ms = next((b for b in _BLOCK_LADDER_MS if rate_per_s * b / 1000 <= _PER_BLOCK), 10)
 
         self._platforms, self._platform_cum = _cumulative(cfg.platforms)
@@ -707,6 +710,7 @@ class TrafficSimulator:
         # Third stream: the profile incidents' draws (one uniform and one popular-slate offset per request).
         u_profile = self._rng_profile.random(n)
         popular_offset = self._rng_profile.integers(0, _POPULAR_ITEMS, size=(n, 1))
+        u_canary = self._rng_canary.random(n)
         nulls: dict[str, BoolArray] = {}
         feature_ts = {
             "watch_minutes_7d": ts - watch_age.astype(np.int64),
@@ -805,6 +809,15 @@ class TrafficSimulator:
             elif inc.kind == "diversity_collapse":
                 rows = np.flatnonzero(mask & (u_profile < inc.factor))
                 slate[rows] = slate[rows][:, np.arange(k) % 4]
+            elif inc.kind == "canary_ctr_drop":
+                p_click[mask] *= 1.0 - inc.factor
+            elif inc.kind == "canary_latency":
+                lat[mask] *= inc.factor
+            elif inc.kind == "canary_broken_feature":
+                hit = mask & (u_canary < inc.factor)
+                name = inc.feature or FRESHNESS_FEATURES[0]
+                nulls[name] = nulls[name] | hit if name in nulls else hit
+                p_click[hit] *= BROKEN_FEATURE_CLICK_FACTOR
 
         # One uniform, cumulative thresholds: each status rate is exactly its configured (or incident)
         # value, so an error spike does not leak into the fallback or empty-slate rates.

@@ -12,7 +12,14 @@ import orjson
 
 from stream_monitor.core.alerts import Alert
 
-__all__ = ["AlertSink", "DeadLetter", "DeadLetterSink", "JsonLinesSink", "ListSink", "TerminalAlertSink"]
+__all__ = [
+    "AlertSink",
+    "DeadLetter",
+    "DeadLetterSink",
+    "JsonLinesSink",
+    "ListSink",
+    "TerminalAlertSink",
+]
 
 
 @dataclass(frozen=True, slots=True)

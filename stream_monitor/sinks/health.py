@@ -38,6 +38,13 @@ class HealthSink(Protocol):
     def emit(self, docs: Sequence[dict[str, Any]]) -> None: ...
 
 
+class NullHealthSink:
+    """Drops verdicts (the engine's default when nothing consumes them)."""
+
+    def emit(self, docs: Sequence[dict[str, Any]]) -> None:
+        return None
+
+
 class ListHealthSink:
     """Keeps the documents in a list (tests, replay).
 
@@ -58,14 +65,17 @@ class ListHealthSink:
 
 
 class JsonLinesHealthSink:
-    """Writes one ``{"key": ..., "value": doc}`` line per document, replayable onto ``recs.health``."""
+    """Writes one verdict document per line, like the alerts beside them in ``stream-monitor replay``
+    (the Kafka key of each is ``model/deployment``: :func:`health_key`)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
+        self.count = 0
 
     def emit(self, docs: Sequence[dict[str, Any]]) -> None:
         for doc in docs:
-            self.stream.write(orjson.dumps({"key": health_key(doc), "value": doc}) + b"\n")
+            self.stream.write(orjson.dumps(doc) + b"\n")
+        self.count += len(docs)
         self.stream.flush()
 
 

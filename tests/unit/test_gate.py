@@ -194,8 +194,10 @@ def test_json_lines_list_and_composite_sinks() -> None:
     composite.emit([verdict(), verdict(deployment="v3@5")])
     composite.emit([])
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["key"] for line in lines] == listed.keys() == [health_key(verdict()), "home-ranker/v3@5"]
-    assert lines[0]["value"] == verdict()
+    assert (
+        [health_key(line) for line in lines] == listed.keys() == [health_key(verdict()), "home-ranker/v3@5"]
+    )
+    assert lines[0] == verdict()
 
 
 def test_canary_gauges_follow_the_newest_verdict() -> None:
