@@ -60,7 +60,7 @@ def verdict(**changes: Any) -> dict[str, Any]:
                 "name": "error_rate",
                 "group": "reliability",
                 "critical": True,
-                "direction": "higher_is_worse",
+                "direction": "increase",
                 "classification": "HIGH",
                 "estimate": 0.031,
                 "lower": 0.021,

@@ -30,8 +30,6 @@ SCHEMA_DIR = ROOT / "docs" / "schemas"
 EVENTS_MD = ROOT / "docs" / "events.md"
 SCHEMA_NAMES = ("serving", "engagement", "deployment", "dataset", "alert", "deadletter", "health")
 INPUT_EVENTS = ("serving", "engagement", "deployment", "dataset")
-# Schemas documented elsewhere (health: docs/canary.md; checked by tests/unit/test_canary.py).
-OTHER_SCHEMAS = ("health",)
 
 _BLOCK = re.compile(r"^```json[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"<!--\s*(schema|invalid):\s*([a-z_]+)\s*-->\s*\Z")
@@ -83,7 +81,7 @@ def test_schema_is_valid_draft_2020_12(name: str) -> None:
 
 def test_no_unexpected_schema_files() -> None:
     assert sorted(p.name for p in SCHEMA_DIR.glob("*.json")) == sorted(
-        f"{n}.schema.json" for n in (*SCHEMA_NAMES, *OTHER_SCHEMAS)
+        f"{n}.schema.json" for n in SCHEMA_NAMES
     )
 
 
