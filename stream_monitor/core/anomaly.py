@@ -20,8 +20,12 @@ an alert:
    detectors are not calibrated p-values (windows are autocorrelated and the robust z-scores have heavy
    tails), so a cap is the guarantee that holds whatever they are (docs/signals.md, "Anomaly detectors").
 
-State is JSON (each detector's :meth:`~stream_monitor.core.detectors.SeriesDetector.to_state`), kept in
-the engine's :class:`~stream_monitor.core.alerts.DetectorState`. The layer keeps its detectors in memory
+State is JSON, kept in the engine's :class:`~stream_monitor.core.alerts.DetectorState`. A default-stack
+detector is stored as its side, its count and its last 135 inputs, and rebuilt by replaying them: the
+robust baseline (120 values) comes back exactly, Page-Hinkley exactly within its replay bound (see
+:class:`~stream_monitor.core.detectors.RiverDrift`), at about half the bytes of the members' own states,
+which repeat their parameters and hold the same values twice. Any other detector is stored with its
+:meth:`~stream_monitor.core.detectors.SeriesDetector.to_state`. The layer keeps its detectors in memory
 between windows and rebuilds them from the checkpoint only when the checkpoint is not the one it wrote
 (another worker closed windows in between, or a restart).
 
@@ -35,7 +39,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from stream_monitor.core.detectors import (
+    DetectorStateError,
     EnsembleDetector,
+    RiverDrift,
     RobustBaseline,
     SeriesDetector,
     default_detector,
@@ -99,6 +105,7 @@ class AnomalyLayer:
         self.window_ms = window_ms
         self.factory = factory
         self._detectors: dict[str, SeriesDetector] = {}
+        self._sides: dict[str, str] = {}
         # The window end of the checkpoint this layer last wrote: its detectors are that checkpoint.
         self._written_end: int | None = None
         self.suppressed = 0
@@ -145,6 +152,7 @@ class AnomalyLayer:
                     self.untracked += 1
                     continue
                 detector = self._detectors[ident] = self.factory(spec.side)
+                self._sides[ident] = spec.side
             expected = _expected(detector)
             score = detector.update(_significant(value.value))
             metric = f"{value.signal}.{value.metric}"
@@ -209,21 +217,75 @@ class AnomalyLayer:
         if self._written_end is not None and end == self._written_end:
             return  # the checkpoint is the one this layer wrote: its detectors are in memory
         self._detectors = {}
+        self._sides = {}
         raw = state.get("detectors", {})
         if state.get("version", ANOMALY_STATE_VERSION) != ANOMALY_STATE_VERSION or not isinstance(raw, dict):
             log.error("anomaly detector state version %r unknown: starting afresh", state.get("version"))
             return
         for ident, doc in raw.items():
             try:
-                self._detectors[str(ident)] = load_detector(doc)
+                if isinstance(doc, dict) and "inputs" in doc and "kind" not in doc:
+                    side = doc.get("side")
+                    self._detectors[str(ident)] = self._replayed(doc)
+                    self._sides[str(ident)] = str(side)
+                else:
+                    self._detectors[str(ident)] = load_detector(doc)
             except ValueError as exc:  # DetectorStateError: one bad series does not lose the others
                 log.error("anomaly detector %s unreadable (%s): starting it afresh", ident, exc)
+
+    def _replayed(self, doc: Mapping[str, Any]) -> SeriesDetector:
+        """A default-stack detector rebuilt from its compact entry (side, seen, last inputs)."""
+        side, seen, inputs = doc.get("side"), doc.get("seen"), doc.get("inputs")
+        if side not in ("both", "up", "down") or not isinstance(seen, int) or not isinstance(inputs, list):
+            raise DetectorStateError("compact anomaly entry needs side, seen (int) and inputs (list)")
+        if len(inputs) > seen or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in inputs
+        ):
+            raise DetectorStateError(f"compact anomaly entry holds {len(inputs)} inputs for seen={seen}")
+        detector = self.factory(str(side))
+        for value in inputs:
+            detector.update(float(value))
+        for member in detector.members if isinstance(detector, EnsembleDetector) else [detector]:
+            if isinstance(member, RobustBaseline | RiverDrift):
+                member.seen = seen
+        return detector
 
     def _save(self, state: dict[str, Any], window_end: int) -> None:
         state["version"] = ANOMALY_STATE_VERSION
         state["end"] = window_end
-        state["detectors"] = {ident: det.to_state() for ident, det in self._detectors.items()}
+        state["detectors"] = {ident: self._entry(ident, det) for ident, det in self._detectors.items()}
         self._written_end = window_end
+
+    def _entry(self, ident: str, detector: SeriesDetector) -> dict[str, Any]:
+        inputs = _replay_inputs(detector)
+        side = self._sides.get(ident)
+        if inputs is None or side is None:
+            return detector.to_state()
+        return {"side": side, "seen": _seen(detector), "inputs": inputs}
+
+
+def _replay_inputs(detector: SeriesDetector) -> list[float] | None:
+    """The inputs that rebuild ``detector`` exactly (within Page-Hinkley's replay bound), if it is the
+    default stack: a non-seasonal robust baseline whose values are a tail of Page-Hinkley's inputs."""
+    if not isinstance(detector, EnsembleDetector) or len(detector.members) != 2:
+        return None
+    baseline, drift = detector.members
+    if not isinstance(baseline, RobustBaseline) or not isinstance(drift, RiverDrift):
+        return None
+    if (
+        baseline.period is not None
+        or drift.replay < baseline.window + baseline.run
+        or baseline.seen != drift.seen
+    ):
+        return None
+    return drift.to_state()["inputs"]  # type: ignore[no-any-return]
+
+
+def _seen(detector: SeriesDetector) -> int:
+    assert isinstance(detector, EnsembleDetector)
+    member = detector.members[0]
+    assert isinstance(member, RobustBaseline)
+    return member.seen
 
 
 def _expected(detector: SeriesDetector) -> float | None:

@@ -167,8 +167,24 @@ def test_a_corrupt_detector_entry_restarts_that_series_only() -> None:
     fresh.evaluate(values, [], doc, 2 * MIN, ())
     assert set(doc["detectors"]) == set(state["detectors"])
     kept = next(i for i in doc["detectors"] if i != ident)
-    assert doc["detectors"][kept]["members"][0]["seen"] == 2
-    assert doc["detectors"][ident]["members"][0]["seen"] == 1
+    assert doc["detectors"][kept]["seen"] == 2 and doc["detectors"][kept]["inputs"] == [1.0, 1.0]
+    assert doc["detectors"][ident]["seen"] == 1
+    # A compact entry that does not add up is refused the same way.
+    doc["detectors"][ident] = {"side": "up", "seen": 1, "inputs": [1.0, "2"]}
+    layer().evaluate(values, [], doc, 3 * MIN, ())
+    assert doc["detectors"][ident]["seen"] == 1 and doc["detectors"][kept]["seen"] == 3
+
+
+def test_the_compact_checkpoint_is_half_the_members_own_states() -> None:
+    anomaly, state = layer(), {}
+    for i in range(200):
+        anomaly.evaluate(
+            [SignalValue("latency", "p99.total", key(), 200.0 + i % 7)], [], state, (i + 1) * MIN, ()
+        )
+    (entry,) = state["detectors"].values()
+    assert entry["side"] == "up" and entry["seen"] == 200 and len(entry["inputs"]) == 135
+    full = next(iter(anomaly._detectors.values())).to_state()
+    assert len(orjson.dumps(entry)) < 0.6 * len(orjson.dumps(full))
 
 
 def test_the_topology_section_is_parsed_and_checked() -> None:
