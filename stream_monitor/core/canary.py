@@ -783,19 +783,8 @@ class CanaryAnalyzer:
     ) -> MetricResult:
         rule = self.rule
         n_c, n_b = c.get(denominator, 0.0), b.get(denominator, 0.0)
-        result = MetricResult(
-            name,
-            "guardrail",
-            self.is_critical(name),
-            "increase",
-            "NODATA",
-            unit="ratio",
-            n_candidate=n_c,
-            n_baseline=n_b,
-            margin=floor,
-        )
-        if min(n_c, n_b) < rule.min_requests:
-            result.detail = f"{min(n_c, n_b):.0f} of {rule.min_requests} requests per arm"
+        result = self._guardrail(name, "ratio", n_c, n_b, floor, rule.min_requests)
+        if result.detail:
             return result
         tau = max(floor, 1e-4)
         est, lo, hi = diff_cs(c.get(counter, 0.0), n_c, b.get(counter, 0.0), n_b, tau, self.alpha)
@@ -806,6 +795,26 @@ class CanaryAnalyzer:
         )
         result.non_inferior = hi < floor
         result.detail = f"canary {c.get(counter, 0.0) / n_c:.4f} vs control {b.get(counter, 0.0) / n_b:.4f}"
+        return result
+
+    def _guardrail(
+        self, name: str, unit: str, n_c: float, n_b: float, margin: float, min_n: int
+    ) -> MetricResult:
+        """A guardrail metric (higher is worse), NODATA with a detail saying why while either arm has
+        fewer than ``min_n`` observations (the caller judges it when the detail is empty)."""
+        result = MetricResult(
+            name,
+            "guardrail",
+            self.is_critical(name),
+            "increase",
+            "NODATA",
+            unit=unit,
+            n_candidate=n_c,
+            n_baseline=n_b,
+            margin=margin,
+        )
+        if min(n_c, n_b) < min_n:
+            result.detail = f"{min(n_c, n_b):.0f} of {min_n} requests per arm"
         return result
 
     def _rank_test(
@@ -899,20 +908,8 @@ class CanaryAnalyzer:
         c = {value(int(k)): v for k, v in c_raw.items()}
         b = {value(int(k)): v for k, v in b_raw.items()}
         n_c, n_b = sum(c.values()), sum(b.values())
-        name = f"freshness.{feature}"
-        result = MetricResult(
-            name,
-            "guardrail",
-            self.is_critical(name),
-            "increase",
-            "NODATA",
-            unit="s",
-            n_candidate=n_c,
-            n_baseline=n_b,
-            margin=sla,
-        )
-        if min(n_c, n_b) < rule.min_count:
-            result.detail = f"{min(n_c, n_b):.0f} of {rule.min_count} requests per arm"
+        result = self._guardrail(f"freshness.{feature}", "s", n_c, n_b, sla, rule.min_count)
+        if result.detail:
             return result
         z = _N.inv_cdf(1.0 - self.alpha / 2)
         est, lo, hi = _quantile_bounds(c, q, z)
