@@ -358,7 +358,7 @@ def test_topology_reads_feature_and_ranking_sections() -> None:
         ({"numeric": {"a": {"range": [1]}}}, r"signals.features.numeric.a.range: expected \[low, high\]"),
         ({"numeric": {"a": {"colour": 1}}}, r"signals.features.numeric.a: unknown keys \['colour'\]"),
         ({"numeric": ["a"]}, "signals.features.numeric: expected a mapping"),
-        ({"reference": "yesterday"}, "reference must be trailing or previous_version"),
+        ({"reference": "yesterday"}, "reference must be trailing, previous_version or pinned"),
         ({"fdr": 2}, r"fdr must be in \(0, 1\)"),
         ({"sample_every": 0}, "sample_every must be >= 1"),
     ],
