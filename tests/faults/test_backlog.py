@@ -91,7 +91,9 @@ def test_consumer_lag_is_exported_per_partition(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     dep = make_deployment(kafka_bootstrap, redis_url)
-    events = simulated(aligned_past(2), duration_s=6 * 60, rate=40, seed=6707)
+    # A backlog the worker needs well over one lag-export interval (5 s) to count: with 6 minutes of
+    # traffic a faster worker caught up before the first export and the test saw no lag at all.
+    events = simulated(aligned_past(2), duration_s=20 * 60, rate=40, seed=6707)
     produce_all(dep.bootstrap, events_to_messages(events, dep))
     client = redis.Redis.from_url(redis_url)
     worker = start_worker(dep, fault_workers, tmp_path, "lag")
