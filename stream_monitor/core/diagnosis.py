@@ -780,7 +780,14 @@ def _features(
             }
         )
     rows.sort(key=lambda r: (abs(r["windows_from_onset"]) if r["windows_from_onset"] is not None else 1e9))
-    return rows[:20]
+    # One row per (feature, signal): the series that moved closest to the onset.
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for row in rows:
+        if (row["feature"], row["signal"]) not in seen:
+            seen.add((row["feature"], row["signal"]))
+            unique.append(row)
+    return unique[:20]
 
 
 _STAGES = ("filtered_per_retrieved", "ranked_per_retrieved", "returned_per_retrieved")
