@@ -104,7 +104,7 @@ def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
     times = [t for p in plots for t, _ in p["points"]] + [m.ts for m in markers]
     if not times:
         return "<p>No series to plot.</p>"
-    t0, t1 = min(times), max(times) + d.window_ms
+    t0, t1 = int(min(times)), int(max(times)) + d.window_ms
     left, right, top = 230, 20, 20
     height = top + row_h * max(1, len(plots)) + 40
     span = max(1, t1 - t0)
@@ -128,10 +128,14 @@ def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
             f'<rect x="{left}" y="{y0}" width="{width - left - right}" height="{row_h - 10}" fill="#fafafa" '
             'stroke="#ddd"/>'
         )
-        parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+        parts.append(
+            f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
+        )
         label = html.escape(plot["label"])
         parts.append(f'<text x="5" y="{y0 + 20}" font-size="12" fill="{colour}">{label[:34]}</text>')
-        parts.append(f'<text x="5" y="{y0 + 36}" font-size="11" fill="#666">{html.escape(label[34:68])}</text>')
+        parts.append(
+            f'<text x="5" y="{y0 + 36}" font-size="11" fill="#666">{html.escape(label[34:68])}</text>'
+        )
         parts.append(f'<text x="5" y="{y0 + 56}" font-size="11" fill="#666">max {hi:.4g}</text>')
         parts.append(f'<text x="5" y="{y0 + 72}" font-size="11" fill="#666">min {lo:.4g}</text>')
     bottom = top + row_h * max(1, len(plots))
@@ -140,8 +144,8 @@ def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
         dash = ' stroke-dasharray="4 3"' if m.kind != "deployment" else ""
         parts.append(
             f'<line class="marker {m.kind}" x1="{x(m.ts):.1f}" x2="{x(m.ts):.1f}" y1="{top}" y2="{bottom}" '
-            f'stroke="{colour}" stroke-width="1.5"{dash}><title>{html.escape(_t(m.ts) + " " + m.label)}</title>'
-            "</line>"
+            f'stroke="{colour}" stroke-width="1.5"{dash}>'
+            f"<title>{html.escape(_t(m.ts) + ' ' + m.label)}</title></line>"
         )
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         t = int(t0 + frac * span)
@@ -176,7 +180,9 @@ def _drill_svg(d: Diagnosis, width: int = 1200) -> str:
         w = abs(r.explanatory_power) / scale * half
         x0 = mid if r.explanatory_power >= 0 else mid - w
         colour = "#d62728" if r.chosen else "#9ecae1"
-        parts.append(f'<rect class="bar" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{bar_h - 6}" fill="{colour}"/>')
+        parts.append(
+            f'<rect class="bar" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{bar_h - 6}" fill="{colour}"/>'
+        )
         parts.append(
             f'<text x="5" y="{y + 13}" font-size="12">{html.escape(r.dimension)}={html.escape(r.value)} '
             f"(EP {r.explanatory_power:.0%}, surprise {r.surprise:.3f})</text>"
@@ -212,11 +218,17 @@ def render_html(d: Diagnosis, title: str = "stream-monitor diagnosis") -> str:
     timeline = _table(("time", "kind", "what"), [(_t(m.ts), m.kind, m.label) for m in d.timeline[:60]])
     dims = _table(
         ("dimension", "surprise", "explained", "elements"),
-        [(x["dimension"], x["surprise"], f"{x['explained']:.0%}", ", ".join(x["elements"])) for x in d.dimensions],
+        [
+            (x["dimension"], x["surprise"], f"{x['explained']:.0%}", ", ".join(x["elements"]))
+            for x in d.dimensions
+        ],
     )
     features = _table(
         ("feature", "signal", "moved at", "windows from onset", "series"),
-        [(f["feature"], f["signal"], _t(f["moved_at"]), f["windows_from_onset"], f["series"]) for f in d.features],
+        [
+            (f["feature"], f["signal"], _t(f["moved_at"]), f["windows_from_onset"], f["series"])
+            for f in d.features
+        ],
     )
     funnel = _table(
         ("stage", "pass before", "pass after", "change"),
@@ -243,7 +255,11 @@ def render_html(d: Diagnosis, title: str = "stream-monitor diagnosis") -> str:
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p>Symptom: <b>{html.escape(d.symptom or '-')}</b>; range {_t(d.since_ms)} .. {_t(d.until_ms)}</p>"
-        + (f"<p class='top'>Most likely: <b>{html.escape(top.name)}</b>. {html.escape(action)}.</p>" if top else "")
+        + (
+            f"<p class='top'>Most likely: <b>{html.escape(top.name)}</b>. {html.escape(action)}.</p>"
+            if top
+            else ""
+        )
         + "<h2>Timeline</h2>"
         + _timeline_svg(d)
         + "<h2>Suspects</h2>"

@@ -91,7 +91,9 @@ class DiagnosisRecorder:
     ['r1']
     """
 
-    def __init__(self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None):
+    def __init__(
+        self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None
+    ):
         self.topology = topology
         self.store = _WindowStore()
         self.sink = ListSink()
@@ -189,7 +191,9 @@ def replay_file(path: Path | None, topology: Topology, stream: IO[bytes] | None 
     return recorder
 
 
-def live_inputs(store: StateStore, models: Iterable[str] | None = None) -> tuple[list[dict[str, Any]], list[DeploymentRecord]]:
+def live_inputs(
+    store: StateStore, models: Iterable[str] | None = None
+) -> tuple[list[dict[str, Any]], list[DeploymentRecord]]:
     """The open alerts of the worker's detector checkpoint and the release history, from the state store.
 
     Raises :class:`LiveStateMissing` when the store holds neither.

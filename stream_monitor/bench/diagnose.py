@@ -130,8 +130,7 @@ def run_one(config: DiagnoseBenchConfig, topology: Topology, kind: str, seed: in
         "truth": {"signal": truth.signal, "key": truth.key, "detail": truth.detail},
         "rank": rank,
         "top": [
-            {"name": s.name, "score": round(s.score, 3), "onset_ms": s.onset_ms}
-            for s in result.suspects[:5]
+            {"name": s.name, "score": round(s.score, 3), "onset_ms": s.onset_ms} for s in result.suspects[:5]
         ],
         "examples": result.top.examples if result.top else [],
         "seconds": round(time.perf_counter() - began, 1),

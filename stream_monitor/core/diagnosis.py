@@ -105,7 +105,9 @@ _KIND: Mapping[str, str] = {
 # Signals whose metric names a feature, source or stage after the first dot ("p95_age_s.<feature>").
 _DETAIL_SIGNALS = frozenset({"freshness", "feature_drift", "feature_quality", "candidate_source", "latency"})
 # Which way each signal goes wrong (for onsets of series without alerts); the rest are watched both ways.
-_UP = frozenset({"latency", "error_rate", "fallback_rate", "empty_slate_rate", "freshness", "feature_quality"})
+_UP = frozenset(
+    {"latency", "error_rate", "fallback_rate", "empty_slate_rate", "freshness", "feature_quality"}
+)
 _DOWN = frozenset({"volume", "candidate_source", "engagement_ratio"})
 WEIGHTS = {"timing": 0.4, "layer": 0.35, "persistence": 0.25}
 TIMING_WINDOWS = 3.0
@@ -461,8 +463,12 @@ def _underlying(doc: Mapping[str, Any]) -> tuple[str, str]:
     return signal, metric
 
 
-def _segment_key(key: Mapping[str, str], key_dims: Sequence[str], segment_dims: Sequence[str]) -> dict[str, str]:
-    return {d: key.get(d, ALL) for d in key_dims if d in segment_dims or d in ("model", "model_version", "arm")}
+def _segment_key(
+    key: Mapping[str, str], key_dims: Sequence[str], segment_dims: Sequence[str]
+) -> dict[str, str]:
+    return {
+        d: key.get(d, ALL) for d in key_dims if d in segment_dims or d in ("model", "model_version", "arm")
+    }
 
 
 def diagnose(
@@ -560,7 +566,11 @@ def diagnose(
         suspect.evidence.insert(
             0,
             f"first alert for the window at {_clock(onset)}"
-            + (f", {(onset - first) // size} windows after the first mover" if first and onset > first else "")
+            + (
+                f", {(onset - first) // size} windows after the first mover"
+                if first and onset > first
+                else ""
+            )
             + f"; open {persistence:.0%} of the time since",
         )
 
@@ -589,19 +599,19 @@ def diagnose(
         if suspect.onset_ms is not None and suspect.kind != "release":
             diagnosis.timeline.append(Marker(suspect.onset_ms, "alert", f"#{rank} {suspect.name}"))
     moved = _moved(history, lo, hi)
-    for ts, series in moved[:12]:
-        diagnosis.timeline.append(Marker(ts, "moved", _series_label(series, key_dims)))
+    for moved_ts, series in moved[:12]:
+        diagnosis.timeline.append(Marker(moved_ts, "moved", _series_label(series, key_dims)))
     diagnosis.timeline.sort(key=lambda m: (m.ts, m.kind))
 
     # 5. Symptom drill-down, features, funnel, plots.
     sym_signal, sym_metric = _symptom(symptom, diagnosis.top, history)
     diagnosis.symptom = f"{sym_signal}.{sym_metric}" if sym_signal and sym_metric else symptom
-    onset = diagnosis.top.onset_ms if diagnosis.top else (moved[0][0] if moved else None)
-    if sym_signal and sym_metric and onset is not None:
-        elements = _drill_elements(history, sym_signal, sym_metric, onset, hi, key_dims, segment_dims)
+    symptom_onset = diagnosis.top.onset_ms if diagnosis.top else (moved[0][0] if moved else None)
+    if sym_signal and sym_metric and symptom_onset is not None:
+        elements = _drill_elements(history, sym_signal, sym_metric, symptom_onset, hi, key_dims, segment_dims)
         diagnosis.drilldown, diagnosis.dimensions = adtributor(elements)
-    diagnosis.features = _features(history, lo, hi, onset, key_dims)
-    diagnosis.funnel = _funnel(history, onset, hi, size)
+    diagnosis.features = _features(history, lo, hi, symptom_onset, key_dims)
+    diagnosis.funnel = _funnel(history, symptom_onset, hi, size)
     diagnosis.plots = _plots(history, diagnosis.suspects, sym_signal, sym_metric, key_dims)
     if not alerts:
         diagnosis.notes.append("no alerts in the range: suspects come only from releases")
@@ -668,7 +678,9 @@ def _clock(ms: int) -> str:
 
 def _series_label(series: SeriesId, key_dims: Sequence[str]) -> str:
     signal, metric, key = series
-    named = [f"{d}={v}" for d, v in zip(key_dims, key, strict=False) if v != ALL and d not in ("model", "surface")]
+    named = [
+        f"{d}={v}" for d, v in zip(key_dims, key, strict=False) if v != ALL and d not in ("model", "surface")
+    ]
     return f"{signal}.{metric} " + (",".join(named) or "*")
 
 
@@ -705,7 +717,8 @@ def _symptom(
 
 def _window_stats(points: Mapping[int, float], onset: int, hi: int) -> tuple[float, float] | None:
     before = [v for t, v in points.items() if onset - 30 * 60_000 <= t < onset]
-    after = [v for t, v in points.items() if onset <= t < hi]
+    # The 15 windows from the onset: a long range must not dilute the change with the recovery after it.
+    after = [v for t, v in points.items() if onset <= t < min(hi, onset + 15 * 60_000)]
     if not before or not after:
         return None
     return statistics.median(before), statistics.fmean(after)
@@ -761,7 +774,7 @@ def _features(
     """Feature series (freshness, quality, drift) that moved, ordered by how close to the onset."""
     rows: list[dict[str, Any]] = []
     for series, points in history.series.items():
-        signal, metric, key = series
+        signal, metric, _key = series
         if signal not in ("freshness", "feature_quality", "feature_drift"):
             continue
         moved = onset_of(points, _side(signal))
@@ -779,7 +792,7 @@ def _features(
                 "windows_from_onset": gap,
             }
         )
-    rows.sort(key=lambda r: (abs(r["windows_from_onset"]) if r["windows_from_onset"] is not None else 1e9))
+    rows.sort(key=lambda r: abs(r["windows_from_onset"]) if r["windows_from_onset"] is not None else 1e9)
     # One row per (feature, signal): the series that moved closest to the onset.
     seen: set[tuple[str, str]] = set()
     unique = []
@@ -806,7 +819,10 @@ def _funnel(history: SignalHistory, onset: int | None, hi: int, size: int) -> di
             per_stage.setdefault(metric, []).append(stats)
     if not per_stage:
         return {}
-    cumulative = {m: (statistics.fmean(f for f, _ in v), statistics.fmean(a for _, a in v)) for m, v in per_stage.items()}
+    cumulative = {
+        m: (statistics.fmean(f for f, _ in v), statistics.fmean(a for _, a in v))
+        for m, v in per_stage.items()
+    }
     stages: list[dict[str, Any]] = []
     previous = (1.0, 1.0)
     worst: tuple[float, str] | None = None
@@ -844,9 +860,9 @@ def _plots(
             if s != suspect.signal or m != suspect.metrics[0]:
                 continue
             named = dict(zip(key_dims, key, strict=False))
-            if all(named.get(d) == v for d, v in suspect.key.items()):
-                if best is None or len(history.series[series]) > len(history.series[best]):
-                    best = series
+            matches = all(named.get(d) == v for d, v in suspect.key.items())
+            if matches and (best is None or len(history.series[series]) > len(history.series[best])):
+                best = series
         if best is not None and best not in chosen:
             chosen.append(best)
     return [
