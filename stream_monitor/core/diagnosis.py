@@ -549,29 +549,32 @@ def diagnose(
     for name, records in by_model.items():
         histories[name] = build_history(name, [r.to_json() for r in records])
 
-    onsets = [s.onset_ms for s in groups.values() if s.onset_ms is not None]
-    first = min(onsets) if onsets else None
     horizon_end = min(hi, last) if last is not None else hi
+    persistence: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], float] = {}
     for ident, suspect in groups.items():
         onset = suspect.onset_ms if suspect.onset_ms is not None else 0
-        open_ms = 0
-        for start, end in spans[ident]:
-            open_ms += (end if end is not None else horizon_end) - start
-        elapsed = max(size, horizon_end - onset)
-        persistence = max(0.0, min(1.0, open_ms / elapsed))
-        timing = math.exp(-max(0, onset - (first or onset)) / (TIMING_WINDOWS * size))
+        open_ms = sum((end if end is not None else horizon_end) - start for start, end in spans[ident])
+        persistence[ident] = max(0.0, min(1.0, open_ms / max(size, horizon_end - onset)))
+    # The incident starts with the first suspect that lasted (half the time since its onset or more): a
+    # blip that opened and resolved long before is not the first mover of this incident.
+    lasting = [s.onset_ms for i, s in groups.items() if s.onset_ms is not None and persistence[i] >= 0.5]
+    onsets = lasting or [s.onset_ms for s in groups.values() if s.onset_ms is not None]
+    first = min(onsets) if onsets else None
+    for ident, suspect in groups.items():
+        onset = suspect.onset_ms if suspect.onset_ms is not None else 0
+        gap = abs(onset - (first if first is not None else onset))
+        timing = math.exp(-gap / (TIMING_WINDOWS * size))
         layer = 1.0 - CAUSAL_LAYER.get(suspect.signal, MAX_LAYER) / MAX_LAYER
-        suspect.components = {"timing": timing, "layer": layer, "persistence": persistence}
+        suspect.components = {"timing": timing, "layer": layer, "persistence": persistence[ident]}
         suspect.score = sum(WEIGHTS[k] * v for k, v in suspect.components.items())
+        relative = ""
+        if first is not None and onset != first:
+            relative = f", {abs(onset - first) // size} windows {'after' if onset > first else 'before'} "
+            relative += "the first lasting mover"
         suspect.evidence.insert(
             0,
-            f"first alert for the window at {_clock(onset)}"
-            + (
-                f", {(onset - first) // size} windows after the first mover"
-                if first and onset > first
-                else ""
-            )
-            + f"; open {persistence:.0%} of the time since",
+            f"first alert for the window at {_clock(onset)}{relative}; "
+            f"open {persistence[ident]:.0%} of the time since",
         )
 
     release_suspects = _release_suspects(histories, list(groups.values()), first, size, lo, hi)
