@@ -162,7 +162,9 @@ def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
 
 
 def _drill_svg(d: Diagnosis, width: int = 1200) -> str:
-    rows = sorted(d.drilldown, key=lambda r: -abs(r.explanatory_power))[:16]
+    # The top-ranked dimension first (its chosen elements in red), then the others by explanatory power.
+    top_dim = d.dimensions[0]["dimension"] if d.dimensions else None
+    rows = sorted(d.drilldown, key=lambda r: (r.dimension != top_dim, -abs(r.explanatory_power)))[:16]
     if not rows:
         return "<p>No drill-down (no symptom series with a baseline).</p>"
     bar_h, left = 22, 260
@@ -179,7 +181,7 @@ def _drill_svg(d: Diagnosis, width: int = 1200) -> str:
         y = 10 + i * bar_h
         w = abs(r.explanatory_power) / scale * half
         x0 = mid if r.explanatory_power >= 0 else mid - w
-        colour = "#d62728" if r.chosen else "#9ecae1"
+        colour = "#d62728" if r.chosen and r.dimension == top_dim else "#9ecae1"
         parts.append(
             f'<rect class="bar" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{bar_h - 6}" fill="{colour}"/>'
         )

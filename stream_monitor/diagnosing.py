@@ -34,6 +34,7 @@ from stream_monitor.state.memory import MemoryStore
 __all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_inputs", "replay_file"]
 
 STEP_LINES = 5_000
+_KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
 
 
 class LiveStateMissing(RuntimeError):
@@ -151,12 +152,20 @@ class DiagnosisRecorder:
             except orjson.JSONDecodeError:
                 parsed = None
             event = parsed if isinstance(parsed, dict) else None
+        kind: str | None = None
+        key: bytes | None = None
         if event is not None:
             ts = event.get("ts")
             if isinstance(ts, int) and not isinstance(ts, bool):
                 self.clock.observe(ts)
             self.observe(event)
-        self.pipeline.feed(None, None, line)
+            # On its own topic, keyed as the producers key it: the label join pairs the serving and
+            # engagement topics' partitions, so a mixed "replay" topic would never join a label.
+            if event.get("type") in _KINDS:
+                kind = str(event["type"])
+                ident = event.get("request_id") if kind in ("serving", "engagement") else event.get("model")
+                key = ident.encode() if isinstance(ident, str) else None
+        self.pipeline.feed(kind, key, line)
 
     def step(self, final: bool = False) -> None:
         self.pipeline.step(final=final)

@@ -12,7 +12,9 @@ the features that moved, and the funnel stage where candidates were lost.
 How suspects are ranked (docs/diagnose.md): every alert opening in the time range is grouped by
 (signal, feature/source/stage, slice) into a suspect; each suspect gets
 
-* ``timing``: exp(-(onset - first onset) / 3 windows): the first movers come first;
+* ``timing``: exp(-|onset - T0| / 3 windows), T0 the onset of the first *lasting* suspect (open at least
+  half the time since its onset; a blip that opened and resolved long before does not anchor it): the
+  first movers of the incident come first;
 * ``layer``: the signal's place in the causal chain of a recommender (data and releases -> feature
   freshness/quality, candidate sources, service faults -> feature drift -> score distribution -> ranking
   outcome (popularity, diversity) -> engagement, labels and error budgets): an upstream cause moves its
@@ -577,7 +579,7 @@ def diagnose(
             f"open {persistence[ident]:.0%} of the time since",
         )
 
-    release_suspects = _release_suspects(histories, list(groups.values()), first, size, lo, hi)
+    release_suspects = _release_suspects(histories, list(groups.values()), first, size, lo, hi, history)
     suspects = sorted([*groups.values(), *release_suspects], key=lambda s: (-s.score, s.onset_ms or 0))
 
     # 3. Examples of the top suspects' slices around their onsets.
@@ -628,11 +630,15 @@ def _release_suspects(
     size: int,
     lo: int,
     hi: int,
+    history: SignalHistory,
 ) -> list[Suspect]:
     out: list[Suspect] = []
     for name, hist in histories.items():
+        served: set[tuple[str, str]] = set()
         for release in hist.releases:
             r = release.record
+            returning = (r.arm, r.version) in served
+            served.add((r.arm, r.version))
             if release.previous is None or release.previous == r.version or not lo - size * 60 <= r.ts < hi:
                 continue  # a first deployment or a traffic step is not a change of behaviour
             named = [s for s in suspects if s.key.get("model_version") == r.version or r.version in s.lineage]
@@ -642,17 +648,35 @@ def _release_suspects(
             else:
                 timing = 0.5
             carried = 1.0 if named else 0.0
+            outcome = _version_outcome(history, r.version, release.previous)
+            if outcome is not None and outcome[1] < outcome[2] * 0.9:
+                # The labelled outcome (CTR) of the new version is clearly below the one it replaced.
+                carried = max(carried, 0.5)
+                named = named or []
             components = {"timing": timing, "layer": 1.0, "persistence": carried}
-            score = sum(WEIGHTS[k] * v for k, v in components.items()) * (1.0 if named else 0.6)
+            score = sum(WEIGHTS[k] * v for k, v in components.items()) * (1.0 if carried else 0.6)
             evidence = [
                 f"{name} {r.version} deployed on arm {r.arm} at {_clock(r.ts)}, replacing {release.previous}"
             ]
+            if returning:
+                # Going back to a version the arm served before is a rollback: the likelier fix, not cause.
+                score *= 0.5
+                evidence.append(f"{r.version} served this arm before: a rollback")
             if first is not None:
-                evidence.append(f"{(first - r.ts) / size:+.0f} windows before the first mover")
+                gap = (first - r.ts) / size
+                where = "before" if gap >= 0 else "after"
+                evidence.append(f"deployed {abs(gap):.0f} windows {where} the first lasting mover")
             if named:
                 evidence.append("alerts name this version: " + ", ".join(s.name for s in named[:3]))
             else:
-                evidence.append("no alert names this version (timing only)")
+                evidence.append("no alert names this version")
+            if outcome is not None:
+                evidence.append(
+                    f"labelled {outcome[0]} of {r.version}: {outcome[1]:.4f} against {outcome[2]:.4f} of "
+                    f"{release.previous} ({outcome[1] / outcome[2] - 1:+.0%})"
+                    if outcome[2]
+                    else f"labelled {outcome[0]} of {r.version}: {outcome[1]:.4f}"
+                )
             out.append(
                 Suspect(
                     "release",
@@ -667,10 +691,24 @@ def _release_suspects(
                     [],
                     components,
                     {r.version: {"arm": r.arm, "deployed_at": r.ts, **hist.lineage_of(r.version)}},
-                    release.previous,
+                    None if returning else release.previous,
                 )
             )
     return out
+
+
+def _version_outcome(
+    history: SignalHistory, version: str, previous: str | None
+) -> tuple[str, float, float] | None:
+    """Mean labelled CTR of the top-level series of ``version`` and of ``previous`` (None without data)."""
+    means: dict[str, list[float]] = {version: [], previous or "": []}
+    for (signal, metric, key), points in history.series.items():
+        if signal == "labels" and metric == "ctr" and _top_level(key) and len(key) > 1 and key[1] in means:
+            means[key[1]].extend(points.values())
+    if not means[version]:
+        return None
+    before = means[previous or ""]
+    return "ctr", statistics.fmean(means[version]), statistics.fmean(before) if before else 0.0
 
 
 def _clock(ms: int) -> str:
