@@ -174,7 +174,7 @@ class ExampleReservoir:
     >>> for i in range(5):
     ...     r.add(1_000 + i, f"r{i}", {"region": "eu"}, "v1", flagged=i == 3)
     >>> r.examples(0, 60_000, {"region": "eu"})
-    ['r3', 'r0']
+    ['r3', 'r0', 'r1']
     """
 
     def __init__(self, window_ms: int, per_slice: int = 3, max_windows: int = 1_440) -> None:
