@@ -601,7 +601,7 @@ def diagnose(
                 )
     diagnosis.timeline.extend(m for m in datasets if lo <= m.ts < hi)
     for rank, suspect in enumerate(diagnosis.suspects, 1):
-        if suspect.onset_ms is not None and suspect.kind != "release":
+        if suspect.onset_ms is not None and suspect.signal != "release":
             diagnosis.timeline.append(Marker(suspect.onset_ms, "alert", f"#{rank} {suspect.name}"))
     moved = _moved(history, lo, hi)
     for moved_ts, series in moved[:12]:
@@ -609,7 +609,7 @@ def diagnose(
     diagnosis.timeline.sort(key=lambda m: (m.ts, m.kind))
 
     # 5. Symptom drill-down, features, funnel, plots.
-    sym_signal, sym_metric = _symptom(symptom, diagnosis.top, history)
+    sym_signal, sym_metric = _symptom(symptom, diagnosis.suspects, history)
     diagnosis.symptom = f"{sym_signal}.{sym_metric}" if sym_signal and sym_metric else symptom
     symptom_onset = diagnosis.top.onset_ms if diagnosis.top else (moved[0][0] if moved else None)
     if sym_signal and sym_metric and symptom_onset is not None:
@@ -744,16 +744,19 @@ def _moved(history: SignalHistory, lo: int, hi: int) -> list[tuple[int, SeriesId
 
 
 def _symptom(
-    symptom: str | None, top: Suspect | None, history: SignalHistory
+    symptom: str | None, suspects: Sequence[Suspect], history: SignalHistory
 ) -> tuple[str | None, str | None]:
+    top = suspects[0] if suspects else None
     if symptom:
         signal, _, metric = symptom.partition(".")
         if not metric:
             metric = next((m for s, m, _k in history.series if s == signal), "")
         return signal, metric or None
-    if top is None or not top.metrics:
+    # A release has no series of its own: drill down the first suspect that has one.
+    shown = top if top is None or top.metrics else next((s for s in suspects if s.metrics), None)
+    if shown is None:
         return (top.signal, None) if top else (None, None)
-    return top.signal, top.metrics[0]
+    return shown.signal, shown.metrics[0]
 
 
 def _window_stats(points: Mapping[int, float], onset: int, hi: int) -> tuple[float, float] | None:
