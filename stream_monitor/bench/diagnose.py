@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from stream_monitor.bench.detection import BASE_MS, HOUR_MS, TARGETS
+from stream_monitor.bench.detection import BASE_MS, HOUR_MS, MAGNITUDES, TARGETS
 from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.diagnosis import Suspect, diagnose
 from stream_monitor.core.topology import Topology
@@ -50,10 +50,15 @@ class DiagnoseBenchConfig:
     step_s: int = 10
     jobs: int = 1
     topology: str | None = None
+    # "default": each kind's default magnitude; "smallest": the smallest of the detection benchmark's
+    # magnitudes (harder: weaker signals, more room for a wrong first mover).
+    magnitude: str = "default"
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.jobs < 1:
             raise ValueError("seeds and jobs must be >= 1")
+        if self.magnitude not in ("default", "smallest"):
+            raise ValueError(f"magnitude must be 'default' or 'smallest', not {self.magnitude!r}")
         for kind in self.kinds:
             if kind not in INCIDENT_KINDS:
                 raise ValueError(f"unknown incident kind {kind!r}; expected one of {sorted(INCIDENT_KINDS)}")
@@ -91,7 +96,12 @@ def _incident(config: DiagnoseBenchConfig, kind: str, seed: int, start_ms: int) 
         target = {"arm": "control"}
     else:
         target = dict(TARGETS[seed % len(TARGETS)])
-    return Incident(kind, onset_ms=onset_ms, duration_ms=config.incident_s * 1000, target=target)
+    magnitude = spec.default_magnitude
+    if config.magnitude == "smallest":
+        magnitude = min(MAGNITUDES.get(kind, (magnitude,)))
+    return Incident(
+        kind, onset_ms=onset_ms, duration_ms=config.incident_s * 1000, magnitude=magnitude, target=target
+    )
 
 
 def run_one(config: DiagnoseBenchConfig, topology: Topology, kind: str, seed: int) -> dict[str, Any]:
@@ -169,6 +179,7 @@ def run_diagnose_bench(
             "run_s": config.run_s,
             "onset_s": config.onset_s,
             "incident_s": config.incident_s,
+            "magnitude": config.magnitude,
         },
         "environment": {
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

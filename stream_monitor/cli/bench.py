@@ -109,6 +109,12 @@ def _add_diagnose(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -
     g.add_argument("--kinds", help="comma-separated incident kinds (default: every kind)")
     g.add_argument("--jobs", type=_positive, default=min(2, os.cpu_count() or 1), help="processes")
     g.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
+    g.add_argument(
+        "--magnitude",
+        choices=("default", "smallest"),
+        default="default",
+        help="each kind's default magnitude, or the smallest one of `bench detection` (harder)",
+    )
     g.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
     g.set_defaults(func=run_diagnose)
 
@@ -121,7 +127,13 @@ def run_diagnose(args: argparse.Namespace) -> int:
     if args.kinds:
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     try:
-        config = DiagnoseBenchConfig(seeds=args.seeds, kinds=kinds, jobs=args.jobs, topology=args.topology)
+        config = DiagnoseBenchConfig(
+            seeds=args.seeds,
+            kinds=kinds,
+            jobs=args.jobs,
+            topology=args.topology,
+            magnitude=args.magnitude,
+        )
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
