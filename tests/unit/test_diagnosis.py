@@ -235,3 +235,13 @@ def test_names_truth_needs_the_detail_and_the_slice() -> None:
     assert not names_truth(
         Suspect("source", "", "candidate_source", "trending", {"region": "us"}, 1.0, 0), truth, SEG
     )
+
+
+@pytest.mark.slow
+def test_every_incident_kind_is_ranked_first_on_one_seed() -> None:
+    from stream_monitor.sim import INCIDENT_KINDS
+
+    config = DiagnoseBenchConfig(seeds=1)
+    topology = load_topology(None)
+    ranks = {kind: run_one(config, topology, kind, seed=2)["rank"] for kind in INCIDENT_KINDS}
+    assert all(rank == 1 for rank in ranks.values()), ranks
