@@ -131,6 +131,10 @@ def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
         parts.append(
             f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
         )
+        if len(pts) < 3:  # too few points for a visible line
+            for pt in coords.split():
+                cx, cy = pt.split(",")
+                parts.append(f'<circle class="point" cx="{cx}" cy="{cy}" r="4" fill="{colour}"/>')
         label = html.escape(plot["label"])
         parts.append(f'<text x="5" y="{y0 + 20}" font-size="12" fill="{colour}">{label[:34]}</text>')
         parts.append(

@@ -854,11 +854,17 @@ def _funnel(history: SignalHistory, onset: int | None, hi: int, size: int) -> di
     """Pass rate of each funnel stage before and after the onset (top-level series, mean over versions)."""
     if onset is None:
         return {}
-    per_stage: dict[str, list[tuple[float, float]]] = {}
+    # Per window, the mean over the top-level series (versions, arms): a release changes the version in
+    # the key at the onset, and the funnel must still compare before with after.
+    merged: dict[str, dict[int, list[float]]] = {}
     for (signal, metric, key), points in history.series.items():
         if signal != "funnel" or metric not in _STAGES or not _top_level(key):
             continue
-        stats = _window_stats(points, onset, hi)
+        for t, v in points.items():
+            merged.setdefault(metric, {}).setdefault(t, []).append(v)
+    per_stage: dict[str, list[tuple[float, float]]] = {}
+    for metric, by_window in merged.items():
+        stats = _window_stats({t: statistics.fmean(v) for t, v in by_window.items()}, onset, hi)
         if stats is not None:
             per_stage.setdefault(metric, []).append(stats)
     if not per_stage:
@@ -909,10 +915,20 @@ def _plots(
                 best = series
         if best is not None and best not in chosen:
             chosen.append(best)
+    # A release: the labelled CTR of its version and of the version it replaced (top-level series).
+    for suspect in suspects[:3]:
+        if suspect.signal != "release":
+            continue
+        versions = {suspect.detail, suspect.rollback_target}
+        for series in history.series:
+            s, m, key = series
+            labelled = s == "labels" and m == "ctr" and _top_level(key) and len(key) > 1
+            if labelled and key[1] in versions and series not in chosen:
+                chosen.append(series)
     return [
         {
             "label": _series_label(series, key_dims),
             "points": sorted(history.series[series].items()),
         }
-        for series in chosen
+        for series in chosen[:6]
     ]
