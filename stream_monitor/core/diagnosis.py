@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream_monitor.core.aggregates import ALL
+from stream_monitor.core.detectors import robust_location_scale
 from stream_monitor.core.lineage import DeploymentRecord, ReleaseHistory, build_history
 from stream_monitor.core.signals import SignalValue
 
@@ -365,9 +366,10 @@ def onset_of(
         if len(past) < min_history:
             flags.append(False)
             continue
-        med = statistics.median(past)
-        mad = statistics.median(abs(x - med) for x in past) * 1.4826
-        scale = max(mad, 0.05 * abs(med), 1e-9)
+        # Robust spread that also follows quantised series (an error count of 0-2 per window): its
+        # resolution is a floor, so a single step is never a shift on its own (core/detectors.py).
+        med, spread = robust_location_scale(past)
+        scale = max(spread, 0.05 * abs(med), 1e-9)
         dev = points[t] - med
         if side == "up":
             dev = max(dev, 0.0)
@@ -580,7 +582,10 @@ def diagnose(
         )
 
     release_suspects = _release_suspects(histories, list(groups.values()), first, size, lo, hi, history)
-    suspects = sorted([*groups.values(), *release_suspects], key=lambda s: (-s.score, s.onset_ms or 0))
+    quiet = _moved_suspects(history, set(groups), key_dims, segment_dims, lo, hi, first, horizon_end)
+    suspects = sorted(
+        [*groups.values(), *release_suspects, *quiet], key=lambda s: (-s.score, s.onset_ms or 0)
+    )
 
     # 3. Examples of the top suspects' slices around their onsets.
     if examples is not None:
@@ -621,6 +626,84 @@ def diagnose(
     if not alerts:
         diagnosis.notes.append("no alerts in the range: suspects come only from releases")
     return diagnosis
+
+
+# Moved-without-alert suspects score at most this much: any alert outranks them.
+QUIET_FACTOR = 0.5
+_NOT_SUSPECTS = frozenset({"labels", "label_join", "release", "funnel", "anomaly_score"})
+
+
+def _moved_suspects(
+    history: SignalHistory,
+    alerted: set[tuple[str, str | None, tuple[tuple[str, str], ...]]],
+    key_dims: Sequence[str],
+    segment_dims: Sequence[str],
+    lo: int,
+    hi: int,
+    first: int | None,
+    horizon_end: int,
+) -> list[Suspect]:
+    """Series that left their robust band (onset_of) without any alert: weaker incidents than the rules
+    catch. Grouped like alert suspects (signal, detail, slice of at most one segment dimension), scored
+    like them and then scaled by QUIET_FACTOR, so an alert always ranks above."""
+    size = history.window_ms
+    dims = list(key_dims)
+    seg_idx = [dims.index(d) for d in segment_dims if d in dims]
+    found: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], Suspect] = {}
+    for (signal, metric, key), points in history.series.items():
+        if signal in _NOT_SUSPECTS or sum(1 for i in seg_idx if key[i] != ALL) > 1:
+            continue
+        side = _side(signal)
+        onset = onset_of(points, side)
+        if onset is None or not lo <= onset < hi:
+            continue
+        named = dict(zip(key_dims, key, strict=False))
+        skey = {d: named.get(d, ALL) for d in key_dims if d in segment_dims or d == "model"}
+        detail = _detail(signal, metric)
+        ident = (signal, detail, tuple(sorted(skey.items())))
+        if ident in alerted:
+            continue
+        before = [v for t, v in points.items() if t < onset][-20:]
+        after = [v for t, v in points.items() if onset <= t < min(hi, horizon_end)]
+        med, spread = robust_location_scale(before)
+        scale = max(spread, 0.05 * abs(med), 1e-9)
+        held = sum(1 for v in after if abs(v - med) > 3 * scale) / max(1, len(after))
+        current = found.get(ident)
+        if current is not None and (current.onset_ms or 0) <= onset:
+            if metric not in current.metrics:
+                current.metrics.append(metric)
+            continue
+        slice_ = ",".join(f"{d}={v}" for d, v in skey.items() if v != ALL and d != "model") or "*"
+        suspect = Suspect(
+            _KIND.get(signal, "signal"),
+            " ".join(x for x in (signal, detail, slice_) if x),
+            signal,
+            detail,
+            skey,
+            0.0,
+            onset,
+            [
+                f"moved without an alert at {_clock(onset)}: {metric} from {med:.4g} (median before) to "
+                f"{statistics.fmean(after):.4g} (mean after); outside the band {held:.0%} of the time since"
+            ],
+            [],
+            [metric],
+            {"persistence": held},
+        )
+        found[ident] = suspect
+    if not found:
+        return []
+    lasting = [s.onset_ms or 0 for s in found.values() if s.components["persistence"] >= 0.5]
+    anchor = first if first is not None else min(lasting or [s.onset_ms or 0 for s in found.values()])
+    for suspect in found.values():
+        gap = abs((suspect.onset_ms or 0) - anchor)
+        suspect.components = {
+            "timing": math.exp(-gap / (TIMING_WINDOWS * size)),
+            "layer": 1.0 - CAUSAL_LAYER.get(suspect.signal, MAX_LAYER) / MAX_LAYER,
+            "persistence": suspect.components["persistence"],
+        }
+        suspect.score = QUIET_FACTOR * sum(WEIGHTS[k] * v for k, v in suspect.components.items())
+    return list(found.values())
 
 
 def _release_suspects(
