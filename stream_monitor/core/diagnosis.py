@@ -581,8 +581,9 @@ def diagnose(
             f"open {persistence[ident]:.0%} of the time since",
         )
 
-    release_suspects = _release_suspects(histories, list(groups.values()), first, size, lo, hi, history)
     quiet = _moved_suspects(history, set(groups), key_dims, segment_dims, lo, hi, first, horizon_end)
+    # Quiet movers count as consequences a release may explain (a CTR that moved without an alert yet).
+    release_suspects = _release_suspects(histories, [*groups.values(), *quiet], first, size, lo, hi, history)
     suspects = sorted(
         [*groups.values(), *release_suspects, *quiet], key=lambda s: (-s.score, s.onset_ms or 0)
     )
@@ -731,6 +732,17 @@ def _release_suspects(
             else:
                 timing = 0.5
             carried = 1.0 if named else 0.0
+            # Labelled outcomes (CTR) trail serving by the label maturity: an outcome alert opening within
+            # the lookback after a release is what that release would look like before its own CTR alert.
+            after = [
+                x
+                for x in suspects
+                if CAUSAL_LAYER.get(x.signal, MAX_LAYER) == 5
+                and x.onset_ms is not None
+                and 0 <= x.onset_ms - r.ts <= RELEASE_LOOKBACK_WINDOWS * size
+            ]
+            if after and not named:
+                carried = max(carried, 0.5)
             outcome = _version_outcome(history, r.version, release.previous)
             if outcome is not None and outcome[1] < outcome[2] * 0.9:
                 # The labelled outcome (CTR) of the new version is clearly below the one it replaced.
@@ -753,6 +765,11 @@ def _release_suspects(
                 evidence.append("alerts name this version: " + ", ".join(s.name for s in named[:3]))
             else:
                 evidence.append("no alert names this version")
+            if after and not named:
+                evidence.append(
+                    "labelled-outcome alerts opened within the label lookback after it: "
+                    + ", ".join(x.name for x in after[:3])
+                )
             if outcome is not None:
                 evidence.append(
                     f"labelled {outcome[0]} of {r.version}: {outcome[1]:.4f} against {outcome[2]:.4f} of "
