@@ -738,6 +738,7 @@ def _release_suspects(
                 x
                 for x in suspects
                 if CAUSAL_LAYER.get(x.signal, MAX_LAYER) == 5
+                and x.key.get("model_version", ALL) in (ALL, r.version)
                 and x.onset_ms is not None
                 and 0 <= x.onset_ms - r.ts <= RELEASE_LOOKBACK_WINDOWS * size
             ]
