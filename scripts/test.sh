@@ -27,6 +27,8 @@ trap 'exit 143' TERM
 
 # promtool/amtool for the alerting-rule tests (extracted from Debian's packages; no daemon is started).
 scripts/install_promtool.sh
+# Headless chromium for the diagnose HTML report test (Debian's package; nothing is started).
+scripts/install_chromium.sh
 scripts/services.sh up
 # shellcheck source=/dev/null
 . .services/env

@@ -101,7 +101,57 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     t.add_argument("--log-dir", help="keep the worker logs here (default: a temporary directory)")
     t.set_defaults(func=run_throughput)
     _add_canary(suites)
+    _add_diagnose(suites)
     p.set_defaults(func=run)
+
+
+def _add_diagnose(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    g = suites.add_parser(
+        "diagnose",
+        help="hit rate of `diagnose`: is the injected cause ranked first / in the top 3, per incident kind",
+    )
+    g.add_argument("--seeds", type=_positive, default=5, help="seeds per incident kind (default 5)")
+    g.add_argument("--kinds", help="comma-separated incident kinds (default: every kind)")
+    g.add_argument("--jobs", type=_positive, default=min(2, os.cpu_count() or 1), help="processes")
+    g.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
+    g.add_argument(
+        "--magnitude",
+        choices=("default", "smallest"),
+        default="default",
+        help="each kind's default magnitude, or the smallest one of `bench detection` (harder)",
+    )
+    g.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    g.set_defaults(func=run_diagnose)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from stream_monitor.bench.diagnose import DiagnoseBenchConfig, run_diagnose_bench
+    from stream_monitor.bench.diagnose import format_report as format_diagnose
+
+    kinds = tuple(INCIDENT_KINDS)
+    if args.kinds:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    try:
+        config = DiagnoseBenchConfig(
+            seeds=args.seeds,
+            kinds=kinds,
+            jobs=args.jobs,
+            topology=args.topology,
+            magnitude=args.magnitude,
+        )
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(message: str) -> None:
+        print(f"bench diagnose: {message}", file=sys.stderr, flush=True)
+
+    report = run_diagnose_bench(config, progress)
+    print(format_diagnose(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        progress(f"report written to {args.json}")
+    return 0
 
 
 def run_throughput(args: argparse.Namespace) -> int:

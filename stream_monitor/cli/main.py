@@ -24,6 +24,7 @@ COMMANDS = (
     "profile",
     "lineage",
     "canary",
+    "diagnose",
 )
 
 

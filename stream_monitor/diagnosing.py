@@ -1,0 +1,231 @@
+"""Gather what :func:`stream_monitor.core.diagnosis.diagnose` needs, from a recording or from live state.
+
+* :class:`DiagnosisRecorder` hooks into an in-process :class:`~stream_monitor.engine.Engine` (the one
+  ``replay`` and the benchmarks run): every closed window's signal values (the evaluator's public
+  ``on_raw_breaches`` hook and the label evaluator), the alerts, the release history from the store, the
+  dataset arrivals and a bounded reservoir of request ids per (window, slice) from the serving events.
+* :func:`replay_file` runs a JSONL recording through it, with no servers.
+* :func:`live_inputs` reads what the worker keeps in its state store (Redis): the open alerts of the
+  detector checkpoint and the release history. The worker keeps no per-window signal history, so a live
+  diagnosis has suspects, releases and rollback targets but no timeline of values or drill-down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from stream_monitor.config import Topics
+from stream_monitor.core.alerts import Alert, DetectorState, StateFormatError
+from stream_monitor.core.diagnosis import ExampleReservoir, Marker, SignalHistory
+from stream_monitor.core.labels import LabelEvaluator
+from stream_monitor.core.lineage import DeploymentRecord, LineageError
+from stream_monitor.core.signals import Breach, SignalValue
+from stream_monitor.core.topology import Topology
+from stream_monitor.engine import Engine, EngineOptions
+from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+from stream_monitor.sinks.base import DeadLetter, ListSink
+from stream_monitor.state.base import StateStore
+from stream_monitor.state.memory import MemoryStore
+
+__all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_inputs", "replay_file"]
+
+STEP_LINES = 5_000
+_KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
+
+
+class LiveStateMissing(RuntimeError):
+    """The state store holds nothing to diagnose (no checkpoint, no history)."""
+
+
+class _WindowStore(MemoryStore):
+    """The memory store, noting which window the closer reads (the evaluator hooks know no window)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = 0
+
+    def read_window(self, start: int) -> dict[str, float]:
+        self.reading = start
+        return super().read_window(start)
+
+    def read_labels(self, start: int) -> dict[str, float]:
+        self.reading = start
+        return super().read_labels(start)
+
+
+class _RecordingLabels(LabelEvaluator):
+    def __init__(self, topology: Topology, recorder: DiagnosisRecorder) -> None:
+        super().__init__(topology)
+        self.recorder = recorder
+
+    def evaluate(
+        self, fields: Mapping[str, float], baselines: dict[str, list[float]]
+    ) -> tuple[list[SignalValue], list[Breach]]:
+        values, breaches = super().evaluate(fields, baselines)
+        self.recorder.history.add(self.recorder.store.reading, values)
+        return values, breaches
+
+
+class _CountingDeadLetters:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def send(self, record: DeadLetter) -> None:
+        self.count += 1
+
+    def flush(self) -> None:
+        pass
+
+
+class DiagnosisRecorder:
+    """An in-process engine that records what a diagnosis needs while it runs.
+
+    >>> from stream_monitor.topology import load_topology
+    >>> rec = DiagnosisRecorder(load_topology(None), start_ms=0)
+    >>> rec.observe({"type": "serving", "ts": 5, "request_id": "r1", "segment": {"region": "eu"},
+    ...              "model_version": "v1", "error": "timeout", "items": []})
+    >>> rec.examples.examples(0, 60_000, {"region": "eu"})
+    ['r1']
+    """
+
+    def __init__(
+        self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None
+    ):
+        self.topology = topology
+        self.store = _WindowStore()
+        self.sink = ListSink()
+        self.dead = _CountingDeadLetters()
+        self.clock = EventTimeClock(start_ms)
+        topics = topics or Topics()
+        self.engine = Engine(
+            topology,
+            self.store,
+            self.sink,
+            self.dead,
+            self.clock,
+            options=EngineOptions(
+                worker_id="diagnose",
+                auto_claim=True,
+                max_future_ms=10**12,
+                serving_topic=topics.serving,
+                engagement_topic=topics.engagement,
+            ),
+        )
+        size = topology.window.size_ms
+        self.history = SignalHistory(size)
+        self.examples = ExampleReservoir(size)
+        self.datasets: list[Marker] = []
+        self.engine.evaluator.on_raw_breaches = self._on_values
+        self.engine.label_evaluator = _RecordingLabels(topology, self)
+        self.pipeline = InProcessPipeline(self.engine, topics, partitions=partitions)
+
+    def _on_values(self, values: list[SignalValue], _raw: list[Breach]) -> None:
+        self.history.add(self.store.reading, values)
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Note what the diagnosis needs from one event (request ids, dataset arrivals)."""
+        kind = event.get("type")
+        ts = event.get("ts")
+        if not isinstance(ts, int):
+            return
+        if kind == "serving":
+            segment = event.get("segment")
+            rid = event.get("request_id")
+            if isinstance(rid, str) and isinstance(segment, dict):
+                flagged = bool(event.get("error") or event.get("fallback") or not event.get("items"))
+                version = event.get("model_version")
+                seg = {str(k): str(v) for k, v in segment.items() if k in self.topology.segment_dims}
+                self.examples.add(ts, rid, seg, version if isinstance(version, str) else None, flagged)
+        elif kind == "dataset":
+            label = f"{event.get('name')} {event.get('partition')} ({event.get('rows')} rows)"
+            self.datasets.append(Marker(ts, "dataset", label))
+
+    def feed(self, line: bytes, event: Mapping[str, Any] | None = None) -> None:
+        """One JSONL line (``event``: its parsed form, when the caller has it)."""
+        if event is None:
+            try:
+                parsed = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                parsed = None
+            event = parsed if isinstance(parsed, dict) else None
+        kind: str | None = None
+        key: bytes | None = None
+        if event is not None:
+            ts = event.get("ts")
+            if isinstance(ts, int) and not isinstance(ts, bool):
+                self.clock.observe(ts)
+            self.observe(event)
+            # On its own topic, keyed as the producers key it: the label join pairs the serving and
+            # engagement topics' partitions, so a mixed "replay" topic would never join a label.
+            if event.get("type") in _KINDS:
+                kind = str(event["type"])
+                ident = event.get("request_id") if kind in ("serving", "engagement") else event.get("model")
+                key = ident.encode() if isinstance(ident, str) else None
+        self.pipeline.feed(kind, key, line)
+
+    def step(self, final: bool = False) -> None:
+        self.pipeline.step(final=final)
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.sink.alerts]
+
+    def deployments(self) -> list[DeploymentRecord]:
+        out: list[DeploymentRecord] = []
+        for model in self.store.deployments():
+            for raw in self.store.history(model):
+                try:
+                    out.append(DeploymentRecord.from_json(raw))
+                except LineageError:
+                    continue
+        return out
+
+
+def replay_file(path: Path | None, topology: Topology, stream: IO[bytes] | None = None) -> DiagnosisRecorder:
+    """Replay a JSONL recording (or ``stream``) through a :class:`DiagnosisRecorder`."""
+    recorder = DiagnosisRecorder(topology)
+    source: Iterable[bytes]
+    with stream if stream is not None else open(path or "", "rb") as source:
+        for number, line in enumerate(source, 1):
+            line = line.strip()
+            if line:
+                recorder.feed(line)
+            if number % STEP_LINES == 0:
+                recorder.step()
+    recorder.step(final=True)
+    return recorder
+
+
+def live_inputs(
+    store: StateStore, models: Iterable[str] | None = None
+) -> tuple[list[dict[str, Any]], list[DeploymentRecord]]:
+    """The open alerts of the worker's detector checkpoint and the release history, from the state store.
+
+    Raises :class:`LiveStateMissing` when the store holds neither.
+    """
+    alerts: list[dict[str, Any]] = []
+    raw = store.load_detector_state()
+    if raw is not None:
+        try:
+            state = DetectorState.from_json_dict(orjson.loads(raw))
+        except (orjson.JSONDecodeError, StateFormatError) as exc:
+            raise LiveStateMissing(f"the detector checkpoint in the store is unreadable: {exc}") from exc
+        alerts = [Alert.from_dict(doc).to_dict() for doc in state.open_alerts.values()]
+    names = list(models) if models is not None else list(store.deployments())
+    records: list[DeploymentRecord] = []
+    for model in names:
+        for entry in store.history(model):
+            try:
+                records.append(DeploymentRecord.from_json(entry))
+            except LineageError:
+                continue
+    if raw is None and not records:
+        raise LiveStateMissing(
+            "the state store has no detector checkpoint and no release history: is the worker running "
+            "against this Redis (STREAM_MONITOR_REDIS_URL, STREAM_MONITOR_REDIS_PREFIX)?"
+        )
+    return alerts, records
