@@ -20,16 +20,15 @@ import orjson
 
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, DetectorState, StateFormatError
-from stream_monitor.core.diagnosis import ExampleReservoir, Marker, SignalHistory
+from stream_monitor.core.diagnosis import Diagnosis, ExampleReservoir, Marker, SignalHistory, diagnose
 from stream_monitor.core.labels import LabelEvaluator
 from stream_monitor.core.lineage import DeploymentRecord, LineageError
 from stream_monitor.core.signals import Breach, SignalValue
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
 from stream_monitor.sinks.base import DeadLetter, ListSink
 from stream_monitor.state.base import StateStore
-from stream_monitor.state.memory import MemoryStore
 
 __all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_inputs", "replay_file"]
 
@@ -39,22 +38,6 @@ _KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
 
 class LiveStateMissing(RuntimeError):
     """The state store holds nothing to diagnose (no checkpoint, no history)."""
-
-
-class _WindowStore(MemoryStore):
-    """The memory store, noting which window the closer reads (the evaluator hooks know no window)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reading = 0
-
-    def read_window(self, start: int) -> dict[str, float]:
-        self.reading = start
-        return super().read_window(start)
-
-    def read_labels(self, start: int) -> dict[str, float]:
-        self.reading = start
-        return super().read_labels(start)
 
 
 class _RecordingLabels(LabelEvaluator):
@@ -96,7 +79,7 @@ class DiagnosisRecorder:
         self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None
     ):
         self.topology = topology
-        self.store = _WindowStore()
+        self.store = WindowNotingStore()
         self.sink = ListSink()
         self.dead = _CountingDeadLetters()
         self.clock = EventTimeClock(start_ms)
@@ -173,6 +156,19 @@ class DiagnosisRecorder:
     @property
     def alerts(self) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.sink.alerts]
+
+    def diagnose(self, **filters: Any) -> Diagnosis:
+        """Rank what the recording shows (``filters``: since_ms, until_ms, model, symptom, max_suspects)."""
+        return diagnose(
+            self.history,
+            self.alerts,
+            self.topology.key_dims,
+            self.topology.segment_dims,
+            deployments=self.deployments(),
+            datasets=self.datasets,
+            examples=self.examples,
+            **filters,
+        )
 
     def deployments(self) -> list[DeploymentRecord]:
         out: list[DeploymentRecord] = []

@@ -69,10 +69,9 @@ from stream_monitor.core.detectors import (
 from stream_monitor.core.signals import Breach, SignalValue, WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
 from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
-from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
 
 __all__ = [
@@ -222,18 +221,6 @@ class Fired:
 # -- one traffic run ----------------------------------------------------------------------------------
 
 
-class _RecordingStore(MemoryStore):
-    """The memory store, noting which window the closer is reading (for the per-window observers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reading = 0
-
-    def read_window(self, start: int) -> dict[str, float]:
-        self.reading = start
-        return super().read_window(start)
-
-
 class _WindowObserver:
     name = ""
 
@@ -251,7 +238,7 @@ class _RecordingEvaluator(WindowEvaluator):
     breaches to observers (through the evaluator's ``on_raw_breaches`` hook)."""
 
     def __init__(
-        self, topology: Topology, store: _RecordingStore, clock: Clock, observers: Sequence[_WindowObserver]
+        self, topology: Topology, store: WindowNotingStore, clock: Clock, observers: Sequence[_WindowObserver]
     ) -> None:
         super().__init__(topology)
         self.store = store
@@ -461,7 +448,7 @@ def _run_traffic(
     """One simulated run through the in-process pipeline; every system's alert openings, windows closed."""
     sim = TrafficSimulator(seed=seed, start_ms=start_ms, rate_per_s=config.rate_per_s, incidents=incidents)
     sink = ListSink()
-    store = _RecordingStore()
+    store = WindowNotingStore()
     clock = EventTimeClock(start_ms)
     engine = Engine(
         topology, store, sink, sink, clock, options=EngineOptions(worker_id="bench", auto_claim=True)

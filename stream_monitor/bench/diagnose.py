@@ -24,7 +24,7 @@ import orjson
 
 from stream_monitor.bench.detection import BASE_MS, HOUR_MS, MAGNITUDES, TARGETS
 from stream_monitor.core.aggregates import ALL
-from stream_monitor.core.diagnosis import Suspect, diagnose
+from stream_monitor.core.diagnosis import Suspect
 from stream_monitor.core.topology import Topology
 from stream_monitor.diagnosing import DiagnosisRecorder
 from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, TrafficSimulator
@@ -121,15 +121,7 @@ def run_one(config: DiagnoseBenchConfig, topology: Topology, kind: str, seed: in
         recorder.clock.observe(until)
         recorder.step()
     recorder.step(final=True)
-    result = diagnose(
-        recorder.history,
-        recorder.alerts,
-        topology.key_dims,
-        topology.segment_dims,
-        deployments=recorder.deployments(),
-        datasets=recorder.datasets,
-        examples=recorder.examples,
-    )
+    result = recorder.diagnose()
     truth = incident.ground_truth
     rank = next(
         (i for i, s in enumerate(result.suspects, 1) if names_truth(s, truth, topology.segment_dims)), None

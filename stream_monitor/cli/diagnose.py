@@ -89,19 +89,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         stream = sys.stdin.buffer if str(args.source) == "-" else None
         recorder = replay_file(None if stream else args.source, topology, stream)
-        result = diagnose(
-            recorder.history,
-            recorder.alerts,
-            topology.key_dims,
-            topology.segment_dims,
-            deployments=recorder.deployments(),
-            datasets=recorder.datasets,
-            examples=recorder.examples,
-            since_ms=since,
-            until_ms=until,
-            model=args.model,
-            symptom=args.symptom,
-        )
+        result = recorder.diagnose(since_ms=since, until_ms=until, model=args.model, symptom=args.symptom)
         if recorder.dead.count:
             result.notes.append(f"{recorder.dead.count} lines of the recording were dead-lettered")
     else:

@@ -746,19 +746,20 @@ class CanaryAnalyzer:
     ) -> MetricResult:
         rule = self.rule
         n_c, n_b = c.get("imp", 0.0), b.get("imp", 0.0)
-        result = MetricResult(
+        result = self._unjudged(
             name,
             "engagement",
-            self.is_critical(name),
             "decrease",
-            "NODATA",
-            unit="relative",
-            n_candidate=n_c,
-            n_baseline=n_b,
-            margin=rule.margin,
+            "relative",
+            (n_c, n_b),
+            rule.margin,
+            rule.min_impressions,
+            what="matured impressions",
         )
-        if min(n_c, n_b) < rule.min_impressions or b.get(counter, 0.0) <= 0:
+        if not result.detail and b.get(counter, 0.0) <= 0:
+            # No event of the counter on the control arm yet: no ratio to judge, whatever the impressions.
             result.detail = f"{min(n_c, n_b):.0f} of {rule.min_impressions} matured impressions per arm"
+        if result.detail:
             return result
         est, lo, hi = ratio_cs(
             c.get(counter, 0.0), n_c, b.get(counter, 0.0), n_b, rule.mixture_scale, self.alpha
@@ -783,7 +784,7 @@ class CanaryAnalyzer:
     ) -> MetricResult:
         rule = self.rule
         n_c, n_b = c.get(denominator, 0.0), b.get(denominator, 0.0)
-        result = self._guardrail(name, "ratio", n_c, n_b, floor, rule.min_requests)
+        result = self._unjudged(name, "guardrail", "increase", "ratio", (n_c, n_b), floor, rule.min_requests)
         if result.detail:
             return result
         tau = max(floor, 1e-4)
@@ -797,16 +798,25 @@ class CanaryAnalyzer:
         result.detail = f"canary {c.get(counter, 0.0) / n_c:.4f} vs control {b.get(counter, 0.0) / n_b:.4f}"
         return result
 
-    def _guardrail(
-        self, name: str, unit: str, n_c: float, n_b: float, margin: float, min_n: int
+    def _unjudged(
+        self,
+        name: str,
+        group: str,
+        direction: str,
+        unit: str,
+        counts: tuple[float, float],
+        margin: float,
+        min_n: int,
+        what: str = "requests",
     ) -> MetricResult:
-        """A guardrail metric (higher is worse), NODATA with a detail saying why while either arm has
-        fewer than ``min_n`` observations (the caller judges it when the detail is empty)."""
+        """A metric still NODATA; with a detail saying why while either arm has fewer than ``min_n``
+        observations (the caller judges it when the detail is empty)."""
+        n_c, n_b = counts
         result = MetricResult(
             name,
-            "guardrail",
+            group,
             self.is_critical(name),
-            "increase",
+            direction,
             "NODATA",
             unit=unit,
             n_candidate=n_c,
@@ -814,7 +824,7 @@ class CanaryAnalyzer:
             margin=margin,
         )
         if min(n_c, n_b) < min_n:
-            result.detail = f"{min(n_c, n_b):.0f} of {min_n} requests per arm"
+            result.detail = f"{min(n_c, n_b):.0f} of {min_n} {what} per arm"
         return result
 
     def _rank_test(
@@ -831,19 +841,10 @@ class CanaryAnalyzer:
         rule = self.rule
         c, b = self._log_hist(c_raw), self._log_hist(b_raw)
         n_c, n_b = sum(c.values()), sum(b.values())
-        result = MetricResult(
-            name,
-            "latency",
-            self.is_critical(name),
-            "increase",
-            "NODATA",
-            unit="relative",
-            n_candidate=n_c,
-            n_baseline=n_b,
-            margin=rule.latency_floor,
+        result = self._unjudged(
+            name, "latency", "increase", "relative", (n_c, n_b), rule.latency_floor, rule.min_count
         )
-        if min(n_c, n_b) < rule.min_count:
-            result.detail = f"{min(n_c, n_b):.0f} of {rule.min_count} requests per arm"
+        if result.detail:
             return result
         mw, t_lo, t_hi, z = self._rank_test(c, b)
         shift, lo, hi = hodges_lehmann(c, b, z, mw.var_u)
@@ -870,19 +871,17 @@ class CanaryAnalyzer:
         c = {value(int(k)): v for k, v in c_raw.items()}
         b = {value(int(k)): v for k, v in b_raw.items()}
         n_c, n_b = sum(c.values()), sum(b.values())
-        result = MetricResult(
+        result = self._unjudged(
             "score",
             "scores",
-            self.is_critical("score"),
             "either",
-            "NODATA",
-            unit="probability",
-            n_candidate=n_c,
-            n_baseline=n_b,
-            margin=rule.score_floor,
+            "probability",
+            (n_c, n_b),
+            rule.score_floor,
+            rule.min_count,
+            what="scored items",
         )
-        if min(n_c, n_b) < rule.min_count:
-            result.detail = f"{min(n_c, n_b):.0f} of {rule.min_count} scored items per arm"
+        if result.detail:
             return result
         mw, t_lo, t_hi, z = self._rank_test(c, b)
         shift, lo, hi = hodges_lehmann(c, b, z, mw.var_u)
@@ -908,7 +907,8 @@ class CanaryAnalyzer:
         c = {value(int(k)): v for k, v in c_raw.items()}
         b = {value(int(k)): v for k, v in b_raw.items()}
         n_c, n_b = sum(c.values()), sum(b.values())
-        result = self._guardrail(f"freshness.{feature}", "s", n_c, n_b, sla, rule.min_count)
+        name = f"freshness.{feature}"
+        result = self._unjudged(name, "guardrail", "increase", "s", (n_c, n_b), sla, rule.min_count)
         if result.detail:
             return result
         z = _N.inv_cdf(1.0 - self.alpha / 2)
