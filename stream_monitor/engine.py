@@ -243,7 +243,13 @@ class Engine:
                 [tp] if partner is None or partner in self.claims or partner in self.fenced else [tp, partner]
             )
             claim = self.assign(pair)[tp]
-        if offset < claim.next_offset:
+        # Already counted: before the claim, committed since, or in this batch. A consumer that seeks
+        # back to Kafka's committed offsets (a rebalance) re-delivers messages this worker has counted;
+        # the store would catch those below its offset, the in-memory offsets catch the rest.
+        pending = self.accumulator.next_offset(tp)
+        if offset < self.committed_offsets.get(tp, claim.next_offset) or (
+            pending is not None and offset < pending
+        ):
             self._count(self._skipped, topic)
             return
         # Read the clock once per message, not per event: a batched message is one delivery.

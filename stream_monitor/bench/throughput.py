@@ -30,7 +30,11 @@ fresh Redis prefix:
    * ``onset_to_alert_wall_s`` (measured): the same at the bench's pace (event time runs
      ``latency_speed`` times faster than the wall clock).
 
-5. **naive**: a Faust agent that handles each event on its own, with per-event river updates and one Redis
+5. **stream delivery** (``stream_reference``): a second worker with ``delivery = "stream"`` (Faust's
+   per-message streams and agents: runtime/delivery.py says why the default hands over whole fetches)
+   on the same backlog, under its own consumer group and Redis prefix, for the ratio of the two paths in
+   one run;
+6. **naive**: a Faust agent that handles each event on its own, with per-event river updates and one Redis
    call per event (:mod:`stream_monitor.bench.naive_faust`), on the same topics (backlog and live part).
 
 Then, for every count in ``series_counts``, a **memory** run: serving events spread evenly over that many
@@ -125,6 +129,7 @@ class ThroughputBenchConfig:
     naive: bool = True
     # The naive agent is slow: its rate is taken over at most this many events (the backlog's first).
     naive_events: int = 200_000
+    stream_reference: bool = True
     ceiling: bool = True
     latency_rounds: int = 2
     latency_speed: float = 6.0
@@ -165,6 +170,7 @@ def quick_config(**overrides: Any) -> ThroughputBenchConfig:
         "series_counts": (10, 1_000),
         "events_per_series": 3,
         "phase_timeout_s": 240.0,
+        "stream_reference": False,
     }
     options.update(overrides)
     return ThroughputBenchConfig(**options)
@@ -208,14 +214,19 @@ class _Run:
     def prefix(self) -> str:
         return f"bench-{self.tag}"
 
-    def worker_env(self, topology: str | None, metrics_port: int, web_port: int) -> dict[str, str]:
+    def worker_env(
+        self, topology: str | None, metrics_port: int, web_port: int, delivery: str = "batch"
+    ) -> dict[str, str]:
+        """A worker's environment; a ``stream`` delivery worker gets its own group and prefix."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_MONITOR_")}
+        own = "" if delivery == "batch" else f":{delivery}"
         env.update(
             {
                 "STREAM_MONITOR_KAFKA_BOOTSTRAP": self.bootstrap,
                 "STREAM_MONITOR_REDIS_URL": self.redis_url,
-                "STREAM_MONITOR_REDIS_PREFIX": self.prefix,
-                "STREAM_MONITOR_APP_ID": f"bench-{self.tag}",
+                "STREAM_MONITOR_REDIS_PREFIX": self.prefix + own,
+                "STREAM_MONITOR_APP_ID": f"bench-{self.tag}{own.replace(':', '-')}",
+                "STREAM_MONITOR_DELIVERY": delivery,
                 "STREAM_MONITOR_METRICS_PORT": str(metrics_port),
                 "STREAM_MONITOR_WEB_PORT": str(web_port),
                 "STREAM_MONITOR_TOPIC_PARTITIONS": str(self.partitions),
@@ -488,8 +499,10 @@ class _RedisProbe:
 # -- the worker and its baselines --------------------------------------------------------------------
 
 
-def _start_worker(run: _Run, topology: str | None, log_dir: Path, name: str) -> _Process:
-    env = run.worker_env(topology, _free_port(), _free_port())
+def _start_worker(
+    run: _Run, topology: str | None, log_dir: Path, name: str, delivery: str = "batch"
+) -> _Process:
+    env = run.worker_env(topology, _free_port(), _free_port(), delivery)
     argv = [sys.executable, "-m", "stream_monitor.cli.main", "worker", "--loglevel", "warning"]
     return _Process(argv, env, log_dir / f"{name}-{run.tag}.log")
 
@@ -899,6 +912,25 @@ def _run_format(
         worker.stop()
         worker = None
 
+        if config.stream_reference:
+            progress(f"{fmt}: worker with stream delivery (Faust's per-message path) on the backlog")
+            worker = _start_worker(run, config.topology, log_dir, f"worker-stream-{fmt}", "stream")
+            rate, elapsed = _follow(
+                lambda: probe.totals(f"{run.prefix}:stream").get("consumed", 0),
+                events,
+                config.phase_timeout_s,
+                worker,
+                "stream-delivery worker",
+            )
+            result["stream_delivery"] = {
+                "events_per_s": rate,
+                "seconds": round(elapsed, 1),
+                "peak_rss_mb": _mb(worker.status_kb("VmHWM")),
+            }
+            progress(f"{fmt}: stream delivery {rate or math.nan:.0f} events/s")
+            worker.stop()
+            worker = None
+
         if config.naive:
             total = min(config.naive_events, probe.totals(run.prefix).get("consumed", 0))
             progress(f"{fmt}: naive Faust agent on the first {total} of the same events")
@@ -928,6 +960,7 @@ def _run_format(
         result["ratios"] = {
             "worker_over_ceiling": _ratio(w, result.get("ceiling", {}).get("events_per_s")),
             "worker_over_naive": _ratio(w, result.get("naive", {}).get("events_per_s")),
+            "worker_over_stream_delivery": _ratio(w, result.get("stream_delivery", {}).get("events_per_s")),
         }
         return result
     finally:
@@ -1130,7 +1163,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     header = (
         f"{'format':<8} {'events':>9} {'B/event':>7} {'ceiling ev/s':>12} {'worker ev/s':>11} "
-        f"{'naive ev/s':>10} {'w/ceil':>6} {'w/naive':>7} {'redis cmd/1k':>12} {'calls/1k':>8} "
+        f"{'stream ev/s':>11} {'naive ev/s':>10} {'w/ceil':>6} {'w/stream':>8} {'w/naive':>7} "
+        f"{'redis cmd/1k':>12} {'calls/1k':>8} "
         f"{'peak RSS MB':>11} {'B/series':>8}"
     )
     lines.append(header)
@@ -1140,8 +1174,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{fmt:<8} {_fmt(r['backlog']['events']):>9} {_fmt(r['backlog']['event_bytes_mean']):>7} "
             f"{_fmt(r.get('ceiling', {}).get('events_per_s')):>12} {_fmt(w['events_per_s']):>11} "
+            f"{_fmt(r.get('stream_delivery', {}).get('events_per_s')):>11} "
             f"{_fmt(r.get('naive', {}).get('events_per_s')):>10} "
-            f"{_fmt(ratios['worker_over_ceiling'], 2):>6} {_fmt(ratios['worker_over_naive'], 2):>7} "
+            f"{_fmt(ratios['worker_over_ceiling'], 2):>6} "
+            f"{_fmt(ratios.get('worker_over_stream_delivery'), 2):>8} "
+            f"{_fmt(ratios['worker_over_naive'], 2):>7} "
             f"{_fmt(w['redis_commands_per_1000_events'], 1):>12} "
             f"{_fmt(w['redis_calls_per_1000_events'], 2):>8} "
             f"{_fmt(w.get('peak_rss_mb_after_live', w['peak_rss_mb']), 1):>11} "

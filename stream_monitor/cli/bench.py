@@ -97,6 +97,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     t.add_argument("--series", type=_positive, action="append", help="series counts of the memory runs")
     t.add_argument("--latency-rounds", type=int, help="rounds of 3 incidents on live traffic (0: none)")
     t.add_argument("--no-naive", action="store_true", help="skip the naive Faust baseline")
+    t.add_argument(
+        "--no-stream-reference",
+        action="store_true",
+        help="skip the worker with Faust's per-message stream delivery (not run by --quick)",
+    )
     t.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
     t.add_argument("--log-dir", help="keep the worker logs here (default: a temporary directory)")
     t.set_defaults(func=run_throughput)
@@ -169,6 +174,8 @@ def run_throughput(args: argparse.Namespace) -> int:
         "topology": args.topology,
         "log_dir": args.log_dir,
     }
+    if args.no_stream_reference:
+        options["stream_reference"] = False
     for name, value in (
         ("events", args.events),
         ("formats", tuple(args.formats) if args.formats else None),

@@ -42,11 +42,12 @@ def run(args: argparse.Namespace) -> int:
     runtime.prepare_topics()
     server = start_metrics_server(registry, settings.metrics_addr, settings.metrics_port)
     log.info(
-        "metrics on http://%s:%d/metrics; topology %s (%d s windows)",
+        "metrics on http://%s:%d/metrics; topology %s (%d s windows); %s delivery",
         settings.metrics_addr,
         settings.metrics_port,
         topology.name,
         topology.window.size_ms // 1000,
+        settings.delivery,
     )
     worker = faust.Worker(runtime.app, loglevel=args.loglevel.upper(), quiet=True, override_logging=True)
     try:

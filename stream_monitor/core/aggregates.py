@@ -266,6 +266,11 @@ class WindowAccumulator:
         """Window-sum fields accumulated so far (what the next commit writes)."""
         return sum(len(w) for delta in self._parts.values() for w in delta.windows.values())
 
+    def next_offset(self, partition: str) -> int | None:
+        """One past the last offset accumulated for ``partition`` since the last take (None: none)."""
+        delta = self._parts.get(partition)
+        return None if delta is None else delta.next_offset
+
     def discard(self, partitions: Iterable[str]) -> None:
         """Forget what was accumulated for ``partitions`` (they were re-claimed and restart counting)."""
         for partition in partitions:

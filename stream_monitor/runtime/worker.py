@@ -1,6 +1,9 @@
-"""The Faust worker: agents consume the input topics in batches and drive the engine.
+"""The Faust worker: the input topics' messages reach the engine in batches and drive it.
 
-Per batch an agent ingests every message, then commits the engine's deltas to the state store (one
+With ``delivery = "batch"`` (the default) each fetch of Faust's consumer is one batch, ingested by one
+task (runtime/delivery.py: Faust's per-message hand-over is what limits a Faust worker); with
+``"stream"`` one agent per input topic takes batches off its Faust stream. Either way, per batch the
+worker ingests every message, then commits the engine's deltas to the state store (one
 commit at a time, across agents, retried while the store is down), and only then acks the messages so
 Faust may commit their Kafka offsets. A message of a partition whose delta was refused (another worker
 owns it now) is not acked: its new owner counts it. Windows are closed by a timer on every worker; the
@@ -10,6 +13,7 @@ store's closer lease lets exactly one of them do it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -24,6 +28,7 @@ from stream_monitor.config import Settings
 from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
+from stream_monitor.runtime.delivery import BatchDeliveryConsumer
 from stream_monitor.runtime.gate import add_gate_views
 from stream_monitor.runtime.kafka import (
     KafkaAlertSink,
@@ -43,7 +48,6 @@ log = logging.getLogger(__name__)
 
 EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
 COMMIT_CHECK_EVERY = 64  # messages between checks of the accumulated commit size
-LAG_INTERVAL_S = 5.0
 
 
 class WorkerRuntime:
@@ -91,6 +95,13 @@ class WorkerRuntime:
             health_sink=self.health_sink,
         )
         self._commit_lock = asyncio.Lock()
+        # Batch delivery: fetched batches wait here for the one task that ingests them (in fetch order).
+        # Two deep, so the next fetch overlaps the current batch and a slow store holds back the fetcher.
+        self._batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
+        # Set while the engine holds claims for the current assignment. Faust resumes fetching before
+        # the on_partitions_assigned receivers run, and a message of a partition assigned but not yet
+        # claimed would be passed over (its offset already read), so batches wait for this.
+        self._claimed = asyncio.Event()
         # A group-less consumer used only to ask the broker for log-end offsets (the lag metric).
         self._watermarks = Consumer(
             client_config(settings)
@@ -118,50 +129,85 @@ class WorkerRuntime:
             web_host=s.web_host,
             web_port=s.web_port,
             stream_buffer_maxsize=max(4096, s.batch_max * 2),
+            # One fetch is one batch with batch delivery: at most batch_max messages, so memory, commit
+            # size and the work lost to a crash stay bounded whatever the backlog.
+            broker_max_poll_records=s.batch_max,
         )
-        for topic_name, kind in self.inputs.items():
-            topic = app.topic(
-                topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        topics = {
+            name: app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
             )
-            app.agent(topic, name=f"stream_monitor.{kind}")(self._agent_for(kind))
+            for name in self.inputs
+        }
+        if s.delivery == "batch":
+            # Faust still owns the consumer (group membership, rebalancing, offset commits); only the
+            # hand-over of the input topics' messages changes (runtime/delivery.py).
+            app.transport.Consumer = functools.partial(  # type: ignore[assignment,misc]
+                BatchDeliveryConsumer, batch_topics=frozenset(self.inputs), deliver=self._batches.put
+            )
+            for topic in topics.values():
+                app.topics.add(topic)
+            app.task(self._ingest_batches)
+        else:
+            for name, topic in topics.items():
+                app.agent(topic, name=f"stream_monitor.{self.inputs[name]}")(
+                    self._agent_for(self.inputs[name])
+                )
 
         add_gate_views(app, self.engine.store, self.engine.clock)
         app.timer(interval=s.close_interval_s)(self._close_windows)
-        app.timer(interval=LAG_INTERVAL_S)(self._export_lag)
+        app.timer(interval=s.lag_interval_s)(self._export_lag)
         # Faust's signal typing predates async receivers with keyword arguments; the call is documented.
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         return app
 
+    async def _ingest(self, messages: list[Any]) -> set[str]:
+        """Ingest a batch of Faust messages and commit it; the partitions still ours (ack their messages)."""
+        engine, inputs = self.engine, self.inputs
+        for number, message in enumerate(messages, 1):
+            if number % COMMIT_CHECK_EVERY == 0 and engine.commit_due():
+                # Many new series in one batch: commit what is there (acks still wait for the final
+                # commit below, which is safe: the store holds the offsets).
+                await self.commit()
+            engine.ingest(
+                inputs[message.topic],
+                message.topic,
+                message.partition,
+                message.offset,
+                message.key,
+                message.value,
+                round(message.timestamp * 1000) if message.timestamp else None,
+                ndjson=is_ndjson(message.headers),
+            )
+        consumer = self.app.consumer
+        for tp in {message.tp for message in messages}:
+            try:
+                highwater = consumer.highwater(tp)
+            except AssertionError:  # aiokafka: "Partition is not assigned" (a rebalance is under way)
+                highwater = None
+            engine.note_highwater(tp.topic, tp.partition, highwater)
+        await self.commit()
+        return set(engine.claims)
+
+    async def _ingest_batches(self) -> None:
+        """The batch-delivery task: ingest each fetched batch, then ack what was counted."""
+        while True:
+            messages = await self._batches.get()
+            await self._claimed.wait()
+            claims = await self._ingest(messages)
+            ack = self.app.consumer.ack
+            for message in messages:
+                if f"{message.topic}/{message.partition}" in claims:
+                    ack(message)
+
     def _agent_for(self, kind: str) -> Any:
-        engine = self.engine
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
 
         async def agent(stream: faust.StreamT[Any]) -> None:
             # noack_take: we ack each message ourselves, only once its delta is in the state store.
             async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
-                for number, event in enumerate(events, 1):
-                    if number % COMMIT_CHECK_EVERY == 0 and engine.commit_due():
-                        # Many new series in one batch: commit what is there (acks still wait for the
-                        # final commit below, which is safe: the store holds the offsets).
-                        await self.commit()
-                    message = event.message
-                    engine.ingest(
-                        kind,
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                        message.key,
-                        message.value,
-                        round(message.timestamp * 1000) if message.timestamp else None,
-                        ndjson=is_ndjson(message.headers),
-                    )
-                consumer = self.app.consumer
-                last_offsets = {event.message.tp for event in events}
-                for tp in last_offsets:
-                    engine.note_highwater(tp.topic, tp.partition, consumer.highwater(tp))
-                await self.commit()
-                claims = engine.claims
+                claims = await self._ingest([event.message for event in events])
                 for event in events:
                     message = event.message
                     if f"{message.topic}/{message.partition}" in claims:
@@ -244,6 +290,7 @@ class WorkerRuntime:
                     log.warning("cannot claim partitions yet: %s", exc)
                     await asyncio.sleep(1.0)
             self.engine.adopt(claims, closed_before)
+            self._claimed.set()
         log.info(
             "claimed %d partitions: %s",
             len(claims),
@@ -251,6 +298,7 @@ class WorkerRuntime:
         )
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        self._claimed.clear()
         ours = self._ours(revoked)
         await self.commit()
         self.engine.revoke(ours)

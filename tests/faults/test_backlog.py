@@ -38,7 +38,9 @@ def test_backlog_closes_windows_in_order_with_exact_sums_and_bounded_memory(
 ) -> None:
     dep = make_deployment(kafka_bootstrap, redis_url)
     start = aligned_past(3)
-    events = simulated(start, duration_s=16 * 60, rate=40, seed=6606)
+    # Big enough that the worker needs well over the 1 s close interval x 5 to catch up: with batch
+    # delivery (~30k events/s here) 16 minutes at 40 requests/s took under 4 s.
+    events = simulated(start, duration_s=16 * 60, rate=150, seed=6606)
     n = len(events)
     produce_all(dep.bootstrap, events_to_messages(events, dep))
     client = redis.Redis.from_url(redis_url)
@@ -91,9 +93,11 @@ def test_consumer_lag_is_exported_per_partition(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     dep = make_deployment(kafka_bootstrap, redis_url)
-    # A backlog the worker needs well over one lag-export interval (5 s) to count: with 6 minutes of
-    # traffic a faster worker caught up before the first export and the test saw no lag at all.
-    events = simulated(aligned_past(2), duration_s=20 * 60, rate=40, seed=6707)
+    # The gauge is refreshed every lag_interval_s (5 s by default); a short one here, and a backlog the
+    # worker needs many intervals to count (batch delivery counts ~30k events/s on this machine).
+    interval = 0.5
+    dep.extra_env["STREAM_MONITOR_LAG_INTERVAL_S"] = str(interval)
+    events = simulated(aligned_past(2), duration_s=20 * 60, rate=120, seed=6707)
     produce_all(dep.bootstrap, events_to_messages(events, dep))
     client = redis.Redis.from_url(redis_url)
     worker = start_worker(dep, fault_workers, tmp_path, "lag")
@@ -107,10 +111,15 @@ def test_consumer_lag_is_exported_per_partition(
             if name == "stream_monitor_consumer_lag_messages"
         }
 
-    behind = wait_for(
-        lambda: (lags := lag()) and sum(lags.values()) > 0 and lags, 20, "a non-zero lag while behind", worker
-    )
-    at = counted(client, dep.prefix)
+    def lag_while_behind() -> tuple[int, dict[tuple[str, str], float]] | None:
+        counted_before = counted(client, dep.prefix)
+        # After three intervals the gauge read below was computed after counted_before was read, so it
+        # can be at most what was left then.
+        time.sleep(3 * interval)
+        lags = lag()
+        return (counted_before, lags) if sum(lags.values()) > 0 else None
+
+    at, behind = wait_for(lag_while_behind, 20, "a non-zero lag while behind", worker)
     wait_for(lambda: counted(client, dep.prefix) >= len(events), 120, "every event counted", worker)
     caught_up = wait_for(
         lambda: (lags := lag()) and all(v == 0 for v in lags.values()) and lags,

@@ -1,7 +1,8 @@
 """The Faust worker against a real Kafka broker and a real Redis server.
 
 * an injected incident shows up as an alert on the alerts topic, with the right key, and in /metrics;
-* a worker killed with SIGKILL mid-stream and restarted counts every event exactly once;
+* a worker killed with SIGKILL mid-stream and restarted counts every event exactly once (with either
+  delivery of messages to the engine);
 * malformed messages land in the dead-letter topic with a reason, and the worker keeps going.
 """
 
@@ -118,9 +119,17 @@ def test_incident_alert_reaches_kafka_and_metrics(
     )
 
 
+@pytest.mark.parametrize("delivery", ["batch", "stream"])
 def test_kill_and_restart_counts_every_event_exactly_once(
-    deployment: Deployment, workers: list[WorkerProcess], redis_client: redis.Redis, tmp_path: Path
+    deployment: Deployment,
+    workers: list[WorkerProcess],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    delivery: str,
 ) -> None:
+    # Both ways messages reach the engine (runtime/delivery.py): whole fetches (the default) and Faust's
+    # per-message streams.
+    deployment.extra_env["STREAM_MONITOR_DELIVERY"] = delivery
     start = aligned_past(3)
     events = simulated(start, duration_s=10 * 60, rate=40, seed=5)
     produce(deployment.bootstrap, events_to_messages(events, deployment))
