@@ -101,7 +101,8 @@ class TraceSampler:
                 return False  # far too late to matter for "recent" examples
             counts = self._counts[start] = {}
             self._totals[start] = 0
-            for old in [w for w in self._counts if w < max(newest, start) - self.KEEP_WINDOWS * self.window_ms]:
+            horizon = max(newest, start) - self.KEEP_WINDOWS * self.window_ms
+            for old in [w for w in self._counts if w < horizon]:
                 del self._counts[old]
                 del self._totals[old]
         n = counts.get(slice_, 0)
@@ -120,8 +121,9 @@ class TraceRecord:
     >>> from stream_monitor.core.events import parse_event
     >>> event = parse_event(b'{"type": "serving", "request_id": "r1", "ts": 1764086400000, "model": "m",'
     ...     b' "model_version": "v1", "arm": "control", "surface": "home", "segment": {"region": "eu"},'
-    ...     b' "latency_ms": {"total": 80.0}, "sources": {"collab": 10}, "items": [{"id": "a", "score": 0.9}],'
-    ...     b' "features": {"age_days": 40}, "feature_ts": {"age_days": 1764086340000}}')
+    ...     b' "latency_ms": {"total": 80.0}, "sources": {"collab": 10},'
+    ...     b' "items": [{"id": "a", "score": 0.9}], "features": {"age_days": 40},'
+    ...     b' "feature_ts": {"age_days": 1764086340000}}')
     >>> record = TraceRecord.from_serving(event, "m|v1|control|home|eu", TraceRule())
     >>> record.feature_age_ms, record.slate
     ({'age_days': 60000}, [{'id': 'a', 'score': 0.9}])
@@ -174,7 +176,7 @@ class TraceRecord:
         slate: list[dict[str, Any]] = []
         for item in event.items[: rule.max_items]:
             if isinstance(item, dict):
-                entry = {k: _scalar(item[k]) for k in ("id", "score", "source") if k in item}
+                entry: dict[str, Any] = {k: _scalar(item[k]) for k in ("id", "score", "source") if k in item}
                 slate.append(entry)
         if len(event.items) > rule.max_items:
             truncated.append("slate")
@@ -402,9 +404,7 @@ def slice_key(series: str, key_dims: Sequence[str]) -> dict[str, str]:
     return dict(zip(key_dims, values, strict=True))
 
 
-def matching_slices(
-    series: Iterable[str], key_dims: Sequence[str], pattern: Mapping[str, str]
-) -> list[str]:
+def matching_slices(series: Iterable[str], key_dims: Sequence[str], pattern: Mapping[str, str]) -> list[str]:
     """The stored series that fall in the slice ``pattern`` names (``*`` or an absent dim: any value).
 
     >>> dims = ("model", "model_version", "arm", "surface", "region")

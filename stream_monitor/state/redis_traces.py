@@ -16,8 +16,10 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream_monitor.core.topology import TraceRule
 from stream_monitor.core.traces import TraceBatch
 from stream_monitor.state.base import StoreUnavailable
+from stream_monitor.state.redis_store import RedisStore
 
 __all__ = ["RedisTraceStore"]
 
@@ -37,12 +39,17 @@ class RedisTraceStore:
     ) -> None:
         self.client = client
         self.prefix = prefix
-        self.ttl_ms = ttl_ms
+        self.keep_ms = ttl_ms
         self.per_slice = per_slice
         self.max_engagement = max_engagement
         script = resources.files("stream_monitor.state").joinpath("traces.lua").read_text(encoding="utf-8")
         self._put = client.register_script(script)
         self.round_trips = 0
+
+    @classmethod
+    def beside(cls, store: RedisStore, rule: TraceRule) -> RedisTraceStore:
+        """The trace store of the topology's ``traces`` rule in the state store's Redis, under its prefix."""
+        return cls(store.client, store.prefix, rule.ttl_ms, rule.per_slice, rule.max_engagement)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.round_trips += 1
@@ -56,7 +63,7 @@ class RedisTraceStore:
             return
         args: list[Any] = [
             self.prefix,
-            self.ttl_ms,
+            self.keep_ms,
             self.per_slice,
             self.max_engagement,
             now_ms,
@@ -84,9 +91,7 @@ class RedisTraceStore:
     def slices(self) -> list[str]:
         return sorted(s.decode() for s in self._call(self.client.zrange, f"{self.prefix}:trs", 0, -1))
 
-    def recent(
-        self, series: Sequence[str], limit: int, until_ms: int | None = None
-    ) -> list[tuple[str, int]]:
+    def recent(self, series: Sequence[str], limit: int, until_ms: int | None = None) -> list[tuple[str, int]]:
         if not series or limit <= 0:
             return []
         top: Any = "+inf" if until_ms is None else f"({until_ms}"

@@ -52,9 +52,7 @@ class TraceStore(Protocol):
         """The series with traces written within the TTL."""
         ...
 
-    def recent(
-        self, series: Sequence[str], limit: int, until_ms: int | None = None
-    ) -> list[tuple[str, int]]:
+    def recent(self, series: Sequence[str], limit: int, until_ms: int | None = None) -> list[tuple[str, int]]:
         """(request id, event ts) of the newest stored traces of ``series`` (before ``until_ms``)."""
         ...
 
@@ -80,7 +78,7 @@ class MemoryTraceStore:
         max_engagement: int = 20,
         now: Callable[[], int] = _wall_ms,
     ) -> None:
-        self.ttl_ms = ttl_ms
+        self.keep_ms = ttl_ms
         self.per_slice = per_slice
         self.max_engagement = max_engagement
         self._now = now
@@ -92,7 +90,7 @@ class MemoryTraceStore:
         self._registry: dict[str, int] = {}  # series -> last written (wall ms)
 
     def put(self, batch: TraceBatch, now_ms: int) -> None:
-        expires = now_ms + self.ttl_ms
+        expires = now_ms + self.keep_ms
         with self._lock:
             touched: set[str] = set()
             for rid, series, ts, doc in batch.traces:
@@ -119,7 +117,7 @@ class MemoryTraceStore:
                 if len(kept) > self.max_engagement:
                     for old in sorted(kept, key=lambda d: (kept[d], d))[self.max_engagement :]:
                         del kept[old]
-            for series in [s for s, at in self._registry.items() if at < now_ms - self.ttl_ms]:
+            for series in [s for s, at in self._registry.items() if at < now_ms - self.keep_ms]:
                 del self._registry[series]
 
     def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
@@ -141,9 +139,7 @@ class MemoryTraceStore:
             now = self._now()
             return sorted(s for s, at in self._registry.items() if self._index_expires.get(s, 0) > now)
 
-    def recent(
-        self, series: Sequence[str], limit: int, until_ms: int | None = None
-    ) -> list[tuple[str, int]]:
+    def recent(self, series: Sequence[str], limit: int, until_ms: int | None = None) -> list[tuple[str, int]]:
         with self._lock:
             now = self._now()
             found = [
@@ -151,9 +147,7 @@ class MemoryTraceStore:
                 for s in series
                 if self._index_expires.get(s, 0) > now
                 for rid, ts in self._index.get(s, {}).items()
-                if (until_ms is None or ts < until_ms)
-                and rid in self._traces
-                and self._traces[rid][0] > now
+                if (until_ms is None or ts < until_ms) and rid in self._traces and self._traces[rid][0] > now
             ]
         found.sort(key=lambda x: (-x[1], x[0]))
         return found[:limit]
