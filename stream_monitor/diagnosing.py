@@ -242,7 +242,7 @@ def live_examples(
     >>> from stream_monitor.core.traces import TraceBatch
     >>> from stream_monitor.state.traces import MemoryTraceStore
     >>> store = MemoryTraceStore(now=lambda: 0)
-    >>> store.put(TraceBatch([("r1", "m|v1|control|home|eu", 5, b"{}")]), now_ms=0)
+    >>> store.put(TraceBatch([("r1", "m|v1|control|home|eu", 5, b"{}")]))
     >>> d = Diagnosis(None, None, None, 60_000)
     >>> d.suspects = [Suspect("source", "s", "candidate_source", None, {"model": "m", "region": "eu"}, 1, 0)]
     >>> dims = ("model", "model_version", "arm", "surface", "region")

@@ -479,7 +479,7 @@ class Engine:
         if self.trace_store is None:
             return
         try:
-            self.trace_store.put(batch, self.clock.now_ms())
+            self.trace_store.put(batch)
         except Exception as exc:  # the trace store's client errors: never fail a commit that applied
             self.trace_write_failures += 1
             log.warning("could not store %d traces (%s); they are dropped", len(batch), exc)

@@ -58,7 +58,7 @@ class RedisTraceStore:
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
-    def put(self, batch: TraceBatch, now_ms: int) -> None:
+    def put(self, batch: TraceBatch) -> None:
         if not batch:
             return
         args: list[Any] = [
@@ -66,7 +66,6 @@ class RedisTraceStore:
             self.keep_ms,
             self.per_slice,
             self.max_engagement,
-            now_ms,
             len(batch.traces),
         ]
         for rid, series, ts, doc in batch.traces:

@@ -1,5 +1,5 @@
 -- Store a batch of traces and their engagement (stream_monitor.state.redis_traces), in one call.
--- ARGV = prefix, ttl_ms, per_slice, max_engagement, now_ms, n_traces,
+-- ARGV = prefix, ttl_ms, per_slice, max_engagement, n_traces,
 --        then n_traces x (request_id, series, ts, trace), then (request_id, ts, engagement) triples.
 -- Keys under the prefix: :tr:<rid> trace (PX ttl); :tre:<rid> sorted set of engagement by ts (expires
 -- with its trace); :tri:<series> sorted set rid -> ts, the newest per_slice (the ones trimmed off are
@@ -9,11 +9,13 @@ local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local per_slice = tonumber(ARGV[3])
 local max_eng = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[5])
+-- The registry's clock is the server's (TTLs run on it too), whatever clock the worker runs on.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local reg = p .. ':trs'
 local touched = {}
-local i = 7
+local i = 6
 for _ = 1, n do
   local rid, series, ts, doc = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4

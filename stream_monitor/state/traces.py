@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 class TraceStore(Protocol):
     """Storage for traces; see the module docstring."""
 
-    def put(self, batch: TraceBatch, now_ms: int) -> None:
-        """Store a batch's traces (indexed by series, capped, under the TTL) and attach its engagement."""
+    def put(self, batch: TraceBatch) -> None:
+        """Store a batch's traces (indexed by series, capped, under the TTL) and attach its engagement.
+
+        The TTL runs on the store's own clock (Redis: the server's), not on event time.
+        """
         ...
 
     def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
@@ -66,7 +69,7 @@ class MemoryTraceStore:
 
     >>> from stream_monitor.core.traces import TraceBatch
     >>> store = MemoryTraceStore(ttl_ms=60_000, per_slice=1, now=lambda: 0)
-    >>> store.put(TraceBatch([("r1", "m|v1", 5, b"{}"), ("r2", "m|v1", 9, b"{}")]), now_ms=0)
+    >>> store.put(TraceBatch([("r1", "m|v1", 5, b"{}"), ("r2", "m|v1", 9, b"{}")]))
     >>> store.recent(["m|v1"], 5), store.get("r1")
     ([('r2', 9)], None)
     """
@@ -89,7 +92,8 @@ class MemoryTraceStore:
         self._index_expires: dict[str, int] = {}
         self._registry: dict[str, int] = {}  # series -> last written (wall ms)
 
-    def put(self, batch: TraceBatch, now_ms: int) -> None:
+    def put(self, batch: TraceBatch) -> None:
+        now_ms = self._now()
         expires = now_ms + self.keep_ms
         with self._lock:
             touched: set[str] = set()

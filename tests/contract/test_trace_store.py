@@ -61,9 +61,9 @@ def eng(rid: str, ts: int, action: str = "click") -> tuple[str, int, bytes]:
 
 
 def test_put_then_get_with_engagement(make: Factory) -> None:
-    store, clock = make()
-    store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 5)]), clock.now())
-    store.put(TraceBatch([], [eng("r1", T0 + 2, "impression")]), clock.now())
+    store, _clock = make()
+    store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 5)]))
+    store.put(TraceBatch([], [eng("r1", T0 + 2, "impression")]))
     got = store.get("r1")
     assert got is not None
     raw, engagement = got
@@ -74,7 +74,7 @@ def test_put_then_get_with_engagement(make: Factory) -> None:
 
 def test_ttl_is_set_and_traces_expire(make: Factory) -> None:
     store, clock = make(ttl_ms=1000)
-    store.put(TraceBatch([("r1", S1, T0, doc("r1"))]), clock.now())
+    store.put(TraceBatch([("r1", S1, T0, doc("r1"))]))
     left = store.ttl_ms("r1")
     assert left is not None and 0 < left <= 1000
     assert store.slices() == [S1]
@@ -85,37 +85,37 @@ def test_ttl_is_set_and_traces_expire(make: Factory) -> None:
 
 
 def test_engagement_attaches_only_to_a_stored_trace(make: Factory) -> None:
-    store, clock = make()
+    store, _clock = make()
     # A sampled request that was capped (no trace): its engagement leaves nothing behind.
-    store.put(TraceBatch([], [eng("capped", T0)]), clock.now())
-    store.put(TraceBatch([("capped", S1, T0, doc("capped"))]), clock.now())
+    store.put(TraceBatch([], [eng("capped", T0)]))
+    store.put(TraceBatch([("capped", S1, T0, doc("capped"))]))
     got = store.get("capped")
     assert got is not None and got[1] == []
 
 
 def test_engagement_is_capped_and_a_retry_adds_nothing(make: Factory) -> None:
-    store, clock = make(max_engagement=3)
+    store, _clock = make(max_engagement=3)
     batch = TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + i) for i in range(5)])
-    store.put(batch, clock.now())
-    store.put(batch, clock.now())  # the same commit retried
+    store.put(batch)
+    store.put(batch)  # the same commit retried
     got = store.get("r1")
     assert got is not None and len(got[1]) == 3
     assert [int(e.split(b'"ts":')[1].split(b",")[0]) for e in got[1]] == [T0, T0 + 1, T0 + 2]  # earliest
 
 
 def test_per_slice_index_is_capped_and_trimmed_traces_are_deleted(make: Factory) -> None:
-    store, clock = make(per_slice=3)
-    store.put(TraceBatch([(f"a{i}", S1, T0 + i, doc(f"a{i}")) for i in range(5)]), clock.now())
-    store.put(TraceBatch([("b0", S2, T0, doc("b0"))], [eng("a0", T0), eng("a4", T0)]), clock.now())
+    store, _clock = make(per_slice=3)
+    store.put(TraceBatch([(f"a{i}", S1, T0 + i, doc(f"a{i}")) for i in range(5)]))
+    store.put(TraceBatch([("b0", S2, T0, doc("b0"))], [eng("a0", T0), eng("a4", T0)]))
     assert store.recent([S1], 10) == [("a4", T0 + 4), ("a3", T0 + 3), ("a2", T0 + 2)]
     assert store.get("a0") is None and store.get("a1") is None  # deleted, not only unindexed
-    store.put(TraceBatch([("a5", S1, T0 + 5, doc("a5"))]), clock.now())
+    store.put(TraceBatch([("a5", S1, T0 + 5, doc("a5"))]))
     assert store.get("a2") is None
     assert sorted(store.slices()) == [S1, S2]
 
 
 def test_recent_merges_slices_newest_first_and_honours_until(make: Factory) -> None:
-    store, clock = make()
+    store, _clock = make()
     store.put(
         TraceBatch(
             [
@@ -123,8 +123,7 @@ def test_recent_merges_slices_newest_first_and_honours_until(make: Factory) -> N
                 ("b", S2, T0 + 20, doc("b")),
                 ("c", S1, T0 + 30, doc("c")),
             ]
-        ),
-        clock.now(),
+        )
     )
     assert store.recent([S1, S2], 2) == [("c", T0 + 30), ("b", T0 + 20)]
     assert store.recent([S1, S2], 5, until_ms=T0 + 30) == [("b", T0 + 20), ("a", T0 + 10)]
@@ -138,7 +137,7 @@ def test_redis_keys_all_carry_a_ttl(redis_store: Any) -> None:
 
     store = RedisTraceStore(redis_store.client, redis_store.prefix, ttl_ms=3_600_000)
     rounds = store.round_trips
-    store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 1)]), int(time.time() * 1000))
+    store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 1)]))
     assert store.round_trips == rounds + 1  # one call per batch
     keys = [k.decode() for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")]
     assert sorted(k.split(":", 1)[1] for k in keys) == ["tr:r1", "tre:r1", f"tri:{S1}", "trs"]

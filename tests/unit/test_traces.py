@@ -265,7 +265,7 @@ def stored(events: list[ServingEvent], rule: TraceRule | None = None) -> MemoryT
     for e in events:
         capture.serving(e, "|".join([e.model, e.model_version, e.arm, e.surface, *e.segment.values()]))
     store = MemoryTraceStore(now=lambda: TS)
-    store.put(capture.take(), TS)
+    store.put(capture.take())
     return store
 
 
@@ -286,7 +286,7 @@ def test_unreadable_traces_in_the_store_are_skipped() -> None:
     rule = TraceRule(sample_rate=1.0)
     good = encode_trace(TraceRecord.from_serving(serving("good"), SERIES, rule), rule)
     store = MemoryTraceStore(now=lambda: TS)
-    store.put(TraceBatch([("bad", SERIES, TS + 5, b"\x80not json"), ("good", SERIES, TS, good)]), TS)
+    store.put(TraceBatch([("bad", SERIES, TS + 5, b"\x80not json"), ("good", SERIES, TS, good)]))
     assert load_trace(store, "bad") is None
     assert [r.request_id for r in recent_traces(store, DIMS, {"model": "home-ranker"}, 5)] == ["good"]
 
@@ -299,7 +299,7 @@ def test_trace_command_prints_lists_and_reports_missing(capsys: pytest.CaptureFi
     store = stored([serving("r1"), serving("r2", TS + 5)])
     rule = TraceRule()
     click = EngagementEvent("r1", TS + 3000, "click", "s1", 1)
-    store.put(TraceBatch([], [("r1", click.ts, encode_engagement(click))]), TS)
+    store.put(TraceBatch([], [("r1", click.ts, encode_engagement(click))]))
     assert run_trace(_args("r1"), store) == 0
     out = capsys.readouterr().out
     assert "request r1" in out and "collab" in out and "watch_minutes_7d" in out and "click item s1" in out
