@@ -671,6 +671,8 @@ class Engine:
                     until_ms=alert.window["end"],
                     slices=slices,
                 )
+            # Named by an alert: kept until the TTL even if newer traces push them off their slice.
+            self.trace_store.pin(sorted({rid for a in alerts for rid in a.example_request_ids}))
         except Exception as exc:  # a trace store that cannot be read must not hold back the alerts
             log.warning("example request ids not attached to %d alerts: %s", len(alerts), exc)
 

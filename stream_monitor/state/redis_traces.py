@@ -8,6 +8,7 @@ hold back the counting.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -24,6 +25,10 @@ from stream_monitor.state.redis_store import RedisStore
 __all__ = ["RedisTraceStore"]
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class RedisTraceStore:
@@ -73,6 +78,15 @@ class RedisTraceStore:
         for rid, ts, doc in batch.engagement:
             args.extend((rid, ts, doc))
         self._call(self._put, args=args)
+
+    def pin(self, request_ids: Sequence[str]) -> None:
+        if not request_ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        key = f"{self.prefix}:trp"
+        pipe.zadd(key, {rid: _wall_ms() for rid in request_ids})
+        pipe.pexpire(key, self.keep_ms)
+        self._call(pipe.execute)
 
     def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
         pipe = self.client.pipeline(transaction=True)  # the trace and its engagement as one snapshot

@@ -3,7 +3,8 @@
 --        then n_traces x (request_id, series, ts, trace), then (request_id, ts, engagement) triples.
 -- Keys under the prefix: :tr:<rid> trace (PX ttl); :tre:<rid> sorted set of engagement by ts (expires
 -- with its trace); :tri:<series> sorted set rid -> ts, the newest per_slice (the ones trimmed off are
--- deleted with their engagement); :trs sorted set series -> last written (wall ms), pruned after ttl.
+-- deleted with their engagement, unless pinned); :trs sorted set series -> last written (server ms),
+-- pruned after ttl; :trp sorted set of pinned request ids (named by an alert) -> when pinned.
 -- Idempotent: the same batch again writes the same values.
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -28,7 +29,10 @@ for series, _ in pairs(touched) do
   local excess = redis.call('ZCARD', idx) - per_slice
   if excess > 0 then
     for _, rid in ipairs(redis.call('ZRANGE', idx, 0, excess - 1)) do
-      redis.call('DEL', p .. ':tr:' .. rid, p .. ':tre:' .. rid)
+      -- A trace an alert names stays until its TTL: the alert's link must keep working.
+      if not redis.call('ZSCORE', p .. ':trp', rid) then
+        redis.call('DEL', p .. ':tr:' .. rid, p .. ':tre:' .. rid)
+      end
     end
     redis.call('ZREMRANGEBYRANK', idx, 0, excess - 1)
   end
@@ -50,5 +54,6 @@ end
 if n > 0 then
   redis.call('ZREMRANGEBYSCORE', reg, '-inf', '(' .. (now - ttl))
   redis.call('PEXPIRE', reg, ttl)
+  redis.call('ZREMRANGEBYSCORE', p .. ':trp', '-inf', '(' .. (now - ttl))
 end
 return n

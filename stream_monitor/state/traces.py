@@ -4,8 +4,9 @@ A :class:`TraceStore` keeps, under a TTL, each traced request's encoded trace (b
 engagement that followed it (attached only to a stored trace, earliest ``max_engagement`` kept), an
 index per series (slice) of its newest ``per_slice`` request ids by event time, and a registry of the
 series that have traces. Trimming a slice's index deletes the traces that fall off it, so the store never
-holds more than ``per_slice`` traces per slice whatever the TTL. Writes are best-effort and idempotent
-(a retried batch writes the same values again).
+holds more than ``per_slice`` traces per slice whatever the TTL, except the few that alerts name: those
+are *pinned* and kept until their TTL, so an alert's links keep working. Writes are best-effort and
+idempotent (a retried batch writes the same values again).
 
 :class:`MemoryTraceStore` here (tests, replay); ``stream_monitor.state.redis_traces.RedisTraceStore`` for
 the worker. The helpers :func:`example_ids`, :func:`load_trace` and :func:`recent_traces` work on either.
@@ -41,6 +42,10 @@ class TraceStore(Protocol):
 
         The TTL runs on the store's own clock (Redis: the server's), not on event time.
         """
+        ...
+
+    def pin(self, request_ids: Sequence[str]) -> None:
+        """Keep these traces until their TTL even when newer ones push them off their slice's index."""
         ...
 
     def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
@@ -91,6 +96,7 @@ class MemoryTraceStore:
         self._index: dict[str, dict[str, int]] = {}  # series -> {rid: ts}
         self._index_expires: dict[str, int] = {}
         self._registry: dict[str, int] = {}  # series -> last written (wall ms)
+        self._pinned: dict[str, int] = {}  # rid -> when pinned
 
     def put(self, batch: TraceBatch) -> None:
         now_ms = self._now()
@@ -108,8 +114,9 @@ class MemoryTraceStore:
                     # Oldest first by (ts, id), as a Redis sorted set orders equal scores.
                     for rid in sorted(index, key=lambda r: (index[r], r))[:excess]:
                         del index[rid]
-                        self._traces.pop(rid, None)
-                        self._engagement.pop(rid, None)
+                        if rid not in self._pinned:
+                            self._traces.pop(rid, None)
+                            self._engagement.pop(rid, None)
                 self._index_expires[series] = expires
                 self._registry[series] = now_ms
             for rid, ts, doc in batch.engagement:
@@ -123,6 +130,17 @@ class MemoryTraceStore:
                         del kept[old]
             for series in [s for s, at in self._registry.items() if at < now_ms - self.keep_ms]:
                 del self._registry[series]
+            for rid in [r for r, at in self._pinned.items() if at < now_ms - self.keep_ms]:
+                del self._pinned[rid]
+            for rid in [r for r, (at, _doc) in self._traces.items() if at <= now_ms]:
+                del self._traces[rid]  # expired (Redis drops them by itself)
+                self._engagement.pop(rid, None)
+
+    def pin(self, request_ids: Sequence[str]) -> None:
+        with self._lock:
+            now = self._now()
+            for rid in request_ids:
+                self._pinned[rid] = now
 
     def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
         with self._lock:

@@ -140,6 +140,19 @@ def test_redis_keys_all_carry_a_ttl(redis_store: Any) -> None:
     store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 1)]))
     assert store.round_trips == rounds + 1  # one call per batch
     keys = [k.decode() for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")]
-    assert sorted(k.split(":", 1)[1] for k in keys) == ["tr:r1", "tre:r1", f"tri:{S1}", "trs"]
+    store.pin(["r1"])
+    keys = [k.decode() for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")]
+    assert sorted(k.split(":", 1)[1] for k in keys) == ["tr:r1", "tre:r1", f"tri:{S1}", "trp", "trs"]
     for key in keys:
         assert 0 < redis_store.client.pttl(key) <= 3_600_000, key
+
+
+def test_pinned_traces_survive_trimming_until_their_ttl(make: Factory) -> None:
+    store, _clock = make(per_slice=2)
+    store.put(TraceBatch([("a0", S1, T0, doc("a0")), ("a1", S1, T0 + 1, doc("a1"))]))
+    store.pin(["a0"])  # an alert names it
+    store.put(TraceBatch([(f"b{i}", S1, T0 + 10 + i, doc(f"b{i}")) for i in range(3)]))
+    assert store.get("a0") is not None and store.get("a1") is None
+    assert store.recent([S1], 5) == [("b2", T0 + 12), ("b1", T0 + 11)]  # no longer indexed
+    left = store.ttl_ms("a0")
+    assert left is not None and left > 0
