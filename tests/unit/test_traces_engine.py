@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from pathlib import Path
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, DetectorState
@@ -92,6 +94,8 @@ def test_alerts_carry_example_request_ids_of_their_slice() -> None:
     # Engagement that followed a traced request is attached to it.
     assert any(r.engagement for r in (load_trace(traces, rid) for rid in traces._traces) if r is not None)
     # In the published document and JSON lines; never in the detector checkpoint.
+    schema = orjson.loads((Path(__file__).parents[2] / "docs/schemas/alert.schema.json").read_bytes())
+    assert not list(Draft202012Validator(schema).iter_errors(outage[0].to_dict()))
     out = io.BytesIO()
     JsonLinesSink(out).emit(outage)
     assert (
