@@ -324,3 +324,13 @@ def test_topology_traces_section() -> None:
     with pytest.raises(TopologyError, match="sample_rate"):
         parse_topology({"traces": {"sample_rate": 1.5}})
     assert not parse_topology({"traces": {"enabled": False}}).traces.active
+
+
+@pytest.mark.parametrize("make_id", [lambda i: f"{i:016x}", lambda i: f"req-{i}", lambda i: str(i * 7919)])
+def test_sampling_is_uniform_for_id_shapes_producers_use(make_id: Any) -> None:
+    sampler = TraceSampler(TraceRule(sample_rate=0.05), 60_000)
+    n = 40_000
+    # Sequential ids differ in few characters: the hash must still spread them.
+    for lo in range(0, n, 10_000):
+        hits = sum(sampler.sampled(make_id(i)) for i in range(lo, lo + 10_000))
+        assert abs(hits - 500) < 5 * math.sqrt(10_000 * 0.05 * 0.95), (lo, hits)
