@@ -26,6 +26,7 @@ from dataclasses import replace
 import orjson
 
 from stream_monitor.core.clock import ManualClock
+from stream_monitor.core.traces import TraceBatch
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.sim import TrafficSimulator
 from stream_monitor.sim.traffic import SimConfig
@@ -57,6 +58,15 @@ def main() -> None:
         "on": RedisStore.from_url(url, prefix=f"bench-tr-on-{tag}"),
     }
     traces = RedisTraceStore.beside(stores["on"], traced_topology.traces)
+    put_s = [0.0]
+    store_put = traces.put
+
+    def timed_put(batch: TraceBatch) -> None:
+        began = time.perf_counter()
+        store_put(batch)
+        put_s[0] += time.perf_counter() - began
+
+    traces.put = timed_put  # type: ignore[method-assign]
     engines = {
         name: Engine(
             traced_topology if name == "on" else topology,
@@ -98,7 +108,9 @@ def main() -> None:
                     engine.flush()
                     took = time.perf_counter() - began
                     after = stores[name].round_trips + (traces.round_trips if name == "on" else 0)
-                    if minute >= 2:  # past the first claims and warm-up
+                    if minute < 2:
+                        put_s[0] = 0.0
+                    else:  # past the first claims and warm-up
                         spent[name] += took
                         trips[name] += after - before
                         per_batch[name].append(took)
@@ -123,6 +135,9 @@ def main() -> None:
                 f"{trips[key] / batches:.2f} Redis round trips per batch"
             )
         print(f"  ratio with/without: {rate_on / rate_off:.3f}")
+        print(
+            f"  trace writes (one script call each): {put_s[0] / batches * 1000:.2f} ms per batch on average"
+        )
         print(
             f"  traces: {capture.captured} captured, {capture.sampler.capped} capped, {n_traces} stored, "
             f"{len(keys)} trace keys taking {memory / 1024:.0f} KiB in Redis "
