@@ -663,6 +663,8 @@ class Engine:
         try:
             slices = self.trace_store.slices()  # one registry read for all the alerts of the window
             for alert in alerts:
+                if alert.key.get("model", "*") == "*":
+                    continue  # no model (a dataset's arrival): no slice of requests to show
                 alert.example_request_ids = example_ids(
                     self.trace_store,
                     self.topology.key_dims,
