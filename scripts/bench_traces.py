@@ -9,8 +9,12 @@ worker's hot path; windows close every simulated minute outside the timing), alt
 goes first so machine noise hits both alike. Prints events/s of each, their ratio, the Redis round trips
 per batch, and the memory the trace keys take in Redis.
 
+``--ingest-only`` instead times ``Engine.ingest`` alone (CPU seconds, memory stores, no Redis) over 10
+simulated minutes, with and without capture, in 3 alternating repeats: the capture's cost on the hot path.
+
 Needs Redis: STREAM_MONITOR_REDIS_URL (e.g. ``. .services/env`` after ``make services-up``).
-Usage: .venv/bin/python scripts/bench_traces.py [--minutes 30] [--rate 0.01]   (docs/benchmarks.md)
+Usage: .venv/bin/python scripts/bench_traces.py [--minutes 30] [--rate 0.01] [--ingest-only]
+(docs/benchmarks.md)
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.sim import TrafficSimulator
 from stream_monitor.sim.traffic import SimConfig
 from stream_monitor.sinks.base import ListSink
+from stream_monitor.state.memory import MemoryStore
 from stream_monitor.state.redis_store import RedisStore
 from stream_monitor.state.redis_traces import RedisTraceStore
+from stream_monitor.state.traces import MemoryTraceStore
 from stream_monitor.topology import load_topology
 
 TOPICS = {"serving": "recs.serving", "engagement": "recs.engagement", "deployment": "recs.deployments"}
@@ -44,7 +50,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rate", type=float, default=0.01, help="trace sample rate (default 0.01)")
     parser.add_argument("--batch", type=int, default=2000, help="messages per commit (default 2000)")
+    parser.add_argument("--ingest-only", action="store_true", help="time Engine.ingest alone (no Redis)")
     args = parser.parse_args()
+    if args.ingest_only:
+        ingest_only(args.rate)
+        return
     url = os.environ.get("STREAM_MONITOR_REDIS_URL")
     if not url:
         raise SystemExit("STREAM_MONITOR_REDIS_URL is not set (. .services/env after make services-up)")
@@ -148,6 +158,39 @@ def main() -> None:
             keys = list(store.client.scan_iter(f"{store.prefix}:*", count=1000))
             for i in range(0, len(keys), 500):
                 store.client.delete(*keys[i : i + 500])
+
+
+def ingest_only(rate: float) -> None:
+    topology = load_topology()
+    topology = replace(topology, traces=replace(topology.traces, sample_rate=rate))
+    start = 1_764_086_400_000
+    sim = TrafficSimulator(7, start, 100, [], SimConfig(slate_size=10))
+    messages = [
+        (kind, TOPICS.get(kind, "recs.datasets"), orjson.dumps(event))
+        for kind, _, event in sim.events_until(start + 600_000)
+    ]
+    rates: dict[str, list[float]] = {"without": [], "with": []}
+    for repeat in range(3):
+        for name in ("without", "with") if repeat % 2 == 0 else ("with", "without"):
+            engine = Engine(
+                topology,
+                MemoryStore(),
+                ListSink(),
+                ListSink(),
+                ManualClock(start + 600_000),
+                options=EngineOptions(auto_claim=True),
+                traces=MemoryTraceStore() if name == "with" else None,
+            )
+            offsets: dict[str, int] = {}
+            began = time.process_time()
+            for kind, topic, value in messages:
+                offset = offsets.get(topic, 0)
+                offsets[topic] = offset + 1
+                engine.ingest(kind, topic, 0, offset, None, value)
+            rates[name].append(len(messages) / (time.process_time() - began))
+    print(f"Engine.ingest alone, {len(messages)} events, events per CPU-second in 3 alternating repeats:")
+    for name, values in rates.items():
+        print(f"  {name} capture (rate {rate}): " + ", ".join(f"{v:,.0f}" for v in values))
 
 
 if __name__ == "__main__":
