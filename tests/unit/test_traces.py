@@ -334,3 +334,13 @@ def test_sampling_is_uniform_for_id_shapes_producers_use(make_id: Any) -> None:
     for lo in range(0, n, 10_000):
         hits = sum(sampler.sampled(make_id(i)) for i in range(lo, lo + 10_000))
         assert abs(hits - 500) < 5 * math.sqrt(10_000 * 0.05 * 0.95), (lo, hits)
+
+
+class _DownStore(MemoryTraceStore):
+    def get(self, request_id: str) -> tuple[bytes, list[bytes]] | None:
+        raise ConnectionError("Redis is unavailable")
+
+
+def test_trace_command_reports_an_unreachable_store(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_trace(_args("r1"), _DownStore()) == 2
+    assert "cannot read the traces from Redis (Redis is unavailable)" in capsys.readouterr().err
