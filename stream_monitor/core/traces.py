@@ -89,7 +89,7 @@ class TraceSampler:
     """
 
     # Windows of counts kept: events up to this many windows late are still capped, older counts go.
-    KEEP_WINDOWS = 4
+    KEEP_WINDOWS = 10
 
     def __init__(self, rule: TraceRule, window_ms: int) -> None:
         self.rule = rule
