@@ -8,6 +8,8 @@
 * :func:`live_inputs` reads what the worker keeps in its state store (Redis): the open alerts of the
   detector checkpoint and the release history. The worker keeps no per-window signal history, so a live
   diagnosis has suspects, releases and rollback targets but no timeline of values or drill-down.
+* :func:`live_examples` gives the top live suspects example request ids from the trace store (the
+  worker's sampled request traces, docs/traces.md), which ``stream-monitor trace`` prints.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
 from stream_monitor.sinks.base import DeadLetter, ListSink
 from stream_monitor.state.base import StateStore
+from stream_monitor.state.traces import TraceStore, example_ids
 
-__all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_inputs", "replay_file"]
+__all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_examples", "live_inputs", "replay_file"]
 
 STEP_LINES = 5_000
 _KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
@@ -225,3 +228,30 @@ def live_inputs(
             "against this Redis (STREAM_MONITOR_REDIS_URL, STREAM_MONITOR_REDIS_PREFIX)?"
         )
     return alerts, records
+
+
+def live_examples(
+    diagnosis: Diagnosis, store: TraceStore, key_dims: tuple[str, ...], top: int = 3, limit: int = 5
+) -> int:
+    """Fill the ``top`` suspects' examples with the newest traced requests of their slices.
+
+    A suspect whose slice has no trace gets its model and version's (as alerts do). Returns how many
+    suspects got examples.
+
+    >>> from stream_monitor.core.diagnosis import Suspect
+    >>> from stream_monitor.core.traces import TraceBatch
+    >>> from stream_monitor.state.traces import MemoryTraceStore
+    >>> store = MemoryTraceStore(now=lambda: 0)
+    >>> store.put(TraceBatch([("r1", "m|v1|control|home|eu", 5, b"{}")]))
+    >>> d = Diagnosis(None, None, None, 60_000)
+    >>> d.suspects = [Suspect("source", "s", "candidate_source", None, {"model": "m", "region": "eu"}, 1, 0)]
+    >>> dims = ("model", "model_version", "arm", "surface", "region")
+    >>> live_examples(d, store, dims), d.suspects[0].examples
+    (1, ['r1'])
+    """
+    slices = store.slices()
+    filled = 0
+    for suspect in diagnosis.suspects[:top]:
+        suspect.examples = example_ids(store, key_dims, suspect.key, limit=limit, slices=slices)
+        filled += bool(suspect.examples)
+    return filled

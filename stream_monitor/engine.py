@@ -38,15 +38,20 @@ from stream_monitor.core.lineage import DeploymentRecord, LineageError, ReleaseH
 from stream_monitor.core.lineage import lineage_for as _lineage_for
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
+from stream_monitor.core.traces import TraceBatch, TraceCapture
 from stream_monitor.core.windows import watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
 from stream_monitor.sinks.health import HealthSink, NullHealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.base import CommitResult, PartitionClaim, StateLost, StateStore
+from stream_monitor.state.traces import TraceStore, example_ids
 
 __all__ = ["Engine", "EngineOptions", "PendingCommit"]
 
 log = logging.getLogger(__name__)
+
+# Example request ids per alert (newest traced requests of its slice).
+EXAMPLES_PER_ALERT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,8 @@ class PendingCommit:
     deltas: dict[str, PartitionDelta]
     epochs: dict[str, int]
     joins: list[JoinDelta] = field(default_factory=list)
+    # Traces captured with these deltas (written best-effort after the commit; see docs/traces.md).
+    traces: TraceBatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,7 @@ class Engine:
         metrics: MonitorMetrics | None = None,
         options: EngineOptions | None = None,
         health_sink: HealthSink | None = None,
+        traces: TraceStore | None = None,
     ) -> None:
         self.topology = topology
         self.store = store
@@ -145,6 +153,12 @@ class Engine:
         # per closed window, handed to the health sink (Kafka / HTTP gate adapters plug in there).
         self.health_sink: HealthSink = health_sink if health_sink is not None else NullHealthSink()
         self.canary = CanaryAnalyzer(topology)
+        # Context capture (docs/traces.md): only with a trace store and an active topology.traces rule.
+        self.trace_store = traces if traces is not None and topology.traces.active else None
+        self.trace_capture: TraceCapture | None = None
+        if self.trace_store is not None:
+            self.trace_capture = TraceCapture(topology.traces, topology.window.size_ms)
+        self.trace_write_failures = 0
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -299,10 +313,14 @@ class Engine:
                     return False
             if isinstance(event, EngagementEvent):
                 self.accumulator.add_engagement(tp, offset, event)
+                if self.trace_capture is not None:
+                    self.trace_capture.engagement(event)
                 if self.labels is not None:
                     self.labels.engagement(tp, event.request_id, event.ts, event.action, event.position)
             else:
                 self.accumulator.add_serving(tp, offset, event)
+                if self.trace_capture is not None:
+                    self.trace_capture.serving(event, self.accumulator.last_series)
                 if self.labels is not None:
                     ok = event.error is None
                     self.labels.serving(
@@ -445,7 +463,8 @@ class Engine:
             return None
         epochs = {tp: claim.epoch for tp, claim in self.claims.items()}
         joins = self.labels.take(deltas, epochs) if self.labels is not None else []
-        return PendingCommit(deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins)
+        traces = self.trace_capture.take() if self.trace_capture is not None else None
+        return PendingCommit(deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins, traces)
 
     def commit_pending(self, pending: PendingCommit) -> CommitResult:
         """Write a prepared commit (may run on a worker thread; touches no engine state)."""
@@ -457,7 +476,19 @@ class Engine:
         )
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        if pending.traces:
+            self._write_traces(pending.traces)
         return result
+
+    def _write_traces(self, batch: TraceBatch) -> None:
+        """Store a commit's traces; a failure drops them (traces are best-effort, counting is not)."""
+        if self.trace_store is None:
+            return
+        try:
+            self.trace_store.put(batch)
+        except Exception as exc:  # the trace store's client errors: never fail a commit that applied
+            self.trace_write_failures += 1
+            log.warning("could not store %d traces (%s); they are dropped", len(batch), exc)
 
     def abort_commit(self, pending: PendingCommit) -> None:
         """A prepared commit failed: keep it, unchanged, for the next attempt."""
@@ -596,6 +627,7 @@ class Engine:
             # instead of losing them.
             if alerts:
                 self._attach_lineage(alerts, histories)
+                self._attach_examples(alerts)
                 self.alert_sink.emit(alerts)
             if deployments:
                 self._canary(state, deployments, fields, label_fields, (window_start, end), now)
@@ -629,6 +661,28 @@ class Engine:
             if model not in histories:
                 histories[model] = self.release_history(model)
             alert.lineage = _lineage_for(histories[model], alert.key.get("model_version"))
+
+    def _attach_examples(self, alerts: Sequence[Alert]) -> None:
+        """Give each alert a few recent traced request ids of its slice (docs/traces.md)."""
+        if self.trace_store is None:
+            return
+        try:
+            slices = self.trace_store.slices()  # one registry read for all the alerts of the window
+            for alert in alerts:
+                if alert.key.get("model", "*") == "*":
+                    continue  # no model (a dataset's arrival): no slice of requests to show
+                alert.example_request_ids = example_ids(
+                    self.trace_store,
+                    self.topology.key_dims,
+                    alert.key,
+                    limit=EXAMPLES_PER_ALERT,
+                    until_ms=alert.window["end"],
+                    slices=slices,
+                )
+            # Named by an alert: kept until the TTL even if newer traces push them off their slice.
+            self.trace_store.pin(sorted({rid for a in alerts for rid in a.example_request_ids}))
+        except Exception as exc:  # a trace store that cannot be read must not hold back the alerts
+            log.warning("example request ids not attached to %d alerts: %s", len(alerts), exc)
 
     def publish_model_info(self) -> None:
         """Set ``stream_monitor_model_info`` from the latest deployment per model and arm."""

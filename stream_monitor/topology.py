@@ -33,6 +33,7 @@ from stream_monitor.core.topology import (
     SloRule,
     SourceRule,
     Topology,
+    TraceRule,
     VolumeRule,
 )
 from stream_monitor.core.windows import WindowSpec
@@ -125,6 +126,7 @@ def parse_topology(doc: Any, base_dir: Path | None = None) -> Topology:
             datasets=_datasets(_mapping(doc, "datasets", required=False)),
             anomaly=_anomaly(_mapping(doc, "anomaly", required=False)),
             canary=_canary(_mapping(doc, "canary", required=False)),
+            traces=_traces(_mapping(doc, "traces", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -419,3 +421,19 @@ def _canary(doc: dict[str, Any]) -> CanaryRule:
     if "critical" in doc:
         known["critical"] = tuple(_str_list(doc["critical"], "canary.critical"))
     return CanaryRule(**known)
+
+
+def _traces(doc: dict[str, Any]) -> TraceRule:
+    """The ``traces:`` section (docs/traces.md): ``ttl`` is a duration, ``drop_features`` a list of names.
+
+    >>> rule = _traces({"sample_rate": 0.05, "ttl": "6h", "drop_features": ["email_domain"]})
+    >>> rule.sample_rate, rule.ttl_ms, rule.drop_features
+    (0.05, 21600000, ('email_domain',))
+    """
+    rest = {k: v for k, v in doc.items() if k not in ("ttl", "drop_features")}
+    known = _known(rest, TraceRule, "traces", ("ttl_ms",))
+    if "ttl" in doc:
+        known["ttl_ms"] = parse_duration_ms(doc["ttl"], "traces.ttl")
+    if "drop_features" in doc:
+        known["drop_features"] = tuple(_str_list(doc["drop_features"], "traces.drop_features"))
+    return TraceRule(**known)

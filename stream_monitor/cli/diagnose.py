@@ -8,9 +8,10 @@ the features that moved, the funnel stage where candidates were lost, the releas
 its lineage and rollback target, and example request ids.
 
 Without ``--from`` it reads the live state in Redis (STREAM_MONITOR_REDIS_URL): the worker's currently
-open alerts and the release history. The worker keeps no per-window signal history, so the live report
-ranks the open alerts and the releases but has no timeline of values and no drill-down; record the
-topics (or ``simulate --out``) and use ``--from`` for those. See docs/diagnose.md.
+open alerts and the release history, and example request ids of the top suspects' slices from the trace
+store (print one with ``stream-monitor trace ID``). The worker keeps no per-window signal history, so the
+live report ranks the open alerts and the releases but has no timeline of values and no drill-down;
+record the topics (or ``simulate --out``) and use ``--from`` for those. See docs/diagnose.md.
 
 Examples::
 
@@ -27,13 +28,15 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology, open_store
 from stream_monitor.core.diagnosis import Diagnosis, SignalHistory, diagnose
+from stream_monitor.core.topology import Topology
 from stream_monitor.diagnose_report import render_html, render_text
-from stream_monitor.diagnosing import LiveStateMissing, live_inputs, replay_file
+from stream_monitor.diagnosing import LiveStateMissing, live_examples, live_inputs, replay_file
 
 __all__ = ["add_parser", "parse_time", "run"]
 
@@ -119,10 +122,26 @@ def run(args: argparse.Namespace) -> int:
         result.notes.append(
             "live mode: ranked from the worker's open alerts and the release history in Redis; the worker "
             "keeps no per-window signal history, so there is no value timeline, drill-down, feature or "
-            "funnel section and no example requests (use --from FILE on a recording for those)"
+            "funnel section (use --from FILE on a recording for those)"
         )
+        result.notes.append(_live_examples(result, store, topology))
     _emit(result, args)
     return 0
+
+
+def _live_examples(result: Diagnosis, store: Any, topology: Topology) -> str:
+    """Examples of the top suspects from the trace store; the note that says where they came from."""
+    from stream_monitor.state.redis_traces import RedisTraceStore
+
+    if not topology.traces.active:
+        return "no example requests: context capture is off (traces: in the topology)"
+    try:
+        filled = live_examples(result, RedisTraceStore.beside(store, topology.traces), topology.key_dims)
+    except Exception as exc:  # the trace store is an extra: its failure must not lose the report
+        return f"no example requests: the trace store could not be read ({exc})"
+    if not filled:
+        return "no example requests: the trace store has no trace of the top suspects' models"
+    return "example requests: newest traced requests of each suspect's slice (stream-monitor trace ID)"
 
 
 def _emit(result: Diagnosis, args: argparse.Namespace) -> None:

@@ -22,6 +22,10 @@ __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatE
 STATE_VERSION = 4  # 2 added `baselines`, 3 `profiles` and `slo_history`, 4 `canary`; versions 1-3 still load
 
 
+# Alert fields filled in when an alert is emitted (from the store), never kept in the checkpoint.
+_EMIT_ONLY = frozenset({"lineage", "example_request_ids"})
+
+
 class StateFormatError(ValueError):
     """A detector checkpoint that is not in a format this version can load."""
 
@@ -52,6 +56,9 @@ class Alert:
     # Lineage of the model version(s) in the key, {version: {arm, deployed_at, ...}} (core/lineage.py).
     # Filled in when the alert is emitted; not part of the checkpoint, so older alerts load without it.
     lineage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Ids of a few recent traced requests of the alert's slice (core/traces.py, docs/traces.md); filled in
+    # when the alert is emitted, not part of the checkpoint.
+    example_request_ids: list[str] = field(default_factory=list)
 
     @property
     def dedupe_key(self) -> str:
@@ -64,8 +71,8 @@ class Alert:
     def from_dict(cls, doc: Mapping[str, Any]) -> Alert:
         optional = {"runbook": "", "action": ""}  # alerts opened before these fields existed
         doc = {**optional, **doc}
-        # lineage is added later too: alerts and checkpoints written before it still load without it.
-        return cls(**{n: doc[n] for n in cls.__dataclass_fields__ if n in doc or n != "lineage"})
+        # lineage and example_request_ids are added later too: documents without them still load.
+        return cls(**{n: doc[n] for n in cls.__dataclass_fields__ if n in doc or n not in _EMIT_ONLY})
 
 
 @dataclass(slots=True)
@@ -223,7 +230,7 @@ class AlertBook:
                 runbook=runbook_for(breach.signal, self.runbook_base),
                 action=suggested_action(breach.signal, breach.metric, key),
             )
-            state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k != "lineage"}
+            state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k not in _EMIT_ONLY}
             out.append(alert)
         values = {f"{s}|{m}|{SEP_SERIES.join(k)}": v for (s, m, k), v in (evaluated or {}).items()}
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from stream_monitor.core.reference import PinnedProfile
@@ -27,6 +28,7 @@ __all__ = [
     "SloRule",
     "SourceRule",
     "Topology",
+    "TraceRule",
     "VolumeRule",
 ]
 
@@ -510,6 +512,7 @@ class Topology:
     labels: LabelRule = field(default_factory=LabelRule)
     anomaly: AnomalyRule = field(default_factory=AnomalyRule)
     canary: CanaryRule = field(default_factory=CanaryRule)
+    traces: TraceRule = field(default_factory=lambda: TraceRule())
 
     def __post_init__(self) -> None:
         if not self.group_by:
@@ -523,3 +526,56 @@ class Topology:
     @property
     def key_dims(self) -> tuple[str, ...]:
         return (*KEY_DIMS, *self.segment_dims)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRule:
+    """The ``traces:`` section of a topology: what is captured, how much, and for how long.
+
+    >>> TraceRule(sample_rate=0.5).ttl_s
+    86400
+    >>> TraceRule(sample_rate=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: traces.sample_rate must be in [0, 1], got 2.0
+    """
+
+    enabled: bool = True
+    # Share of requests traced, by request-id hash (0 disables capture).
+    sample_rate: float = 0.01
+    # Traced requests per slice per event-time window, and in all per window (per worker).
+    per_slice_per_window: int = 5
+    per_window: int = 200
+    # Traces kept per slice in the store: older ones are deleted as newer arrive (the memory bound).
+    per_slice: int = 100
+    ttl_ms: int = 86_400_000
+    # Truncation: slate items, features, engagement events per request, and the encoded size.
+    max_items: int = 20
+    max_features: int = 64
+    max_engagement: int = 20
+    max_bytes: int = 8192
+    # Privacy: feature values of these features are never stored (their ages are); feature_values=False
+    # stores no feature value at all.
+    drop_features: tuple[str, ...] = ()
+    feature_values: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0 or math.isnan(self.sample_rate):
+            raise ValueError(f"traces.sample_rate must be in [0, 1], got {self.sample_rate!r}")
+        for name in ("per_slice_per_window", "per_window", "per_slice", "max_engagement"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"traces.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.ttl_ms < 1000:
+            raise ValueError(f"traces.ttl must be at least 1 s, got {self.ttl_ms} ms")
+        if self.max_items < 0 or self.max_features < 0:
+            raise ValueError("traces.max_items and traces.max_features must be >= 0")
+        if self.max_bytes < 1024:
+            raise ValueError(f"traces.max_bytes must be >= 1024, got {self.max_bytes}")
+
+    @property
+    def ttl_s(self) -> int:
+        return max(1, self.ttl_ms // 1000)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.sample_rate > 0.0

@@ -93,6 +93,7 @@ class WorkerRuntime:
                 auto_claim=False,
             ),
             health_sink=self.health_sink,
+            traces=_trace_store(store, topology),
         )
         self._commit_lock = asyncio.Lock()
         # Batch delivery: fetched batches wait here for the one task that ingests them (in fetch order).
@@ -350,6 +351,16 @@ def _faust_credentials(s: Settings) -> Any:
             ssl_context=context,
         )
     return faust.SSLCredentials(context) if context is not None else None
+
+
+def _trace_store(store: StateStore, topology: Topology) -> Any:
+    """Traces beside the Redis state store (docs/traces.md); none for other stores or when disabled."""
+    from stream_monitor.state.redis_store import RedisStore
+    from stream_monitor.state.redis_traces import RedisTraceStore
+
+    if not topology.traces.active or not isinstance(store, RedisStore):
+        return None
+    return RedisTraceStore.beside(store, topology.traces)
 
 
 def build_worker(
