@@ -25,6 +25,7 @@ COMMANDS = (
     "lineage",
     "canary",
     "diagnose",
+    "incident",
 )
 
 

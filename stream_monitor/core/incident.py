@@ -143,7 +143,9 @@ class AlertSpan:
 
     @property
     def slice(self) -> str:
-        return ",".join(f"{d}={v}" for d, v in self.segment if v != ALL) or "*"
+        """The arm and segment the alert names (model and version are its group's)."""
+        named = [("arm", self.key.get("arm", ALL)), *self.segment]
+        return ",".join(f"{d}={v}" for d, v in named if v != ALL) or "*"
 
     @property
     def sev(self) -> str:
@@ -854,8 +856,8 @@ def build_incident(
     dataset_markers, late = _dataset_markers(datasets, {r.name: r for r in dataset_rules}, lo, hi)
 
     inc = Incident(
-        since_ms=lo if since_ms is not None else min((g.start for g in groups), default=0),
-        until_ms=hi if until_ms is not None else max((g.end or 0 for g in groups), default=0),
+        since_ms=lo,
+        until_ms=hi,
         model=model,
         groups=groups,
         verdicts=verdict_summary,
@@ -902,12 +904,19 @@ def build_incident(
         timeline += [m for m in diagnosis.timeline if m.kind == "moved"][:5]
     timeline.sort(key=lambda m: (m.ts, _KIND_ORDER.get(m.kind, 9), m.label))
     inc.timeline = timeline
+    # Without bounds the range is what the inputs cover: first to last thing known to have happened.
+    seen = [m.ts for m in timeline] + [s.emitted_at for s in spans]
+    if until_ms is None:
+        inc.until_ms = max(seen) + 1 if seen else 0
+    if since_ms is None:
+        inc.since_ms = min(seen) if seen else inc.until_ms - 1
 
     # Root cause: the diagnosis' top suspect, else the top cause alert of the worst group.
     top_suspect = diagnosis.top if diagnosis is not None else None
     if top_suspect is not None:
         inc.root_cause = (
-            f"{top_suspect.kind}: {top_suspect.name} (stream-monitor diagnose, score {top_suspect.score:.2f})"
+            f"{top_suspect.name} ({top_suspect.kind} suspect of stream-monitor diagnose, "
+            f"score {top_suspect.score:.2f})"
         )
         inc.root_cause_evidence = list(top_suspect.evidence[:4])
     elif any(v["decision"] == "ROLLBACK" for v in verdict_summary):
@@ -930,11 +939,11 @@ def build_incident(
             arm = str(info.get("arm", "?"))
             target = replaced.get((span.model, version, arm))
             if target:
-                inc.rollback_targets.setdefault(f"{span.model} {arm} ({version})", target)
+                inc.rollback_targets.setdefault(f"{span.model} {arm}", target)
     for rb in rollbacks:
         target = replaced.get((rb.model, rb.version, rb.arm))
         if target:
-            inc.rollback_targets.setdefault(f"{rb.model} {rb.arm} ({rb.version})", target)
+            inc.rollback_targets.setdefault(f"{rb.model} {rb.arm}", target)
     if top_suspect is not None and top_suspect.rollback_target:
         arm = top_suspect.key.get("arm", "?")
         inc.rollback_targets.setdefault(
