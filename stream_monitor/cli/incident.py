@@ -128,6 +128,8 @@ class Sources:
     diagnosis: Diagnosis | None = None
     notes: list[str] = field(default_factory=list)
     skipped: int = 0
+    # Event time of the last event of a recording: the end of the range when --until is not given.
+    last_ts: int | None = None
 
     def classify(self, doc: Any) -> None:
         """File one JSON document by its shape; anything unrecognised is counted in ``skipped``."""
@@ -196,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
             sources = _live(settings, since, until, args.max_messages, args.timeout)
         except _LiveError as exc:
             return _fail(str(exc))
+    if until is None and sources.last_ts is not None:
+        until = sources.last_ts + 1
     if sources.skipped:
         sources.notes.append(f"{sources.skipped} input lines were not alerts, verdicts or events (skipped)")
     incident = build_incident(
@@ -249,8 +253,12 @@ def _from_recording(
                 event = orjson.loads(line)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict) and event.get("type") == "dataset":
-                sources.classify(event)
+            if isinstance(event, dict):
+                ts = event.get("ts")
+                if isinstance(ts, int) and not isinstance(ts, bool):
+                    sources.last_ts = ts if sources.last_ts is None else max(sources.last_ts, ts)
+                if event.get("type") == "dataset":
+                    sources.classify(event)
             recorder.feed(line, event if isinstance(event, dict) else None)
             if number % STEP_LINES == 0:
                 recorder.step()

@@ -741,9 +741,11 @@ def _verdict_changes(
 
 def _deployment_markers(
     histories: Mapping[str, ReleaseHistory], lo: int, hi: int
-) -> tuple[list[Marker], dict[tuple[str, str, str], str]]:
-    """Deployments, rollbacks and promotions; and per (model, version, arm) the version it replaced."""
+) -> tuple[list[Marker], dict[tuple[str, str, str], str], list[Marker]]:
+    """Deployments, rollbacks and promotions; per (model, version, arm) the version it replaced; and the
+    markers that can start an incident (a version the model never served before, after a first one)."""
     markers: list[Marker] = []
+    new_versions: list[Marker] = []
     replaced: dict[tuple[str, str, str], str] = {}
     for name, hist in histories.items():
         served: dict[str, list[str]] = {}
@@ -768,10 +770,13 @@ def _deployment_markers(
                 kind, text = "deployment", f"{name} {r.version} on {r.arm}{share}{was}"
             if r.reason:
                 text += f": {r.reason}"
+            is_new = r.live and bool(served) and r.version not in {v for vs in served.values() for v in vs}
             served.setdefault(r.arm, []).append(r.version)
             if lo <= r.ts < hi:
                 markers.append(Marker(r.ts, kind, text))
-    return markers, replaced
+                if is_new:
+                    new_versions.append(markers[-1])
+    return markers, replaced, new_versions
 
 
 def _dataset_markers(
@@ -852,7 +857,7 @@ def build_incident(
         name: build_history(name, [r.to_json() for r in sorted(recs, key=lambda r: r.ts)])
         for name, recs in by_model.items()
     }
-    deploy_markers, replaced = _deployment_markers(histories, lo - lookback_ms, hi)
+    deploy_markers, replaced, new_versions = _deployment_markers(histories, lo - lookback_ms, hi)
     dataset_markers, late = _dataset_markers(datasets, {r.name: r for r in dataset_rules}, lo, hi)
 
     inc = Incident(
@@ -886,11 +891,7 @@ def build_incident(
         if diagnosis is not None:
             moved = [m for m in diagnosis.timeline if m.kind == "moved" and lo <= m.ts <= first_window]
             candidates += [(m.ts, f"first moved series: {m.label}") for m in moved[:1]]
-        before = [
-            m
-            for m in deploy_markers
-            if first_window - lookback_ms <= m.ts <= first_window and m.kind != "rollback"
-        ]
+        before = [m for m in new_versions if first_window - lookback_ms <= m.ts <= first_window]
         if before:
             candidates.append((before[-1].ts, f"deployment: {before[-1].label}"))
         inc.onset_ms, inc.onset_reason = min(candidates)
