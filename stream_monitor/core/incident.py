@@ -573,12 +573,17 @@ class Incident:
     def to_markdown(self, title: str | None = None) -> str:
         """The post-mortem skeleton: every section present, facts filled in, the rest left as prompts."""
         aff = self.affected
-        lines = [f"# {title or 'Post-mortem: ' + (self.root_cause or 'incident')} ({_t(self.since_ms)})", ""]
+        what = ", ".join(aff["versions"] or aff["models"]) or "no alert"
+        default = (
+            f"Post-mortem: {self.worst_sev or 'no'} incident on {what} ({_t(self.start_ms or self.since_ms)})"
+        )
+        lines = [f"# {title or default}", ""]
         lines += ["## Summary", ""]
         if self.groups or self.verdicts:
             lines.append(
-                f"Between {_t(self.start_ms)} and {_t(self.end_ms) if self.end_ms else 'now (still open)'} "
-                f"stream-monitor raised {len(self.alerts)} alerts in {len(self.groups)} groups "
+                f"Between {_t(self.start_ms)} and "
+                f"{_t(self.end_ms) if self.end_ms else 'the end of the range (still open)'} "
+                f"stream-monitor raised {len(self.alerts)} alert(s) in {len(self.groups)} group(s) "
                 f"(worst {self.worst_sev}) on {', '.join(aff['models']) or '-'}."
             )
         else:
@@ -619,7 +624,7 @@ class Incident:
             lines.append("No detection delay: no alert, or no onset guess in the range.")
         inhibited = sum(1 for a in self.alerts if a.inhibited_by)
         lines.append(
-            f"{len(self.alerts) - inhibited} alerts would page or ticket; {inhibited} were symptoms "
+            f"{len(self.alerts) - inhibited} alert(s) would page or ticket; {inhibited} were symptoms "
             "explained by a cause (inhibited)."
         )
         lines += ["", "- _TODO: was it detected by the monitor or by a person? Could it be earlier?_", ""]

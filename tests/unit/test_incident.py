@@ -233,7 +233,7 @@ def test_the_markdown_has_every_section_and_leaves_inhibited_symptoms_out_of_the
     assert positions == sorted(positions)
     assert "`freshness.p95_age_s.f` region=eu" in md and "`feature_drift.psi.f`" not in md
     assert "**Hypothesis (to be confirmed):** freshness" in md
-    assert "1 alerts would page or ticket; 1 were symptoms explained by a cause" in md
+    assert "1 alert(s) would page or ticket; 1 were symptoms explained by a cause" in md
     table = [line for line in md.splitlines() if re.match(r"\| 2025-", line)]
     assert len(table) == 1 and "(+1 related, 1 inhibited)" in table[0]
     assert "- Runbook: [docs/runbooks/freshness.md](docs/runbooks/freshness.md)" in md
