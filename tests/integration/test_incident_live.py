@@ -82,9 +82,13 @@ def _decided(deployment: Deployment) -> bool:
     return any(d["decision"] == "ROLLBACK" for d in docs)
 
 
-def _firing(deployment: Deployment) -> list[dict[str, Any]]:
+def _firing(deployment: Deployment, version: str) -> list[dict[str, Any]]:
     docs = [orjson.loads(v) for _, v in consume_all(deployment.bootstrap, deployment.topics["alerts"])]
-    return [d for d in docs if d["status"] == "firing" and d["signal"] == "error_rate"]
+    return [
+        d
+        for d in docs
+        if d["status"] == "firing" and d["signal"] == "error_rate" and d["key"]["model_version"] == version
+    ]
 
 
 @pytest.mark.slow
@@ -113,7 +117,12 @@ def test_live_incident_reads_alerts_verdicts_and_release_history(
     worker = WorkerProcess(deployment, tmp_path).start()
     workers.append(worker)
     wait_for(lambda: _decided(deployment), 300, "a ROLLBACK verdict on the health topic", worker)
-    wait_for(lambda: _firing(deployment), 120, "an error_rate alert on the alerts topic", worker)
+    wait_for(
+        lambda: _firing(deployment, canary_version),
+        120,
+        "the canary's error_rate alert on the alerts topic",
+        worker,
+    )
 
     markdown = tmp_path / "postmortem.md"
     result = subprocess.run(
@@ -161,3 +170,13 @@ def test_live_incident_reads_alerts_verdicts_and_release_history(
     for section in ("## Summary", "## Timeline", "## Detection", "## Root cause", "## Mitigation"):
         assert section in text
     print(f"\nINCIDENT live: {len(doc['groups'])} groups, timeline {kinds}")
+    # The ROLLBACK verdict explains the canary version's alerts (Alertmanager's bad_release inhibition); the
+    # control's alerts of the same error spike stand on their own.
+    for group in doc["groups"]:
+        explained = [bool(a["inhibited_by"]) for a in group["alerts"]]
+        if group["model_version"] == canary_version:
+            assert all(explained), group
+            assert group["alerts"][0]["inhibited_by"][0].startswith(f"verdict:{MODEL}/{canary_version}@")
+        else:
+            assert not any(explained), group
+    assert {g["model_version"] for g in doc["groups"]} >= {canary_version}
