@@ -363,3 +363,35 @@ def test_at_the_same_time_the_cause_reads_first() -> None:
     alert = _alert("a-1", "latency", "p99_ms.total", T0, {**key, "model_version": "*"})
     inc = build_incident([alert, earlier, resolved], [_verdict(T0, "HOLD")], [deployment], since_ms=T0 - M)
     assert [m.kind for m in inc.timeline if m.ts == T0] == ["deployment", "alert", "verdict", "resolved"]
+
+
+def test_from_a_recorded_bad_canary_shows_the_verdict_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream_monitor.sim import Incident, SimConfig
+
+    # As tests/integration/test_canary_worker.py: a topology that decides a canary within minutes.
+    topology = yaml.safe_load((REPO / "topologies" / "default.yaml").read_text(encoding="utf-8"))
+    topology.setdefault("labels", {})["maturity"] = "2m"
+    topology["canary"].update({"margin": 0.3, "min_impressions": 2000})
+    topology_path = tmp_path / "topology.yaml"
+    topology_path.write_text(yaml.safe_dump(topology), encoding="utf-8")
+    sim = TrafficSimulator(
+        seed=31,
+        start_ms=T0,
+        rate_per_s=60,
+        incidents=[Incident("canary_latency", onset_ms=T0 + 3 * M)],
+        config=SimConfig(canary_share=0.5),
+    )
+    recording = tmp_path / "canary.jsonl"
+    with open(recording, "wb") as out:
+        for _kind, _key, event in sim.events(12 * 60):
+            out.write(orjson.dumps(event) + b"\n")
+    argv = ["incident", "--from", str(recording), "--topology", str(topology_path), "--json"]
+    assert main([*argv, "--since", "2025-11-26T00:00Z", "--until", "2025-11-26T00:12Z"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    verdicts = [m for m in doc["timeline"] if m["kind"] == "verdict"]
+    assert "HOLD" in verdicts[0]["label"] and "HOLD -> ROLLBACK" in verdicts[-1]["label"], verdicts
+    deployed = next(m for m in doc["timeline"] if m["kind"] == "deployment" and "on canary" in m["label"])
+    assert deployed["ts"] < verdicts[0]["ts"]
+    assert doc["verdicts"][0]["decision"] == "ROLLBACK" and doc["sev"] == "SEV2"
