@@ -26,6 +26,7 @@ COMMANDS = (
     "canary",
     "diagnose",
     "trace",
+    "incident",
 )
 
 
