@@ -21,7 +21,14 @@ START = 1_764_086_400_000
 
 def _engine(store: MemoryStore) -> Engine:
     sink = ListSink()
-    return Engine(load_topology(), store, sink, sink, ManualClock(START + 60_000), options=EngineOptions(auto_claim=True))
+    return Engine(
+        load_topology(),
+        store,
+        sink,
+        sink,
+        ManualClock(START + 60_000),
+        options=EngineOptions(auto_claim=True),
+    )
 
 
 def test_offsets_seen_again_are_skipped_before_and_after_the_commit() -> None:
