@@ -130,9 +130,6 @@ class WorkerRuntime:
             web_host=s.web_host,
             web_port=s.web_port,
             stream_buffer_maxsize=max(4096, s.batch_max * 2),
-            # One fetch is one batch with batch delivery: at most batch_max messages, so memory, commit
-            # size and the work lost to a crash stay bounded whatever the backlog.
-            broker_max_poll_records=s.batch_max,
         )
         topics = {
             name: app.topic(
@@ -193,14 +190,19 @@ class WorkerRuntime:
 
     async def _ingest_batches(self) -> None:
         """The batch-delivery task: ingest each fetched batch, then ack what was counted."""
+        step = self.settings.batch_max
         while True:
-            messages = await self._batches.get()
-            await self._claimed.wait()
-            claims = await self._ingest(messages)
-            ack = self.app.consumer.ack
-            for message in messages:
-                if f"{message.topic}/{message.partition}" in claims:
-                    ack(message)
+            fetched = await self._batches.get()
+            # A fetch can hold everything prefetched; commit (and ack) at most batch_max messages at a
+            # time so a commit, and the work a crash loses, stay bounded whatever the backlog.
+            for first in range(0, len(fetched), step):
+                messages = fetched[first : first + step]
+                await self._claimed.wait()
+                claims = await self._ingest(messages)
+                ack = self.app.consumer.ack
+                for message in messages:
+                    if f"{message.topic}/{message.partition}" in claims:
+                        ack(message)
 
     def _agent_for(self, kind: str) -> Any:
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
