@@ -13,7 +13,7 @@ event of a request pairs with the first if it comes before ``first ts + pairing_
 counts as unpaired and the second waits on its own. An entry also expires, unpaired, once the partition's
 newest event time passes its deadline. Outcomes depend on event time only (given each partition in
 event-time order), so every batching gives the same sums. Like the label join, the buffer's changes are
-handed over as a :class:`~stream_monitor.core.labels.JoinDelta` (group ``shadow:<partition>``) committed
+handed over as a :class:`~stream_monitor.core.labels.JoinDelta` (group ``shadow:<topic>/<p>``) committed
 atomically with the input offsets, so a restart neither loses nor double-counts a pair.
 
 **Sums (mergeable integers per label window).** Series ``~shadow|<model>|<shadow version>`` (the control
@@ -38,7 +38,7 @@ Pure: standard library, orjson and the core (no Kafka, Redis or Faust).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -300,22 +300,25 @@ class ShadowPairs:
 
 
 class ShadowPairing:
-    """The pairing buffers of one worker, one per owned serving partition (group ``shadow:<p>``).
+    """The pairing buffers of one worker, one per owned input partition (group ``shadow:<topic>/<p>``).
 
-    >>> pairing = ShadowPairing(ShadowRule(), 60_000, "recs.serving")
+    Serving events normally come on the serving topic only, but a replay feeds every kind through one
+    mixed topic: so any partition ``topics`` admits (every one when ``None``) gets a buffer.
+
+    >>> pairing = ShadowPairing(ShadowRule(), 60_000, ("recs.serving",))
     >>> pairing.group_of("recs.serving/3"), pairing.group_of("recs.engagement/3")
-    ('shadow:3', None)
+    ('shadow:recs.serving/3', None)
     """
 
-    def __init__(self, rule: ShadowRule, window_ms: int, serving_topic: str) -> None:
+    def __init__(self, rule: ShadowRule, window_ms: int, topics: Collection[str] | None = None) -> None:
         self.rule = rule
         self.window_ms = window_ms
-        self.serving_topic = serving_topic
+        self.topics = None if topics is None else frozenset(topics)
         self.buffers: dict[str, ShadowPairs] = {}
 
     def group_of(self, tp: str) -> str | None:
-        topic, _, partition = tp.rpartition("/")
-        return GROUP_PREFIX + partition if topic == self.serving_topic else None
+        topic = tp.rpartition("/")[0]
+        return GROUP_PREFIX + tp if self.topics is None or topic in self.topics else None
 
     def adopt(self, group: str, entries: Mapping[str, bytes], max_ts: int) -> None:
         buf = ShadowPairs(self.rule, self.window_ms)
@@ -348,7 +351,9 @@ class ShadowPairing:
             group = self.group_of(tp)
             buf = self.buffers.get(group) if group is not None else None
             if group is not None and buf is not None and tp in epochs:
-                out.append(buf.take(group, [tp], {tp: epochs[tp]}))
+                delta = buf.take(group, [tp], {tp: epochs[tp]})
+                if delta.put or delta.delete or delta.sums:
+                    out.append(delta)
         return out
 
     @property

@@ -1002,9 +1002,10 @@ class TrafficSimulator:
                 continue  # a fresh draw that the slate already holds: the shadow's slate is one shorter
             seen.add(item_id)
             source = item["source"] if item_id == item["id"] else "collab"
-            out.append(
-                {"id": item_id, "score": round(float(item["score"]) * float(noise[pos]), 4), "source": source}
-            )
+            out.append({"id": item_id, "score": float(item["score"]) * float(noise[pos]), "source": source})
+        # A ranker returns its slate in score order: the noisy scores are re-sorted onto the positions.
+        for item, score in zip(out, sorted((it["score"] for it in out), reverse=True), strict=True):
+            item["score"] = round(score, 4)
         return out
 
     def _rows_to_events(self, idx: IntArray | None, **cols: npt.NDArray[Any]) -> list[_Entry]:
