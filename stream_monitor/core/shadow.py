@@ -22,13 +22,16 @@ side's unpaired events under ``~shadow|<model>|*``), in the window of the later 
 Jaccard@k and RBO in millionths and ``jac_q`` / ``rbo_q`` the sums of their squares in millionths,
 ``jac_h.<d>`` / ``rbo_h.<d>`` tenth-histograms; ``s_err`` / ``c_err``, ``s_fb`` / ``c_fb``,
 ``s_empty`` / ``c_empty`` the pairs whose shadow / control response was an error, fallback, empty
-slate; ``unpaired_s`` / ``unpaired_c`` (in the window of the entry's deadline), ``dup``, ``capped``.
+slate, ``sx_<x>`` / ``cx_<x>`` those where only the shadow / only the control's was; ``unpaired_s``
+/ ``unpaired_c`` (in the window of the entry's deadline), ``dup``, ``capped``.
 
 **The verdict.** :class:`ShadowAnalyzer` accumulates those sums and the arms' score histograms (the
 serving window sums) per shadow deployment and classifies, with the canary's anytime-valid confidence
 sequences (core/canary.py): mean Jaccard@k and RBO against ``min_jaccard`` / ``min_rbo`` (LOW when the
 whole sequence is below), the score shift (Mann-Whitney probability of superiority, as the canary's) and
-the paired error / fallback / empty rates (difference, as the canary's guardrails). Verdict and decision
+the paired error / fallback / empty rates (the mean of the per-request differences, whose variance
+rests on the discordant pairs only: a shadow that fails exactly when the control does shows no
+difference at all). Verdict and decision
 map as the canary's: a critical metric bad -> FAIL -> ROLLBACK, a non-critical one -> MARGINAL -> HOLD,
 not enough data or a critical metric not yet shown fine -> INCONCLUSIVE -> HOLD, else PASS -> PROMOTE.
 
@@ -47,7 +50,6 @@ from stream_monitor.core.aggregates import SEP_METRIC, SEP_SERIES
 from stream_monitor.core.canary import (
     MetricResult,
     Verdict,
-    diff_cs,
     hodges_lehmann,
     mann_whitney,
     mixture_halfwidth,
@@ -64,6 +66,7 @@ __all__ = [
     "ShadowPairs",
     "ShadowStateError",
     "jaccard_at_k",
+    "paired_diff_cs",
     "rank_biased_overlap",
     "shadow_verdict",
 ]
@@ -241,10 +244,13 @@ class ShadowPairs:
         add = self._add
         add(ts, series, "pairs")
         for code, name in _STATUS_FIELDS:
-            if shadow[_STATUS] == code:
+            s_has, c_has = shadow[_STATUS] == code, control[_STATUS] == code
+            if s_has:
                 add(ts, series, "s_" + name)
-            if control[_STATUS] == code:
+            if c_has:
                 add(ts, series, "c_" + name)
+            if s_has != c_has:  # discordant pairs: what the paired difference of the rates rests on
+                add(ts, series, ("sx_" if s_has else "cx_") + name)
         a, b = shadow[_ITEMS], control[_ITEMS]
         if shadow[_STATUS] in (OK, FALLBACK) and control[_STATUS] in (OK, FALLBACK) and a and b:
             k = self.rule.k
@@ -359,6 +365,31 @@ class ShadowPairing:
     @property
     def pending(self) -> int:
         return sum(b.pending for b in self.buffers.values())
+
+
+def paired_diff_cs(
+    only_a: float, only_b: float, n: float, tau: float, alpha: float
+) -> tuple[float, float, float]:
+    """Difference of two rates measured on the same ``n`` units, ``p_a - p_b``, and its anytime-valid
+    bounds, from the discordant counts (``only_a``: units where only a has the event).
+
+    Each unit contributes ``d = a - b`` in {-1, 0, 1}; the variance of the mean is ``(P(d != 0) - est^2) /
+    n``, with one discordant unit of each kind added (as Agresti-Caffo do per arm) so that a run without
+    any discordant unit still has a width.
+
+    >>> est, lo, hi = paired_diff_cs(0, 0, 5_000, tau=0.005, alpha=0.01)
+    >>> est, hi < 0.005
+    (0.0, True)
+    >>> paired_diff_cs(300, 10, 5_000, tau=0.005, alpha=0.01)[1] > 0.04
+    True
+    """
+    if n <= 0:
+        return 0.0, -math.inf, math.inf
+    est = (only_a - only_b) / n
+    smoothed = (only_a - only_b) / (n + 2.0)
+    variance = max((only_a + only_b + 2.0) / (n + 2.0) - smoothed * smoothed, 0.0) / (n + 2.0)
+    hw = mixture_halfwidth(variance, tau, alpha)
+    return est, smoothed - hw, smoothed + hw
 
 
 # -- the verdict ----------------------------------------------------------------------------------------
@@ -653,8 +684,8 @@ class ShadowAnalyzer:
             result.detail = f"{n:.0f} of {rule.min_pairs} pairs"
             return result
         s, c = pairs.get("s_" + counter, 0), pairs.get("c_" + counter, 0)
-        tau = max(rule.rate_floor, 1e-4)
-        est, lo, hi = diff_cs(s, n, c, n, tau, self.alpha)
+        only_s, only_c = pairs.get("sx_" + counter, 0), pairs.get("cx_" + counter, 0)
+        est, lo, hi = paired_diff_cs(only_s, only_c, n, max(rule.rate_floor, 1e-4), self.alpha)
         result.estimate, result.lower, result.upper = est, lo, hi
         result.classification = (
             "HIGH"

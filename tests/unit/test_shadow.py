@@ -230,6 +230,7 @@ def _window(n: int, jac: float, rbo: float, s_empty: int = 0) -> dict[str, float
         S + "rbo_u": rbo * n * 1e6,
         S + "rbo_q": rbo * rbo * n * 1e6,
         S + "s_empty": s_empty,
+        S + "sx_empty": s_empty,  # the control's slates were never empty
     }
 
 
