@@ -542,6 +542,8 @@ class Engine:
         if pending is not None:
             if self.metrics and pending.joins:
                 self.metrics.record_joins(pending.joins, result.join_refused, self.labels)
+            if self.metrics and self.shadow_pairing is not None:
+                self.metrics.shadow_pending.set(self.shadow_pairing.pending)
             for tp in result.applied:
                 delta = pending.deltas.get(tp)
                 if delta is not None:

@@ -302,3 +302,36 @@ def test_shadow_incidents_need_a_shadow_and_target_it() -> None:
             incidents=(parse_incident("error_spike:arm=shadow", START),),
             config=SimConfig(shadow_share=0.2),
         )
+
+
+def test_the_shadow_verdict_sets_the_overlap_and_decision_gauges() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor.sinks.health import MetricsHealthSink
+    from stream_monitor.sinks.metrics import MonitorMetrics
+
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    store, clock, sink = MemoryStore(), EventTimeClock(START), ListSink()
+    engine = Engine(
+        _topology(),
+        store,
+        sink,
+        sink,
+        clock,
+        metrics=metrics,
+        options=EngineOptions(worker_id="m", auto_claim=True),
+        health_sink=MetricsHealthSink(metrics),
+    )
+    for kind, topic, partition, offset, value, ts in _messages():
+        engine.ingest(kind, topic, partition, offset, None, value)
+        clock.observe(ts)
+    engine.flush()
+    assert registry.get_sample_value("stream_monitor_shadow_pending_events") is not None
+    engine.close_ready(final=True)
+    labels = {"model": "home-ranker"}
+    rbo = registry.get_sample_value("stream_monitor_shadow_overlap_ratio", {**labels, "measure": "rbo"})
+    jac = registry.get_sample_value("stream_monitor_shadow_overlap_ratio", {**labels, "measure": "jaccard"})
+    assert rbo is not None and jac is not None and 0.8 < rbo < 0.95 and 0.75 < jac < 0.9
+    verdict = registry.get_sample_value("stream_monitor_canary_verdict", {**labels, "kind": "shadow"})
+    assert verdict == 1.0  # PROMOTE: the simulator's healthy shadow
