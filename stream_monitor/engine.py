@@ -351,18 +351,12 @@ class Engine:
             if event.fallback
             else OK
         )
-        # Items are not validated by the event parser: an item that is not {"id": "<string>", ...} is
-        # left out of the comparison rather than failing the event.
-        items = [
-            item_id
-            for item in event.items[: self.topology.shadow.k]
-            if isinstance(item, dict) and isinstance(item_id := item.get("id"), str)
-        ]
         pairing = self.shadow_pairing
         if pairing is None:
             return
+        # Items are not validated by the event parser: the pairing leaves out any without a string id.
         pairing.serving(
-            tp, event.request_id, event.arm, event.model, event.model_version, event.ts, status, items
+            tp, event.request_id, event.arm, event.model, event.model_version, event.ts, status, event.items
         )
 
     def _add_dataset(

@@ -148,6 +148,15 @@ def _bin(value: float) -> int:
     return min(9, int(value * 10))
 
 
+def _ids(items: Sequence[object], k: int) -> list[str]:
+    out: list[str] = []
+    for item in items[:k]:
+        item_id = item.get("id") if isinstance(item, dict) else item
+        if isinstance(item_id, str):
+            out.append(item_id)
+    return out
+
+
 class ShadowPairs:
     """The pairing buffer of one serving partition (see the module docstring).
 
@@ -192,36 +201,46 @@ class ShadowPairs:
         return SEP_SERIES.join((SERIES, model, version))
 
     def add(
-        self, rid: str, arm: str, model: str, version: str, ts: int, status: int, items: Sequence[str]
+        self, rid: str, arm: str, model: str, version: str, ts: int, status: int, items: Sequence[object]
     ) -> None:
-        """One serving event of arm ``control`` or ``shadow`` (others are ignored)."""
+        """One serving event of arm ``control`` or ``shadow`` (others are ignored).
+
+        ``items`` are the slate's item ids, or its item objects (``{"id": ..., ...}``; items without a
+        string id are left out of the comparison).
+        """
         if arm not in (CANDIDATE, BASELINE):
             return
-        self.max_ts = max(self.max_ts, ts)
-        if not sampled(request_id_hash(rid), self.rule.sample_rate):
-            return
+        if ts > self.max_ts:
+            self.max_ts = ts
         shadow = arm == CANDIDATE
-        if shadow and ts > self._active.get(model, -1):
-            self._active[model] = ts
-            self._active_dirty.add(model)
+        rule = self.rule
+        if shadow:
+            if ts > self._active.get(model, -1):
+                self._active[model] = ts
+                self._active_dirty.add(model)
+        else:
+            # The common case, a control event with no shadow of its model around, costs only this.
+            # (A waiting shadow entry of this request would have marked the model active: active_ms is
+            # at least pairing_ms.)
+            seen = self._active.get(model)
+            if seen is None or ts > seen + rule.active_ms:
+                return
+        if rule.sample_rate < 1.0 and not sampled(request_id_hash(rid), rule.sample_rate):
+            return
         other = self._entries.get(rid)
         if other is not None:
             if other[_ARM] == shadow:
                 self._add(ts, self._series(model, version if shadow else "*"), "dup")
                 return
-            if ts < other[_TS] + self.rule.pairing_ms:
-                self._pair(other, [int(shadow), model, version, ts, status, list(items[: self.rule.k])])
+            if ts < other[_TS] + rule.pairing_ms:
+                self._pair(other, [int(shadow), model, version, ts, status, _ids(items, rule.k)])
                 self._drop(rid)
                 return
             self._expire(rid)
-        elif not shadow:
-            seen = self._active.get(model)
-            if seen is None or ts > seen + self.rule.active_ms:
-                return  # no shadow of this model around: nothing to pair with
-        if len(self._entries) >= self.rule.max_pending:
+        if len(self._entries) >= rule.max_pending:
             self._add(ts, self._series(model, version if shadow else "*"), "capped")
             return
-        self._entries[rid] = [int(shadow), model, version, ts, status, list(items[: self.rule.k])]
+        self._entries[rid] = [int(shadow), model, version, ts, status, _ids(items, rule.k)]
         self._dirty.add(rid)
         self._deleted.discard(rid)
 
@@ -343,7 +362,7 @@ class ShadowPairing:
         version: str,
         ts: int,
         status: int,
-        items: Sequence[str],
+        items: Sequence[object],
     ) -> None:
         group = self.group_of(tp)
         buf = self.buffers.get(group) if group is not None else None

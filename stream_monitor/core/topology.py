@@ -465,6 +465,10 @@ class ShadowRule:
                 raise ValueError(
                     f"shadow.{name.removesuffix('_ms')} must be > 0, got {getattr(self, name)!r} ms"
                 )
+        if self.active_ms < self.pairing_ms:
+            raise ValueError(
+                f"shadow.active ({self.active_ms} ms) must be at least shadow.pairing ({self.pairing_ms} ms)"
+            )
         if not 0.0 < self.sample_rate <= 1.0:
             raise ValueError(f"shadow.sample_rate must be in (0, 1], got {self.sample_rate!r}")
         for name in ("min_jaccard", "min_rbo"):
