@@ -314,6 +314,7 @@ def test_the_default_topology_has_the_shadow_section() -> None:
         ({"max_pending": 0}, "shadow.max_pending must be >= 1, got 0"),
         ({"critical": "overlap.rbo"}, "shadow.critical: expected a list of strings"),
         ({"pairs": 3}, "shadow: unknown keys ['pairs']"),
+        ({"pairing": "5m", "active": "1m"}, "shadow.active (60000 ms) must be at least shadow.pairing"),
     ],
 )
 def test_bad_shadow_values_are_refused_with_a_precise_message(

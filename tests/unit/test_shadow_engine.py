@@ -335,3 +335,23 @@ def test_the_shadow_verdict_sets_the_overlap_and_decision_gauges() -> None:
     assert rbo is not None and jac is not None and 0.8 < rbo < 0.95 and 0.75 < jac < 0.9
     verdict = registry.get_sample_value("stream_monitor_canary_verdict", {**labels, "kind": "shadow"})
     assert verdict == 1.0  # PROMOTE: the simulator's healthy shadow
+
+
+def test_odd_items_and_arms_do_not_stop_the_pairing() -> None:
+    store, clock, sink = MemoryStore(), EventTimeClock(START), ListSink()
+    engine = Engine(_topology(), store, sink, sink, clock, options=EngineOptions(auto_claim=True))
+
+    def serving(arm: str, version: str, ts: int, items: list[object]) -> bytes:
+        return orjson.dumps(
+            {"type": "serving", "request_id": "r1", "ts": ts, "model": "m", "model_version": version,
+             "arm": arm, "surface": "home", "latency_ms": {"total": 20.0}, "items": items}
+        )  # fmt: skip
+
+    odd: list[object] = [1, None, {"id": 5}, {"id": "a"}, "b", {"score": 0.3}]
+    engine.ingest("serving", "recs.serving", 0, 0, None, serving("shadow", "v2", START, odd))
+    engine.ingest("serving", "recs.serving", 0, 1, None, serving("control", "v1", START + 5, [{"id": "a"}]))
+    engine.ingest("serving", "recs.serving", 0, 2, None, serving("canary", "v3", START + 6, odd))
+    assert engine.flush().applied == ["recs.serving/0"] and not sink.dead_letters
+    sums = store.read_labels(START)
+    # The shadow's comparable items are "a" and "b"; the control's "a": Jaccard 1/2.
+    assert sums["~shadow|m|v2#pairs"] == 1 and sums["~shadow|m|v2#jac_u"] == 500_000
