@@ -331,6 +331,9 @@ def _add_shadow(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     c.add_argument("--healthy-seeds", type=_positive, default=20, help="healthy shadow runs (default 20)")
     c.add_argument("--bad-seeds", type=_positive, default=5, help="runs per bad shadow (default 5)")
+    c.add_argument(
+        "--weak-seeds", type=int, default=0, help="runs per weaker bad shadow (bench/shadow.py; default 0)"
+    )
     c.add_argument("--minutes", type=_positive, default=15, help="simulated minutes per run (default 15)")
     c.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
     c.add_argument(
@@ -366,6 +369,7 @@ def run_shadow_bench(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             rate=args.rate,
             shadow_share=args.share,
+            weak_seeds=max(0, args.weak_seeds),
         )
     print(format_table(report))
     if args.json:
