@@ -80,7 +80,9 @@ STATE_VERSION: Final = 1
 # Entry layout (a JSON list): arm code (0 control, 1 shadow), model, version, ts, status, top-k item ids.
 _ARM, _MODEL, _VERSION, _TS, _STATUS, _ITEMS = 0, 1, 2, 3, 4, 5
 OK, ERROR, FALLBACK, EMPTY = 0, 1, 2, 3
-_ACTIVE = "a:"  # key prefix of the per-model "shadow last seen" marks kept with the entries
+# Stored keys: "r:<request id>" for a waiting event, "a:<model>" for the model's "shadow last seen" mark
+# (prefixes, so that no request id can be mistaken for a mark).
+_ENTRY, _ACTIVE = "r:", "a:"
 _STATUS_FIELDS: Final = ((ERROR, "err"), (FALLBACK, "fb"), (EMPTY, "empty"))
 
 
@@ -295,12 +297,11 @@ class ShadowPairs:
     def take(self, group: str, parts: list[str], fence: dict[str, int]) -> JoinDelta:
         """Expire what is due and hand over every change since the last take as a JoinDelta."""
         self.sweep()
-        put = {rid: orjson.dumps(self._entries[rid]) for rid in self._dirty}
+        put = {_ENTRY + rid: orjson.dumps(self._entries[rid]) for rid in self._dirty}
         for model in self._active_dirty:
             put[_ACTIVE + model] = str(self._active[model]).encode()
-        delta = JoinDelta(
-            group, parts, fence, put=put, delete=sorted(self._deleted - set(put)), sums=self._sums
-        )
+        deleted = sorted(_ENTRY + rid for rid in self._deleted - self._dirty)
+        delta = JoinDelta(group, parts, fence, put=put, delete=deleted, sums=self._sums)
         self._dirty, self._deleted, self._active_dirty, self._sums = set(), set(), set(), {}
         return delta
 
@@ -313,15 +314,13 @@ class ShadowPairs:
                 if key.startswith(_ACTIVE):
                     self._active[key[len(_ACTIVE) :]] = int(raw)
                     continue
+                if not key.startswith(_ENTRY):
+                    continue
                 doc = orjson.loads(raw)
                 if isinstance(doc, list) and len(doc) == 6 and isinstance(doc[_TS], int):
-                    self._entries[key] = doc
+                    self._entries[key[len(_ENTRY) :]] = doc
             except (ValueError, TypeError):
                 continue
-
-    def memory(self) -> int:
-        """Entries held (pending events plus per-model marks)."""
-        return len(self._entries) + len(self._active)
 
 
 class ShadowPairing:

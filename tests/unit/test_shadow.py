@@ -157,7 +157,19 @@ def test_entries_keep_only_the_top_k_items() -> None:
     pairs = _pairs(k=3)
     pairs.add("r1", "shadow", "m", "v2", 1_000, OK, [f"i{n}" for n in range(50)])
     delta = pairs.take("g", ["s/0"], {"s/0": 1})
-    assert orjson.loads(delta.put["r1"])[-1] == ["i0", "i1", "i2"]
+    assert orjson.loads(delta.put["r:r1"])[-1] == ["i0", "i1", "i2"]
+    assert delta.put["a:m"] == b"1000"  # the model's shadow-last-seen mark, kept with the entries
+
+
+def test_a_request_id_that_looks_like_a_mark_is_still_an_entry() -> None:
+    pairs = _pairs()
+    pairs.add("a:m", "shadow", "m", "v2", 1_000, OK, ["x"])
+    stored = pairs.take("g", ["s/0"], {"s/0": 1}).put
+    restarted = _pairs()
+    restarted.load(stored, 1_000)
+    assert restarted.pending == 1
+    restarted.add("a:m", "control", "m", "v1", 1_010, OK, ["x"])
+    assert restarted.take("g", ["s/0"], {"s/0": 1}).sums[0][S + "pairs"] == 1
 
 
 def _stream(seed: int, n: int = 400) -> list[tuple[str, str, str, int, list[str]]]:
