@@ -355,3 +355,17 @@ def test_odd_items_and_arms_do_not_stop_the_pairing() -> None:
     sums = store.read_labels(START)
     # The shadow's comparable items are "a" and "b"; the control's "a": Jaccard 1/2.
     assert sums["~shadow|m|v2#pairs"] == 1 and sums["~shadow|m|v2#jac_u"] == 500_000
+
+
+def test_shadow_events_do_not_dilute_the_engagement_ratio() -> None:
+    from stream_monitor.core.signals import WindowEvaluator
+
+    evaluator = WindowEvaluator(_topology())
+    base = {"m|v1|control|home|ios|us|new#n": 2_000.0, "*#eng.impression": 5_000.0}
+    with_shadow = {**base, "m|v2|shadow|home|ios|us|new#n": 1_000.0}
+
+    def ratio(fields: dict[str, float]) -> float:
+        values, _breaches, _ = evaluator.evaluate(fields, {}, {}, {})
+        return next(v.value for v in values if v.signal == "engagement_ratio")
+
+    assert ratio(with_shadow) == ratio(base) == 2.5
