@@ -36,6 +36,7 @@ from stream_monitor.core.events import (
 from stream_monitor.core.labels import JoinDelta, LabelEvaluator, LabelJoin
 from stream_monitor.core.lineage import DeploymentRecord, LineageError, ReleaseHistory, build_history
 from stream_monitor.core.lineage import lineage_for as _lineage_for
+from stream_monitor.core.shadow import EMPTY, ERROR, FALLBACK, OK, ShadowAnalyzer, ShadowPairing
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.traces import TraceBatch, TraceCapture
@@ -159,6 +160,13 @@ class Engine:
         if self.trace_store is not None:
             self.trace_capture = TraceCapture(topology.traces, topology.window.size_ms)
         self.trace_write_failures = 0
+        # Shadow analysis (core/shadow.py): pairs of control/shadow serving events of one request id,
+        # per serving partition, committed like the label join; verdicts of kind "shadow" beside the canary's.
+        self.shadow = ShadowAnalyzer(topology)
+        self.shadow_pairing: ShadowPairing | None = None
+        if topology.shadow.enabled:
+            # Every input partition may carry serving events (a replay mixes all kinds on one topic).
+            self.shadow_pairing = ShadowPairing(topology.shadow, topology.window.size_ms)
 
     # -- ownership ------------------------------------------------------------------------------------
 
@@ -189,6 +197,7 @@ class Engine:
         if closed_before is not None:
             self._closed_before = closed_before
         self._adopt_labels(claims)
+        self._adopt_shadow(claims)
 
     def _adopt_labels(self, claims: dict[str, PartitionClaim]) -> None:
         """Load the stored join state of every group this worker now owns both partitions of."""
@@ -214,6 +223,22 @@ class Engine:
                 )
                 labels.adopt(group, buffer)
 
+    def _adopt_shadow(self, claims: dict[str, PartitionClaim]) -> None:
+        """Load the stored shadow pairing state of every serving partition just claimed."""
+        pairing = self.shadow_pairing
+        if pairing is None:
+            return
+        groups = {g: tp for tp in claims if (g := pairing.group_of(tp)) is not None}
+        if not groups:
+            return
+        if self._retry is not None:
+            self._retry.joins[:] = [j for j in self._retry.joins if j.group not in groups]
+        progress = self.store.progress()
+        for group, tp in groups.items():
+            entries, _matured = self.store.load_join(group)
+            seen = progress.get(tp)
+            pairing.adopt(group, entries, seen.max_event_ms if seen else 0)
+
     def revoke(self, partitions: Iterable[str]) -> None:
         """Stop counting revoked partitions (flush first: their pending deltas still count if ours).
 
@@ -227,6 +252,9 @@ class Engine:
             group = self.labels.group_of(tp) if self.labels else None
             if self.labels is not None and group is not None:
                 self.labels.drop(group)
+            shadow_group = self.shadow_pairing.group_of(tp) if self.shadow_pairing else None
+            if self.shadow_pairing is not None and shadow_group is not None:
+                self.shadow_pairing.drop(shadow_group)
 
     # -- ingest ---------------------------------------------------------------------------------------
 
@@ -319,9 +347,13 @@ class Engine:
                     self.labels.engagement(tp, event.request_id, event.ts, event.action, event.position)
             else:
                 self.accumulator.add_serving(tp, offset, event)
-                if self.trace_capture is not None:
+                # A trace is what a user saw: a shadow's copy of the request (same id) is not traced.
+                if self.trace_capture is not None and event.arm != "shadow":
                     self.trace_capture.serving(event, self.accumulator.last_series)
-                if self.labels is not None:
+                if self.shadow_pairing is not None and event.arm in ("control", "shadow"):
+                    self._pair_shadow(tp, event)
+                # Users never see a shadow's slate: it has no engagement to join (and shares its id).
+                if self.labels is not None and event.arm != "shadow":
                     ok = event.error is None
                     self.labels.serving(
                         tp, event.request_id, event.ts, self.accumulator.last_series, len(event.items), ok
@@ -333,6 +365,24 @@ class Engine:
             record = self._deployment_record(event)
             self.accumulator.add_deployment(tp, offset, event.model, event.arm, record)
         return True
+
+    def _pair_shadow(self, tp: str, event: ServingEvent) -> None:
+        status = (
+            ERROR
+            if event.error is not None
+            else EMPTY
+            if event.empty_slate
+            else FALLBACK
+            if event.fallback
+            else OK
+        )
+        pairing = self.shadow_pairing
+        if pairing is None:
+            return
+        # Items are not validated by the event parser: the pairing leaves out any without a string id.
+        pairing.serving(
+            tp, event.request_id, event.arm, event.model, event.model_version, event.ts, status, event.items
+        )
 
     def _add_dataset(
         self,
@@ -464,6 +514,8 @@ class Engine:
         epochs = {tp: claim.epoch for tp, claim in self.claims.items()}
         joins = self.labels.take(deltas, epochs) if self.labels is not None else []
         traces = self.trace_capture.take() if self.trace_capture is not None else None
+        if self.shadow_pairing is not None:
+            joins += self.shadow_pairing.take(list(deltas), epochs)
         return PendingCommit(deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins, traces)
 
     def commit_pending(self, pending: PendingCommit) -> CommitResult:
@@ -517,9 +569,13 @@ class Engine:
             log.warning("label join of partition %s was refused; its pending labels are dropped here", group)
             if self.labels is not None:
                 self.labels.drop(group)
+            if self.shadow_pairing is not None:
+                self.shadow_pairing.drop(group)
         if pending is not None:
             if self.metrics and pending.joins:
                 self.metrics.record_joins(pending.joins, result.join_refused, self.labels)
+            if self.metrics and self.shadow_pairing is not None:
+                self.metrics.shadow_pending.set(self.shadow_pairing.pending)
             for tp in result.applied:
                 delta = pending.deltas.get(tp)
                 if delta is not None:
@@ -589,7 +645,11 @@ class Engine:
         state = self._load_state()
         arrivals = self._dataset_arrivals()
         histories: dict[str, ReleaseHistory | None] = {}  # read once per close, only for alerting models
-        deployments = decoded_deployments(self.store.deployments()) if self.topology.canary.enabled else {}
+        deployments = (
+            decoded_deployments(self.store.deployments())
+            if self.topology.canary.enabled or self.topology.shadow.enabled
+            else {}
+        )
         emitted: list[Alert] = []
         for window_start in starts:
             end = window_start + size
@@ -631,6 +691,7 @@ class Engine:
                 self.alert_sink.emit(alerts)
             if deployments:
                 self._canary(state, deployments, fields, label_fields, (window_start, end), now)
+                self._shadow(state, deployments, fields, label_fields, window_start, now)
             if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
                 self.anomaly.forget()
                 break  # someone else closed it: stop, and reload their state next time
@@ -723,6 +784,34 @@ class Engine:
             # A canary analysis that cannot be computed must not stop alerting: start it afresh.
             log.error("canary analysis failed for window %s (%r); its state is reset", window, exc)
             state.canary = {}
+            return
+        if verdicts:
+            docs = [v.to_json_dict() for v in verdicts]
+            for doc in docs:
+                self._verdict_lineage(doc)
+            self.health_sink.emit(docs)
+
+    def _shadow(
+        self,
+        state: DetectorState,
+        deployments: dict[str, dict[str, dict[str, object]]],
+        fields: dict[str, float],
+        label_fields: dict[str, float],
+        window_start: int,
+        now: int,
+    ) -> None:
+        """Shadow verdicts of one closed window to the health sink (docs/canary.md "Shadow analysis")."""
+        if not self.topology.shadow.enabled or not any("shadow" in arms for arms in deployments.values()):
+            return
+        if self.labels is None:
+            # The pair sums live in the label windows, which the closer reads only with labels enabled.
+            label_fields = self.store.read_labels(window_start)
+        window = (window_start, window_start + self._window.size_ms)
+        try:
+            verdicts = self.shadow.update(state.shadow, deployments, fields, label_fields, window, now)
+        except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+            log.error("shadow analysis failed for window %s (%r); its state is reset", window, exc)
+            state.shadow = {}
             return
         if verdicts:
             docs = [v.to_json_dict() for v in verdicts]

@@ -29,6 +29,7 @@ from stream_monitor.core.topology import (
     LatencyRule,
     RankingRule,
     RateRule,
+    ShadowRule,
     SloObjective,
     SloRule,
     SourceRule,
@@ -127,6 +128,7 @@ def parse_topology(doc: Any, base_dir: Path | None = None) -> Topology:
             anomaly=_anomaly(_mapping(doc, "anomaly", required=False)),
             canary=_canary(_mapping(doc, "canary", required=False)),
             traces=_traces(_mapping(doc, "traces", required=False)),
+            shadow=_shadow(_mapping(doc, "shadow", required=False)),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TopologyError):
@@ -437,3 +439,43 @@ def _traces(doc: dict[str, Any]) -> TraceRule:
     if "drop_features" in doc:
         known["drop_features"] = tuple(_str_list(doc["drop_features"], "traces.drop_features"))
     return TraceRule(**known)
+
+
+_SHADOW_DURATIONS = ("pairing", "active", "valid_for")
+
+
+def _shadow(doc: dict[str, Any]) -> ShadowRule:
+    """The ``shadow:`` section (docs/canary.md "Shadow analysis"): ``pairing`` / ``active`` /
+    ``valid_for`` are durations, ``critical`` a list of metric names, the rest ShadowRule fields.
+
+    >>> rule = _shadow({"pairing": "10s", "min_rbo": 0.7, "critical": ["overlap.rbo"]})
+    >>> rule.pairing_ms, rule.min_rbo, rule.critical
+    (10000, 0.7, ('overlap.rbo',))
+    >>> _shadow({"rbo": 0.9})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream_monitor.topology.TopologyError: shadow: unknown keys ['rbo'] (known: ['active', 'alpha', ...])
+    """
+    rest = {k: v for k, v in doc.items() if k not in (*_SHADOW_DURATIONS, "critical")}
+    declared = set(ShadowRule.__dataclass_fields__)
+    allowed = (declared - {f"{d}_ms" for d in _SHADOW_DURATIONS}) | set(_SHADOW_DURATIONS)
+    unknown = set(doc) - allowed
+    if unknown:
+        raise TopologyError(f"shadow: unknown keys {sorted(unknown)} (known: {sorted(allowed)})")
+    known: dict[str, Any] = dict(rest)
+    for name in _SHADOW_DURATIONS:
+        if name in doc:
+            known[f"{name}_ms"] = parse_duration_ms(doc[name], f"shadow.{name}")
+    if "critical" in doc:
+        known["critical"] = tuple(_str_list(doc["critical"], "shadow.critical"))
+    for name, value in known.items():
+        if name not in ("enabled", "critical") and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
+            raise TopologyError(f"shadow.{name.removesuffix('_ms')}: expected a number, got {value!r}")
+    if "enabled" in known and not isinstance(known["enabled"], bool):
+        raise TopologyError(f"shadow.enabled: expected true or false, got {known['enabled']!r}")
+    try:
+        return ShadowRule(**known)
+    except ValueError as exc:
+        raise TopologyError(str(exc)) from exc

@@ -18,6 +18,10 @@ NDJSON batches, beside the raw consume + parse ceiling and a naive per-event Fau
 analysis (docs/canary.md): the false-ROLLBACK rate against the configured alpha, false PROMOTEs, and the
 impressions and windows needed to decide.
 
+``bench shadow`` runs seeded healthy shadows and the simulator's three bad shadows through the shadow
+analysis (docs/canary.md "Shadow analysis"): how often a healthy shadow is ever rolled back, and the
+windows and compared pairs needed to roll back a bad one.
+
 See docs/benchmarks.md for the numbers of full runs.
 """
 
@@ -107,6 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     t.set_defaults(func=run_throughput)
     _add_canary(suites)
     _add_diagnose(suites)
+    _add_shadow(suites)
     p.set_defaults(func=run)
 
 
@@ -321,4 +326,60 @@ def run_canary(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"bench canary: report written to {args.json}", file=sys.stderr)
+    return 0
+
+
+def _add_shadow(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = suites.add_parser(
+        "shadow",
+        help="false rollbacks of healthy shadows and the cost of catching bad ones",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--healthy-seeds", type=_positive, default=20, help="healthy shadow runs (default 20)")
+    c.add_argument("--bad-seeds", type=_positive, default=5, help="runs per bad shadow (default 5)")
+    c.add_argument(
+        "--weak-seeds", type=int, default=0, help="runs per weaker bad shadow (bench/shadow.py; default 0)"
+    )
+    c.add_argument("--minutes", type=_positive, default=15, help="simulated minutes per run (default 15)")
+    c.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
+    c.add_argument(
+        "--share", type=float, default=0.5, help="share of requests the shadow scores (default 0.5)"
+    )
+    c.add_argument("--quick", action="store_true", help="smoke run: 3 healthy, 1 seed per bad shadow, 6 min")
+    c.add_argument("--json", type=Path, metavar="OUT.json", help="also write the full report as JSON")
+    c.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    c.set_defaults(func=run_shadow_bench)
+
+
+def run_shadow_bench(args: argparse.Namespace) -> int:
+    from stream_monitor.bench.shadow import format_table, run_bench
+    from stream_monitor.topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"bench shadow: {exc}", file=sys.stderr)
+        return 2
+    if not 0.0 < args.share <= 1.0:
+        print(f"bench shadow: --share must be in (0, 1], got {args.share}", file=sys.stderr)
+        return 2
+    if args.quick:
+        report = run_bench(
+            topology, healthy_seeds=3, bad_seeds=1, minutes=6, rate=args.rate, shadow_share=args.share
+        )
+    else:
+        report = run_bench(
+            topology,
+            healthy_seeds=args.healthy_seeds,
+            bad_seeds=args.bad_seeds,
+            minutes=args.minutes,
+            rate=args.rate,
+            shadow_share=args.share,
+            weak_seeds=max(0, args.weak_seeds),
+        )
+    print(format_table(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"bench shadow: report written to {args.json}", file=sys.stderr)
     return 0

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(dead.reasons.items())) or "none"
     print(
         f"replay: {totals.get('consumed', 0)} events, {totals.get('rejected', 0)} dead-lettered ({reasons}), "
-        f"{alerts} alert messages, {health.count} canary verdicts",
+        f"{alerts} alert messages, {health.count} canary/shadow verdicts",
         file=sys.stderr,
     )
     return 0

@@ -77,6 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="traffic share of a canary arm (default 0: none)",
     )
     p.add_argument(
+        "--shadow",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the control's requests a shadow version also scores (default 0: no shadow)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="write JSONL to this file instead of producing to Kafka"
     )
     p.add_argument(
@@ -265,7 +272,13 @@ def run(args: argparse.Namespace) -> int:
     incidents: list[Incident] = []
     try:
         incidents = [parse_incident(spec, start_ms) for spec in args.incident]
-        sim = TrafficSimulator(args.seed, start_ms, args.rate, incidents, SimConfig(canary_share=args.canary))
+        sim = TrafficSimulator(
+            args.seed,
+            start_ms,
+            args.rate,
+            incidents,
+            SimConfig(canary_share=args.canary, shadow_share=args.shadow),
+        )
     except ValueError as exc:
         return _fail(str(exc))
 

@@ -15,6 +15,7 @@ from typing import Any
 from stream_monitor.core.aggregates import SEP_SERIES
 from stream_monitor.core.canary import CanaryAnalyzer, CanaryStateError
 from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
+from stream_monitor.core.shadow import ShadowAnalyzer, ShadowStateError
 from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
@@ -94,6 +95,8 @@ class DetectorState:
     anomaly: dict[str, Any] = field(default_factory=dict)
     # Canary analysis (core/canary.py): a JSON document checked by CanaryAnalyzer.check_state.
     canary: dict[str, Any] = field(default_factory=dict)
+    # Shadow analysis (core/shadow.py): a JSON document checked by ShadowAnalyzer.check_state.
+    shadow: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         # Shallow on purpose: the caller serialises it at once, and dataclasses.asdict deep-copied every
@@ -116,7 +119,15 @@ class DetectorState:
             raise StateFormatError(f"detector state must be a JSON object, got {type(doc).__name__}")
         if doc.get("version") not in (1, 2, 3, STATE_VERSION):
             raise StateFormatError(f"detector state version {doc.get('version')!r} is not {STATE_VERSION}")
-        doc = {"baselines": {}, "profiles": {}, "slo_history": {}, "anomaly": {}, "canary": {}, **doc}
+        doc = {
+            "baselines": {},
+            "profiles": {},
+            "slo_history": {},
+            "anomaly": {},
+            "canary": {},
+            "shadow": {},
+            **doc,
+        }
         try:
             names = (
                 "volume_history",
@@ -145,11 +156,13 @@ class DetectorState:
             )
             if doc["canary"]:
                 state.canary = CanaryAnalyzer.check_state(doc["canary"])
+            if doc["shadow"]:
+                state.shadow = ShadowAnalyzer.check_state(doc["shadow"])
             if any(len(v) % 2 for v in state.slo_history.values()):
                 raise StateFormatError("detector state slo_history lists must hold (total, bad) pairs")
             for alert in state.open_alerts.values():
                 Alert.from_dict(alert)
-        except CanaryStateError as exc:
+        except (CanaryStateError, ShadowStateError) as exc:
             raise StateFormatError(str(exc)) from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateFormatError(f"detector state is malformed: {exc!r}") from exc

@@ -560,7 +560,8 @@ class WindowEvaluator:
     ) -> None:
         # Engagement events carry only a request id, so without the serving join this is one global ratio.
         rule = self.topology.engagement
-        requests = sum(s.n for s in series.values())
+        # A shadow's serving events re-score requests users were served once already (no engagement).
+        requests = sum(s.n for key, s in series.items() if key[2] != "shadow")
         if requests < rule.min_requests:
             return
         key = (ALL,) * len(self._key_dims)

@@ -24,6 +24,7 @@ __all__ = [
     "LatencyRule",
     "RankingRule",
     "RateRule",
+    "ShadowRule",
     "SloObjective",
     "SloRule",
     "SourceRule",
@@ -409,6 +410,80 @@ class CanaryRule:
             raise ValueError(f"canary.valid_for must be > 0, got {self.valid_for_ms} ms")
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowRule:
+    """Shadow analysis thresholds (the ``shadow:`` section; see docs/canary.md "Shadow analysis").
+
+    A shadow version scores a copy of some requests; its serving events (arm ``shadow``) are paired with
+    the control's of the same request id within ``pairing_ms`` of event time and their top-``k`` slates
+    compared (Jaccard@k and rank-biased overlap with persistence ``rbo_p``). ``min_jaccard`` /
+    ``min_rbo`` are the overlaps below which a shadow is confidently divergent (bad); ``score_floor`` and
+    ``rate_floor`` are the effect floors of the score shift and of the empty / fallback / error rates.
+    Control events are buffered only while a shadow of their model was seen within ``active_ms`` on the
+    same partition, for ``sample_rate`` of request ids, at most ``max_pending`` per partition.
+
+    >>> ShadowRule(rbo_p=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: shadow.rbo_p must be in (0, 1), got 1.0
+    """
+
+    enabled: bool = True
+    alpha: float = 0.05
+    k: int = 10
+    rbo_p: float = 0.9
+    pairing_ms: int = 30_000
+    active_ms: int = 600_000
+    sample_rate: float = 1.0
+    max_pending: int = 100_000
+    min_jaccard: float = 0.5
+    min_rbo: float = 0.6
+    overlap_mixture_scale: float = 0.05
+    rank_mixture_scale: float = 0.05
+    score_floor: float = 0.05
+    rate_floor: float = 0.005
+    min_windows: int = 5
+    min_pairs: int = 500
+    min_count: int = 200
+    valid_for_ms: int = 180_000
+    critical: tuple[str, ...] = (
+        "overlap.jaccard",
+        "overlap.rbo",
+        "score",
+        "error_rate",
+        "fallback_rate",
+        "empty_slate_rate",
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"shadow.alpha must be in (0, 1), got {self.alpha!r}")
+        if not 1 <= self.k <= 100:
+            raise ValueError(f"shadow.k must be in 1..100, got {self.k!r}")
+        if not 0.0 < self.rbo_p < 1.0:
+            raise ValueError(f"shadow.rbo_p must be in (0, 1), got {self.rbo_p!r}")
+        for name in ("pairing_ms", "active_ms", "valid_for_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"shadow.{name.removesuffix('_ms')} must be > 0, got {getattr(self, name)!r} ms"
+                )
+        if self.active_ms < self.pairing_ms:
+            raise ValueError(
+                f"shadow.active ({self.active_ms} ms) must be at least shadow.pairing ({self.pairing_ms} ms)"
+            )
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"shadow.sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        for name in ("min_jaccard", "min_rbo"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"shadow.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("overlap_mixture_scale", "rank_mixture_scale", "score_floor", "rate_floor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"shadow.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_pending", "min_windows", "min_pairs", "min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"shadow.{name} must be >= 1, got {getattr(self, name)!r}")
+
+
 DEFAULT_RATES = (
     RateRule("error_rate", "err", threshold=0.02),
     RateRule("fallback_rate", "fb", threshold=0.05),
@@ -513,6 +588,7 @@ class Topology:
     anomaly: AnomalyRule = field(default_factory=AnomalyRule)
     canary: CanaryRule = field(default_factory=CanaryRule)
     traces: TraceRule = field(default_factory=lambda: TraceRule())
+    shadow: ShadowRule = field(default_factory=ShadowRule)
 
     def __post_init__(self) -> None:
         if not self.group_by:

@@ -74,6 +74,19 @@ kind                       effect on the canary's requests after onset          
                            multiplied by :data:`BROKEN_FEATURE_CLICK_FACTOR` (0.7)
 =========================  ===============================================================  ========
 
+Bad shadows live in :data:`SHADOW_INCIDENT_KINDS` (judged by the shadow analysis, docs/canary.md "Shadow
+analysis"; ground-truth signal ``shadow``, key ``{"arm": "shadow"}``). They need a simulator with
+``shadow_share > 0`` and bend the shadow's slates only (its serving events; users never see them):
+
+=======================  ==============================================================  ========
+kind                     effect on the shadow's responses after onset                     default
+=======================  ==============================================================  ========
+``shadow_divergence``    a fraction ``magnitude`` of shadow slates is unrelated to the     0.5
+                         control's (items drawn afresh from the catalogue)
+``shadow_score_shift``   every shadow score is multiplied by ``magnitude``                 x0.8
+``shadow_empty``         a fraction ``magnitude`` of shadow responses is an empty slate    0.2
+=======================  ==============================================================  ========
+
 A ``dataset_late`` needs the dataset in the simulator's ``SimConfig.datasets``; its ground-truth key is
 ``{}`` (datasets have no slice) and its ``detail`` the dataset's name.
 
@@ -111,6 +124,7 @@ __all__ = [
     "REGIONS",
     "RELEASE_VERSION",
     "SEGMENT_DIMS",
+    "SHADOW_INCIDENT_KINDS",
     "SOURCES",
     "STAGES",
     "TARGET_DIMS",
@@ -150,7 +164,7 @@ DEFAULT_ONSET_S = 900.0
 _MAX_STALENESS_S = 365 * 86_400.0
 
 _CLOSED_VOCAB: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"platform": PLATFORMS, "region": REGIONS, "tenure": TENURES, "arm": ARMS}
+    {"platform": PLATFORMS, "region": REGIONS, "tenure": TENURES, "arm": (*ARMS, "shadow")}
 )
 
 
@@ -183,6 +197,8 @@ class IncidentKind:
     release: bool = False
     # A bad canary: it bends the canary arm only (its target always has arm=canary).
     canary: bool = False
+    # A bad shadow: it bends the shadow's responses only (its target always has arm=shadow).
+    shadow: bool = False
 
     def check_magnitude(self, magnitude: float) -> None:
         """Raise ValueError unless ``magnitude`` is finite and inside this kind's range."""
@@ -368,11 +384,50 @@ CANARY_INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
         )
     }
 )
+# Bad shadows (the shadow analysis' ground truth, docs/canary.md "Shadow analysis"): they bend the shadow
+# responses of a simulator run with ``shadow_share > 0`` and are judged by the shadow verdict.
+SHADOW_INCIDENT_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
+    {
+        k.name: k
+        for k in (
+            IncidentKind(
+                "shadow_divergence",
+                "shadow",
+                0.5,
+                0.0,
+                1.0,
+                False,
+                "a fraction magnitude of the shadow's slates is unrelated to the control's",
+                shadow=True,
+            ),
+            IncidentKind(
+                "shadow_score_shift",
+                "shadow",
+                0.8,
+                0.0,
+                100.0,
+                False,
+                "every score of the shadow is multiplied by magnitude",
+                shadow=True,
+            ),
+            IncidentKind(
+                "shadow_empty",
+                "shadow",
+                0.2,
+                0.0,
+                1.0,
+                False,
+                "a fraction magnitude of the shadow's responses is an empty slate",
+                shadow=True,
+            ),
+        )
+    }
+)
 # Relative click probability of a request whose feature is broken (canary_broken_feature): 10 % of the
 # canary's traffic broken then costs it 3 % of its CTR.
 BROKEN_FEATURE_CLICK_FACTOR = 0.7
 _ALL_KINDS: Mapping[str, IncidentKind] = MappingProxyType(
-    {**INCIDENT_KINDS, **DATA_INCIDENT_KINDS, **CANARY_INCIDENT_KINDS}
+    {**INCIDENT_KINDS, **DATA_INCIDENT_KINDS, **CANARY_INCIDENT_KINDS, **SHADOW_INCIDENT_KINDS}
 )
 
 
@@ -463,9 +518,13 @@ class Incident:
             raise ValueError(f"version applies only to ctr_drop_after_release, not {self.kind}")
         if spec.canary and self.target.get("arm", "canary") != "canary":
             raise ValueError(f"{self.kind} bends the canary arm: its target arm must be canary")
+        if spec.shadow and self.target.get("arm", "shadow") != "shadow":
+            raise ValueError(f"{self.kind} bends the shadow's responses: its target arm must be shadow")
         target = dict(self.target)
         if spec.canary:
             target.setdefault("arm", "canary")
+        if spec.shadow:
+            target.setdefault("arm", "shadow")
         for dim, value in target.items():
             if dim not in TARGET_DIMS:
                 raise ValueError(f"unknown target dimension {dim!r}; expected one of {list(TARGET_DIMS)}")
@@ -567,6 +626,8 @@ def _default_target(kind: IncidentKind) -> dict[str, str]:
         return {}
     if kind.canary:
         return {"arm": "canary"}
+    if kind.shadow:
+        return {"arm": "shadow"}
     # A release is deployed on an arm: without a slice it degrades the whole control arm.
     return {"arm": "control"} if kind.release else dict(DEFAULT_TARGET)
 

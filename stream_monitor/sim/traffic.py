@@ -74,6 +74,7 @@ from stream_monitor.sim.incidents import (
     BROKEN_FEATURE_CLICK_FACTOR,
     FRESHNESS_FEATURES,
     INCIDENT_KINDS,
+    SHADOW_INCIDENT_KINDS,
     SOURCES,
     STAGES,
     TENURES,
@@ -134,6 +135,9 @@ class SimConfig:
 
     >>> SimConfig().canary_share, SimConfig(canary_share=0.05).arms
     (0.0, ('control', 'canary'))
+
+    ``shadow_share`` > 0 deploys ``shadow_version`` as a shadow: that share of the control's requests is
+    scored again by the shadow (a second serving event, same request id, arm ``shadow``, no engagement).
     """
 
     models: tuple[tuple[str, str], ...] = (("home-ranker", "home"),)
@@ -141,6 +145,8 @@ class SimConfig:
     canary_version: str = "2026.11.27-1"
     previous_version: str = "2026.11.13-2"
     canary_share: float = 0.0
+    shadow_version: str = "2026.11.28-1"
+    shadow_share: float = 0.0
     diurnal_amplitude: float = 0.3
     # Event-time hour (UTC) at which traffic peaks.
     diurnal_peak_hour: float = 20.0
@@ -172,6 +178,8 @@ class SimConfig:
             raise ValueError("models must name at least one (model, surface)")
         if not 0.0 <= self.canary_share < 1.0:
             raise ValueError(f"canary_share must be in [0, 1), got {self.canary_share!r}")
+        if not 0.0 <= self.shadow_share <= 1.0:
+            raise ValueError(f"shadow_share must be in [0, 1], got {self.shadow_share!r}")
         if not 0.0 <= self.diurnal_amplitude <= 1.0:
             raise ValueError(f"diurnal_amplitude must be in [0, 1], got {self.diurnal_amplitude!r}")
         if tuple(s for s, _, _ in self.stage_latency) != STAGES:
@@ -250,6 +258,9 @@ class TrafficSimulator:
         self._rng_profile = np.random.default_rng([seed, 7])
         # Fourth stream: the bad-canary incidents' draws (one uniform per request).
         self._rng_canary = np.random.default_rng([seed, 11])
+        # Fifth stream: the shadow's draws (which requests it scores, its slates and scores), so a run with
+        # a shadow equals the run without one except for the added shadow events.
+        self._rng_shadow = np.random.default_rng([seed, 13])
         self.block_ms = next((b for b in _BLOCK_LADDER_MS if rate_per_s * b / 1000 <= _PER_BLOCK), 10)
 
         self._platforms, self._platform_cum = _cumulative(cfg.platforms)
@@ -299,6 +310,9 @@ class TrafficSimulator:
         self.counts: dict[TopicKind, int] = {"serving": 0, "engagement": 0, "deployment": 0, "dataset": 0}
         for event in self._deployments():
             self._pending[0].append((event["ts"], "deployment", str(event["model"]).encode(), event))
+        if cfg.shadow_share > 0:
+            for event in self._shadow_deployments():
+                self._pending[0].append((event["ts"], "deployment", str(event["model"]).encode(), event))
         # Next partition index to schedule, per dataset (see _schedule_datasets).
         self._next_partition = [0] * len(cfg.datasets)
         # Releases (ctr_drop_after_release): versions beyond control and canary, and their deployments.
@@ -382,7 +396,7 @@ class TrafficSimulator:
             "tenure": {n for n, _ in cfg.tenures},
             "model": {m for m, _ in cfg.models},
             "surface": {s for _, s in cfg.models},
-            "arm": set(cfg.arms),
+            "arm": set(cfg.arms) | ({"shadow"} if cfg.shadow_share > 0 else set()),
         }
         datasets = {name for name, _, _ in cfg.datasets}
         for inc in self.incidents:
@@ -391,6 +405,8 @@ class TrafficSimulator:
                     f"incident {inc.kind} targets dataset {inc.dataset!r}, which the simulator does not "
                     f"schedule; SimConfig.datasets has {sorted(datasets)}"
                 )
+            if inc.target.get("arm") == "shadow" and inc.kind not in SHADOW_INCIDENT_KINDS:
+                raise ValueError(f"incident {inc.kind} cannot target the shadow arm (only shadow_* kinds)")
             for dim, value in inc.target.items():
                 if value not in vocab[dim]:
                     # An incident on a slice that never receives traffic would have unreachable ground truth.
@@ -835,7 +851,7 @@ class TrafficSimulator:
         lat_r = np.round(lat, 1)
         total = np.round(lat_r.sum(axis=1) + overhead, 1)
 
-        return self._rows_to_events(
+        entries = self._rows_to_events(
             None if keep.all() else np.flatnonzero(keep),
             ts=ts,
             rid=rid,
@@ -869,6 +885,128 @@ class TrafficSimulator:
             complete_delay=complete_delay_ms,
             eng_drop=np.zeros(n, dtype=np.int64) if eng_drop is None else eng_drop,
         )
+        if cfg.shadow_share > 0:
+            self._shadow_events(entries)
+        return entries
+
+    def _shadow_deployments(self) -> list[Event]:
+        """One deployment event per model announcing the shadow version (``traffic``: the mirrored share)."""
+        cfg = self.config
+        rng = self._rng_shadow
+        out: list[Event] = []
+        for model, surface in cfg.models:
+            version = cfg.shadow_version
+            out.append(
+                {
+                    "type": "deployment",
+                    "ts": self.start_ms,
+                    "model": model,
+                    "model_version": version,
+                    "arm": "shadow",
+                    "traffic": round(cfg.shadow_share, 6),
+                    "baseline_version": cfg.control_version,
+                    "lineage": {
+                        "training_data": f"s3://recs-data/{surface}/train/{version.split('-')[0]}/",
+                        "feature_set": f"{surface}-features@v13",
+                        "code_commit": rng.bytes(20).hex(),
+                        "artifact_digest": "sha256:" + rng.bytes(32).hex(),
+                    },
+                    "actor": "ci",
+                    "reason": "shadow evaluation",
+                }
+            )
+        return out
+
+    def _shadow_events(self, entries: list[_Entry]) -> None:
+        """Queue the shadow's serving events for a share of this block's control requests.
+
+        A healthy shadow ranks like the control with small differences: each of the control's items is
+        kept with probability 0.9 (else replaced by a catalogue draw) and neighbours swap with
+        probability 0.15; scores get 2 % multiplicative noise. It answers 1-40 ms after the control, with
+        the same status (a control fallback or empty slate is the shadow's too). Every draw happens for
+        every control request, whatever the incidents, so incidents change only the bent fields.
+        """
+        cfg = self.config
+        rng = self._rng_shadow
+        n = len(entries)
+        if n == 0:
+            return
+        k = cfg.slate_size
+        pick = rng.random(n) < cfg.shadow_share
+        delay = rng.integers(1, 41, size=n)  # >= 1 ms: a queued event would sort before a same-ts request
+        keep = rng.random((n, k)) < 0.9
+        swap = rng.random((n, k)) < 0.15
+        fresh = np.searchsorted(self._item_cdf, rng.random((n, k)), side="right")
+        noise = np.exp(0.02 * rng.standard_normal((n, k)))
+        offset = rng.integers(0, len(self._item_ids), size=n)
+        u_inc = rng.random(n)
+        item_ids = self._item_ids
+        n_items = len(item_ids)
+        incidents = [inc for inc in self.incidents if inc.kind in SHADOW_INCIDENT_KINDS]
+        start, block_ms = self.start_ms, self.block_ms
+        pending = self._pending
+        for i, (ts, _kind, key, control) in enumerate(entries):
+            if not pick[i] or control["arm"] != "control":
+                continue
+            t = ts + int(delay[i])
+            model = control["model"]
+            active = [
+                inc
+                for inc in incidents
+                if inc.active(t) and inc.target.get("model", model) == model
+                and inc.target.get("surface", control["surface"]) == control["surface"]
+            ]  # fmt: skip
+            items: list[Event]
+            if control["fallback"]:
+                # A fallback serves the precomputed trending list: the shadow's is the same list.
+                items = [dict(item) for item in control["items"]]
+            else:
+                items = self._perturbed(control["items"], keep[i], swap[i], fresh[i], noise[i])
+            funnel = dict(control["funnel"])
+            for inc in active:
+                if inc.kind == "shadow_divergence" and items and u_inc[i] < inc.factor:
+                    # Distinct items: an offset plus a stride that cannot wrap onto itself within a slate.
+                    for pos, item in enumerate(items):
+                        item["id"] = str(item_ids[(int(offset[i]) + 7 * pos) % n_items])
+                elif inc.kind == "shadow_score_shift":
+                    for item in items:
+                        item["score"] = round(float(item["score"]) * inc.factor, 4)
+                elif inc.kind == "shadow_empty" and items and u_inc[i] < inc.factor:
+                    items = []
+                    funnel = {**funnel, "filtered": 0, "ranked": 0, "returned": 0}
+            shadow: Event = {
+                **control,
+                "ts": t,
+                "model_version": cfg.shadow_version,
+                "arm": "shadow",
+                "items": items,
+                "funnel": funnel,
+                "fallback": control["fallback"] and bool(items),
+            }
+            pending[(t - start) // block_ms].append((t, "serving", key, shadow))
+
+    def _perturbed(
+        self, control: list[Event], keep: BoolArray, swap: BoolArray, fresh: IntArray, noise: FloatArray
+    ) -> list[Event]:
+        """A healthy shadow's slate from the control's (see _shadow_events); item ids stay distinct."""
+        ids = [
+            item["id"] if keep[pos] else str(self._item_ids[fresh[pos]]) for pos, item in enumerate(control)
+        ]
+        for pos in range(len(ids) - 1):
+            if swap[pos]:
+                ids[pos], ids[pos + 1] = ids[pos + 1], ids[pos]
+        out: list[Event] = []
+        seen: set[str] = set()
+        for pos, (item_id, item) in enumerate(zip(ids, control, strict=True)):
+            if item_id in seen:
+                continue  # a fresh draw that the slate already holds: the shadow's slate is one shorter
+            seen.add(item_id)
+            source = item["source"] if item_id == item["id"] else "collab"
+            out.append({"id": item_id, "score": float(item["score"]) * float(noise[pos]), "source": source})
+        # A ranker returns its slate in score order: the noisy scores are re-sorted onto the positions.
+        for item, score in zip(out, sorted((it["score"] for it in out), reverse=True), strict=True):
+            item["score"] = round(score, 4)
+        return out
 
     def _rows_to_events(self, idx: IntArray | None, **cols: npt.NDArray[Any]) -> list[_Entry]:
         """Build the kept rows' event dicts: return serving entries, queue engagement for later blocks."""

@@ -205,6 +205,21 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        # Shadow analysis (core/shadow.py): the newest shadow verdict's mean overlaps, and the waiting events.
+        self.shadow_overlap = Gauge(
+            "shadow_overlap_ratio",
+            "Mean top-k overlap of the shadow's slates with the control's (newest shadow verdict; "
+            "measure: jaccard or rbo).",
+            ["model", "measure"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.shadow_pending = Gauge(
+            "shadow_pending_events",
+            "Serving events waiting for their control/shadow partner on this worker.",
+            namespace=ns,
+            registry=registry,
+        )
         self._model_info_labels: set[tuple[str, ...]] = set()
         self._verdict_seen: dict[tuple[str, str], int] = {}
 
@@ -246,6 +261,19 @@ class MonitorMetrics:
             valid_until = doc.get("valid_until")
             if isinstance(valid_until, int):
                 self.canary_valid_until.labels(*series).set(valid_until / 1000)
+            if doc.get("kind") == "shadow":
+                self._set_overlap(series[0], doc.get("metrics"))
+
+    def _set_overlap(self, model: str, metrics: object) -> None:
+        """The shadow overlap gauges from a shadow verdict's metrics (measures not yet judged are left)."""
+        if not isinstance(metrics, list):
+            return
+        for metric in metrics:
+            if not isinstance(metric, dict) or metric.get("name") not in ("overlap.jaccard", "overlap.rbo"):
+                continue
+            estimate = metric.get("estimate")
+            if isinstance(estimate, int | float) and not isinstance(estimate, bool):
+                self.shadow_overlap.labels(model, str(metric["name"]).split(".", 1)[1]).set(estimate)
 
     def record_joins(
         self, joins: Sequence[JoinDelta], refused: Sequence[str], join: LabelJoin | None
