@@ -1,8 +1,8 @@
 """The Faust worker: the input topics' messages reach the engine in batches and drive it.
 
-With ``delivery = "batch"`` (the default) each fetch of Faust's consumer is one batch, ingested by one
-task (runtime/delivery.py: Faust's per-message hand-over is what limits a Faust worker); with
-``"stream"`` one agent per input topic takes batches off its Faust stream. Either way, per batch the
+With ``delivery = "stream"`` (the default) one agent per input topic takes batches off its Faust stream;
+with ``"batch"`` (opt-in) each fetch of Faust's consumer is one batch, ingested by one task
+(runtime/delivery.py: Faust's per-message hand-over is what limits a Faust worker). Either way, per batch the
 worker ingests every message, then commits the engine's deltas to the state store (one
 commit at a time, across agents, retried while the store is down), and only then acks the messages so
 Faust may commit their Kafka offsets. A message of a partition whose delta was refused (another worker
