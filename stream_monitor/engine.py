@@ -22,7 +22,7 @@ import orjson
 from stream_monitor.core.aggregates import PartitionDelta, WindowAccumulator
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState, StateFormatError
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL, AnomalyLayer
-from stream_monitor.core.canary import CanaryAnalyzer, decoded_deployments
+from stream_monitor.core.canary import CanaryAnalyzer, Verdict, decoded_deployments
 from stream_monitor.core.clock import Clock
 from stream_monitor.core.datasets import DatasetArrival, check_datasets
 from stream_monitor.core.events import (
@@ -785,11 +785,7 @@ class Engine:
             log.error("canary analysis failed for window %s (%r); its state is reset", window, exc)
             state.canary = {}
             return
-        if verdicts:
-            docs = [v.to_json_dict() for v in verdicts]
-            for doc in docs:
-                self._verdict_lineage(doc)
-            self.health_sink.emit(docs)
+        self._emit_verdicts(verdicts)
 
     def _shadow(
         self,
@@ -813,6 +809,10 @@ class Engine:
             log.error("shadow analysis failed for window %s (%r); its state is reset", window, exc)
             state.shadow = {}
             return
+        self._emit_verdicts(verdicts)
+
+    def _emit_verdicts(self, verdicts: Sequence[Verdict]) -> None:
+        """Verdicts (canary or shadow) to the health sink, with both versions' lineage."""
         if verdicts:
             docs = [v.to_json_dict() for v in verdicts]
             for doc in docs:

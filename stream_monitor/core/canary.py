@@ -37,7 +37,7 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from stream_monitor.core.aggregates import SEP_METRIC, SEP_SERIES
 from stream_monitor.core.profile import LinearBins
@@ -518,25 +518,7 @@ class CanaryAnalyzer:
         ...
         stream_monitor.core.canary.CanaryStateError: canary state models.m.deployment must be a string
         """
-        if not isinstance(doc, dict):
-            raise CanaryStateError(f"canary state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") != STATE_VERSION:
-            raise CanaryStateError(f"canary state version {doc.get('version')!r} is not {STATE_VERSION}")
-        models = doc.get("models")
-        if not isinstance(models, dict):
-            raise CanaryStateError("canary state models must be a JSON object")
-        for model, entry in models.items():
-            where = f"canary state models.{model}"
-            if not isinstance(entry, dict):
-                raise CanaryStateError(f"{where} must be a JSON object")
-            if not isinstance(entry.get("deployment"), str):
-                raise CanaryStateError(f"{where}.deployment must be a string")
-            for name in ("start", "windows"):
-                if not isinstance(entry.get(name), int) or isinstance(entry.get(name), bool):
-                    raise CanaryStateError(f"{where}.{name} must be an integer")
-            for name in ("candidate", "baseline", "arms"):
-                if not isinstance(entry.get(name), dict):
-                    raise CanaryStateError(f"{where}.{name} must be a JSON object")
+        for where, entry in rollout_entries(doc, "canary", STATE_VERSION, CanaryStateError, ("arms",)):
             for arm in (CANDIDATE, BASELINE):
                 acc = entry["arms"].get(arm)
                 if not isinstance(acc, dict):
@@ -550,10 +532,7 @@ class CanaryAnalyzer:
                     for name, sub in acc[inner].items():
                         if not isinstance(sub, dict) or not all(_is_num(v) for v in sub.values()):
                             raise CanaryStateError(f"{where}.arms.{arm}.{inner}.{name} must map to numbers")
-            decided = entry.get("decided")
-            if decided is not None and not isinstance(decided, dict):
-                raise CanaryStateError(f"{where}.decided must be a JSON object or null")
-        return doc
+        return cast(dict[str, Any], doc)
 
     # -- update ----------------------------------------------------------------------------------------
 
@@ -1006,6 +985,45 @@ class CanaryAnalyzer:
                     f"{metric} {rel:+.1%} in {name} (canary {p_c:.4f} vs control {p_b:.4f}, z {z:.1f})",
                 )
         return Suspect("segment", best[1], best[2]) if best is not None else None
+
+
+def rollout_entries(
+    doc: object, kind: str, version: int, error: type[Exception], objects: tuple[str, ...]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Check what every rollout analyzer's stored state shares; its entries as ``(where, entry)``.
+
+    The document is ``{"version", "models": {model: entry}}``; each entry has a ``deployment`` string,
+    ``start`` and ``windows`` integers, ``candidate``/``baseline`` objects plus the kind's ``objects``, and
+    ``decided`` (an object or null). Raises ``error`` naming the first field that is wrong.
+
+    >>> rollout_entries({"version": 1, "models": {}}, "canary", 1, ValueError, ())
+    []
+    """
+    if not isinstance(doc, dict):
+        raise error(f"{kind} state must be a JSON object, got {type(doc).__name__}")
+    if doc.get("version") != version:
+        raise error(f"{kind} state version {doc.get('version')!r} is not {version}")
+    models = doc.get("models")
+    if not isinstance(models, dict):
+        raise error(f"{kind} state models must be a JSON object")
+    out = []
+    for model, entry in models.items():
+        where = f"{kind} state models.{model}"
+        if not isinstance(entry, dict):
+            raise error(f"{where} must be a JSON object")
+        if not isinstance(entry.get("deployment"), str):
+            raise error(f"{where}.deployment must be a string")
+        for name in ("start", "windows"):
+            if not isinstance(entry.get(name), int) or isinstance(entry.get(name), bool):
+                raise error(f"{where}.{name} must be an integer")
+        for name in ("candidate", "baseline", *objects):
+            if not isinstance(entry.get(name), dict):
+                raise error(f"{where}.{name} must be a JSON object")
+        decided = entry.get("decided")
+        if decided is not None and not isinstance(decided, dict):
+            raise error(f"{where}.decided must be a JSON object or null")
+        out.append((where, entry))
+    return out
 
 
 def _is_num(value: object) -> bool:

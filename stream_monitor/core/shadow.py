@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
@@ -53,6 +53,7 @@ from stream_monitor.core.canary import (
     hodges_lehmann,
     mann_whitney,
     mixture_halfwidth,
+    rollout_entries,
 )
 from stream_monitor.core.labels import JoinDelta, request_id_hash, sampled
 from stream_monitor.core.profile import LinearBins
@@ -498,35 +499,16 @@ class ShadowAnalyzer:
         ...
         stream_monitor.core.shadow.ShadowStateError: shadow state models.m.deployment must be a string
         """
-        if not isinstance(doc, dict):
-            raise ShadowStateError(f"shadow state must be a JSON object, got {type(doc).__name__}")
-        if doc.get("version") != STATE_VERSION:
-            raise ShadowStateError(f"shadow state version {doc.get('version')!r} is not {STATE_VERSION}")
-        models = doc.get("models")
-        if not isinstance(models, dict):
-            raise ShadowStateError("shadow state models must be a JSON object")
-        for model, entry in models.items():
-            where = f"shadow state models.{model}"
-            if not isinstance(entry, dict):
-                raise ShadowStateError(f"{where} must be a JSON object")
-            if not isinstance(entry.get("deployment"), str):
-                raise ShadowStateError(f"{where}.deployment must be a string")
-            for name in ("start", "windows"):
-                if not isinstance(entry.get(name), int) or isinstance(entry.get(name), bool):
-                    raise ShadowStateError(f"{where}.{name} must be an integer")
-            for name in ("candidate", "baseline", "pairs", "scores"):
-                if not isinstance(entry.get(name), dict):
-                    raise ShadowStateError(f"{where}.{name} must be a JSON object")
+        for where, entry in rollout_entries(
+            doc, "shadow", STATE_VERSION, ShadowStateError, ("pairs", "scores")
+        ):
             if not all(_is_num(v) for v in entry["pairs"].values()):
                 raise ShadowStateError(f"{where}.pairs values must be numbers")
             for arm in (CANDIDATE, BASELINE):
                 hist = entry["scores"].get(arm)
                 if not isinstance(hist, dict) or not all(_is_num(v) for v in hist.values()):
                     raise ShadowStateError(f"{where}.scores.{arm} must map to numbers")
-            decided = entry.get("decided")
-            if decided is not None and not isinstance(decided, dict):
-                raise ShadowStateError(f"{where}.decided must be a JSON object or null")
-        return doc
+        return cast(dict[str, Any], doc)
 
     def update(
         self,
