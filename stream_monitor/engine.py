@@ -528,7 +528,9 @@ class Engine:
         )
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-        if pending.traces:
+        # Only beside counts that landed: a store that lost its state (the worker exits and recounts)
+        # or refused every partition (a fenced owner) must not be given context for counts it lacks.
+        if pending.traces and result.applied and not result.lost:
             self._write_traces(pending.traces)
         return result
 

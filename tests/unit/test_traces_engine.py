@@ -126,3 +126,36 @@ def test_no_capture_without_a_trace_store_or_when_disabled() -> None:
         off, MemoryStore(), ListSink(), ListSink(), EventTimeClock(START), traces=MemoryTraceStore()
     )
     assert engine.trace_capture is None and engine.trace_store is None
+
+
+def test_traces_of_a_commit_the_store_refused_as_lost_are_not_written() -> None:
+    """A Redis that came back empty refuses the commit (the worker exits and recounts from Kafka): the
+    traces of that batch must not land in it either, or they would describe counts the store lacks."""
+    topology = replace(load_topology(None), traces=TraceRule(sample_rate=1.0))
+    traces, store, clock = MemoryTraceStore(), MemoryStore(), EventTimeClock(START)
+    engine = Engine(
+        topology,
+        store,
+        ListSink(),
+        ListSink(),
+        clock,
+        options=EngineOptions(worker_id="t", auto_claim=True),
+        traces=traces,
+    )
+    pipeline = InProcessPipeline(engine, Topics(), partitions=2)
+    sim = TrafficSimulator(seed=5, start_ms=START, rate_per_s=20.0)
+    for kind, key, event in sim.events_until(START + 30_000):
+        pipeline.feed(kind, key, orjson.dumps(event))
+    clock.observe(START + 30_000)
+    pipeline.step()
+    assert traces._traces, "the first, accepted commit stored traces"
+    written = dict(traces._traces)
+
+    engine.store = MemoryStore()  # the restarted, empty store: no partition is known
+    for kind, key, event in sim.events_until(START + 60_000):
+        pipeline.feed(kind, key, orjson.dumps(event))
+    pending = engine.prepare_commit()
+    assert pending is not None and pending.traces
+    result = engine.commit_pending(pending)
+    assert result.lost and not result.applied
+    assert traces._traces == written
