@@ -150,6 +150,9 @@ class SimConfig:
     diurnal_amplitude: float = 0.3
     # Event-time hour (UTC) at which traffic peaks.
     diurnal_peak_hour: float = 20.0
+    # When set, the diurnal curve reads start_ms as this hour of the day whatever its UTC hour: a run then
+    # gives the same events (timestamps shifted) whenever it starts, e.g. a demo or a test "started now".
+    diurnal_start_hour: float | None = None
     platforms: tuple[tuple[str, float], ...] = (("ios", 0.34), ("android", 0.36), ("web", 0.18), ("tv", 0.12))
     regions: tuple[tuple[str, float], ...] = (("us", 0.42), ("eu", 0.28), ("latam", 0.17), ("apac", 0.13))
     tenures: tuple[tuple[str, float], ...] = (("new", 0.22), ("established", 0.78))
@@ -182,6 +185,8 @@ class SimConfig:
             raise ValueError(f"shadow_share must be in [0, 1], got {self.shadow_share!r}")
         if not 0.0 <= self.diurnal_amplitude <= 1.0:
             raise ValueError(f"diurnal_amplitude must be in [0, 1], got {self.diurnal_amplitude!r}")
+        if self.diurnal_start_hour is not None and not 0.0 <= self.diurnal_start_hour < 24.0:
+            raise ValueError(f"diurnal_start_hour must be in [0, 24), got {self.diurnal_start_hour!r}")
         if tuple(s for s, _, _ in self.stage_latency) != STAGES:
             raise ValueError(f"stage_latency must list the stages {STAGES} in order")
         if self.slate_size < 1 or self.catalogue_size < 2 * self.slate_size:
@@ -341,7 +346,10 @@ class TrafficSimulator:
     def expected_rate(self, ts_ms: float) -> float:
         """Mean serving requests per second at event time ``ts_ms`` (before any traffic drop)."""
         cfg = self.config
-        hour = (ts_ms % _MS_PER_DAY) / 3_600_000
+        if cfg.diurnal_start_hour is None:
+            hour = (ts_ms % _MS_PER_DAY) / 3_600_000
+        else:
+            hour = cfg.diurnal_start_hour + (ts_ms - self.start_ms) / 3_600_000
         return self.rate_per_s * (
             1.0 + cfg.diurnal_amplitude * math.cos(2 * math.pi * (hour - cfg.diurnal_peak_hour) / 24)
         )

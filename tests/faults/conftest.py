@@ -30,7 +30,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import REPO, Deployment, WorkerProcess, free_port
+from tests.integration.conftest import REPO, Deployment, WorkerProcess, free_port, sim_config
 
 WINDOW_MS = 60_000
 KAFKA_LIBS = (
@@ -71,6 +71,7 @@ def simulated(
         start_ms=start_ms,
         rate_per_s=rate,
         incidents=[parse_incident(spec, start_ms) for spec in incidents or []],
+        config=sim_config(),
     )
     return list(sim.events(duration_s))
 

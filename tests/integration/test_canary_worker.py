@@ -26,7 +26,7 @@ import orjson
 import pytest
 import yaml
 
-from stream_monitor.sim import Incident, SimConfig, TrafficSimulator
+from stream_monitor.sim import Incident, TrafficSimulator
 from tests.integration.conftest import (
     REPO,
     Deployment,
@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     wait_for,
 )
 
@@ -59,7 +60,7 @@ def _start(deployment: Deployment, tmp_path: Path, minutes: int, seed: int, inci
     start -= start % MINUTE
     incidents = [Incident(incident, onset_ms=start + 3 * MINUTE)] if incident else []
     sim = TrafficSimulator(
-        seed=seed, start_ms=start, rate_per_s=60, incidents=incidents, config=SimConfig(canary_share=0.5)
+        seed=seed, start_ms=start, rate_per_s=60, incidents=incidents, config=sim_config(canary_share=0.5)
     )
     events = list(sim.events(minutes * 60))
     assert sum(1 for kind, _, e in events if kind == "deployment" and e["arm"] == "canary") == 1

@@ -12,13 +12,14 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_monitor.sim import Incident, SimConfig, TrafficSimulator
+from stream_monitor.sim import Incident, TrafficSimulator
 from tests.integration.conftest import (
     Deployment,
     WorkerProcess,
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     totals,
     wait_for,
 )
@@ -42,7 +43,7 @@ def test_a_late_dataset_raises_dataset_arrival(
         start_ms=start,
         rate_per_s=2,
         incidents=[late],
-        config=SimConfig(engagement=False, datasets=((DATASET, 3600.0, 5000),)),
+        config=sim_config(engagement=False, datasets=((DATASET, 3600.0, 5000),)),
     )
     events = list(sim.events(150 * 60))
     datasets = [e for kind, _, e in events if kind == "dataset"]

@@ -20,6 +20,7 @@ from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import Incident, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
 from stream_monitor.topology import load_topology
+from tests.integration.conftest import sim_config
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def test_live_diagnose_reads_open_alerts_and_releases_from_redis(
     start = 1_763_942_400_000
     topology = load_topology(None)
     incident = Incident("source_outage", start + 900_000, None, target={"region": "eu"})
-    sim = TrafficSimulator(seed=1, start_ms=start, rate_per_s=15.0, incidents=[incident])
+    sim = TrafficSimulator(seed=1, start_ms=start, rate_per_s=15.0, incidents=[incident], config=sim_config())
     sink = ListSink()
     clock = EventTimeClock(start)
     engine = Engine(

@@ -25,7 +25,7 @@ import yaml
 from stream_monitor.config import Settings
 from stream_monitor.runtime.kafka import ensure_topics
 from stream_monitor.runtime.topic_range import TopicRangeError, read_topic_range
-from stream_monitor.sim import Incident, SimConfig, TrafficSimulator
+from stream_monitor.sim import Incident, TrafficSimulator
 from tests.integration.conftest import (
     REPO,
     Deployment,
@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     wait_for,
 )
 
@@ -106,7 +107,7 @@ def test_live_incident_reads_alerts_verdicts_and_release_history(
         Incident("error_spike", onset_ms=start + 4 * MINUTE, target={"region": "eu"}),
     ]
     sim = TrafficSimulator(
-        seed=41, start_ms=start, rate_per_s=60, incidents=incidents, config=SimConfig(canary_share=0.5)
+        seed=41, start_ms=start, rate_per_s=60, incidents=incidents, config=sim_config(canary_share=0.5)
     )
     events = list(sim.events(minutes * 60))
     canary_version = next(

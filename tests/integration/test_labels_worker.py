@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     totals,
     wait_for,
 )
@@ -69,7 +70,7 @@ def test_worker_kill_leaves_joined_labels_exact_and_raises_the_release_alert(
     start = now - 2 * 3_600_000
     start -= start % MINUTE
     incident = parse_incident("ctr_drop_after_release:arm=control,onset=1200", start)
-    sim = TrafficSimulator(seed=21, start_ms=start, rate_per_s=25, incidents=[incident])
+    sim = TrafficSimulator(seed=21, start_ms=start, rate_per_s=25, incidents=[incident], config=sim_config())
     events = list(sim.events(45 * 60))
     produce(deployment.bootstrap, events_to_messages(events, deployment))
 

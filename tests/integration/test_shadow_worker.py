@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     wait_for,
 )
 
@@ -68,7 +69,7 @@ def test_a_divergent_shadow_gets_rollback_on_the_health_topic(
         start_ms=start,
         rate_per_s=40,
         incidents=[Incident("shadow_divergence", onset_ms=start)],
-        config=SimConfig(shadow_share=0.5),
+        config=sim_config(shadow_share=0.5),
     )
     events = list(sim.events(6 * 60))
     assert sum(1 for kind, _, e in events if kind == "deployment" and e["arm"] == "shadow") == 1

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     consume_all,
     events_to_messages,
     produce,
+    sim_config,
     totals,
     wait_for,
 )
@@ -55,6 +56,7 @@ def test_worker_stores_traces_and_alert_examples_resolve(
         # hours (replay of the same traffic), and a CI run saw no eu alert.
         rate_per_s=40,
         incidents=[parse_incident("latency_regression:region=eu,stage=ranking,magnitude=4,onset=360", start)],
+        config=sim_config(),
     )
     events = list(sim.events(14 * 60))
     produce(deployment.bootstrap, events_to_messages(events, deployment))

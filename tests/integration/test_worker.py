@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     measure_counting_rate,
     produce,
     redis_sums,
+    sim_config,
     totals,
     wait_for,
 )
@@ -42,6 +43,7 @@ def simulated(start_ms: int, duration_s: float, rate: float, incidents: list[str
         start_ms=start_ms,
         rate_per_s=rate,
         incidents=[parse_incident(spec, start_ms) for spec in incidents],
+        config=sim_config(),
     )
     return list(sim.events(duration_s))
 

@@ -302,6 +302,28 @@ def test_diurnal_peak_and_trough() -> None:
     assert abs(ratio - 1.3 / 0.7) < 0.15
 
 
+def test_diurnal_start_hour_makes_a_run_independent_of_when_it_starts() -> None:
+    """With ``diurnal_start_hour`` the events of a seed are the same at any start (timestamps shifted)."""
+
+    def shape(start_ms: int) -> list[tuple[object, ...]]:
+        cfg = SimConfig(diurnal_start_hour=8.0)
+        sim = TrafficSimulator(4, start_ms, 30.0, config=cfg)
+        return [
+            (kind, key, e["ts"] - start_ms, e.get("request_id"), orjson.dumps(e.get("items")))
+            for kind, key, e in sim.events(300)
+        ]
+
+    at_eight = shape(START + 8 * 3_600_000)
+    assert at_eight == shape(START + 13 * 3_600_000 + 17 * 60_000)
+    # And it is the curve at 08:00 UTC (trough near 08:00 with the default peak at 20:00).
+    plain = TrafficSimulator(4, START + 8 * 3_600_000, 30.0)
+    assert [(k, e["ts"]) for k, _, e in plain.events(300)] == [
+        (k, t + START + 8 * 3_600_000) for k, _, t, _, _ in at_eight
+    ]
+    with pytest.raises(ValueError, match="diurnal_start_hour"):
+        SimConfig(diurnal_start_hour=24.0)
+
+
 def test_segments_have_non_uniform_shares(baseline: list[dict[str, Any]]) -> None:
     cfg = SimConfig()
     for dim, shares in (("platform", cfg.platforms), ("region", cfg.regions), ("tenure", cfg.tenures)):
