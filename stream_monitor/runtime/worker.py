@@ -273,6 +273,27 @@ class WorkerRuntime:
             )
             self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(max(0, high - counted))
 
+    def _log_ends(self, partitions: list[str]) -> dict[str, int]:
+        """The broker's log-end offsets of ``partitions`` (those it answered within the timeout).
+
+        Given to the claim so that a partition with a backlog holds the watermark back until it is
+        counted, even when the fetcher reaches it only after the idle timeout (docs/operations.md).
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        ends: dict[str, int] = {}
+        for tp in partitions:
+            topic, _, partition = tp.rpartition("/")
+            try:
+                _low, high = self._watermarks.get_watermark_offsets(
+                    TopicPartition(topic, int(partition)), timeout=2.0
+                )
+            except KafkaException as exc:  # claim without it: the idle timeout rule still applies
+                log.warning("no log-end offset for %s at claim (%s); claiming without", tp, exc)
+                break  # the broker is not answering: do not wait 2 s for each of the others
+            ends[tp] = int(high)
+        return ends
+
     def _ours(self, tps: Iterable[Any]) -> list[str]:
         return sorted(f"{tp.topic}/{tp.partition}" for tp in tps if tp.topic in self.inputs)
 
@@ -281,8 +302,9 @@ class WorkerRuntime:
         store = self.engine.store
 
         def claim() -> tuple[dict[str, PartitionClaim], int | None]:
+            ends = self._log_ends(ours) if ours else {}
             # closed_before too, so late events of the very first batch are recognised as late.
-            return store.claim(ours, self.engine.clock.now_ms()), store.closed_before()
+            return store.claim(ours, self.engine.clock.now_ms(), ends), store.closed_before()
 
         async with self._commit_lock:
             while True:

@@ -74,11 +74,16 @@ class CommitResult:
 class StateStore(Protocol):
     """Storage for window state; see the module docstring for the guarantees."""
 
-    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+    def claim(
+        self, partitions: Sequence[str], now_ms: int, highwaters: Mapping[str, int] | None = None
+    ) -> dict[str, PartitionClaim]:
         """Take ownership of ``partitions`` (fencing previous owners); returns where to resume.
 
         A claimed partition holds the watermark back from now until it has been idle for the idle
-        timeout, even before its first commit.
+        timeout, even before its first commit. ``highwaters`` (log-end offsets the broker reported at
+        the claim) make that firmer: a partition whose stored offset is below its highwater is not caught
+        up, so it holds the watermark until its backlog is counted, however long the fetcher takes to
+        reach it.
         """
         ...
 

@@ -43,13 +43,17 @@ class MemoryStore:
         self._matured: dict[str, dict[int, str]] = {}
         self._labels: dict[int, dict[str, float]] = {}
 
-    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+    def claim(
+        self, partitions: Sequence[str], now_ms: int, highwaters: Mapping[str, int] | None = None
+    ) -> dict[str, PartitionClaim]:
         with self._lock:
             out = {}
             for tp in partitions:
                 self._epoch[tp] = self._epoch.get(tp, 0) + 1
                 self._max_ts.setdefault(tp, 0)
                 self._seen[tp] = now_ms
+                if highwaters is not None and tp in highwaters:
+                    self._highwater[tp] = highwaters[tp]
                 out[tp] = PartitionClaim(tp, self._epoch[tp], self._offset.get(tp, 0))
             return out
 

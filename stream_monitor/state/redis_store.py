@@ -81,10 +81,14 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self._call(self.client.ping))
 
-    def claim(self, partitions: Sequence[str], now_ms: int) -> dict[str, PartitionClaim]:
+    def claim(
+        self, partitions: Sequence[str], now_ms: int, highwaters: Mapping[str, int] | None = None
+    ) -> dict[str, PartitionClaim]:
         if not partitions:
             return {}
-        flat = self._call(self._claim, args=[self.prefix, now_ms, *partitions])
+        known = highwaters or {}
+        pairs = [x for tp in partitions for x in (tp, str(known[tp]) if tp in known else "")]
+        flat = self._call(self._claim, args=[self.prefix, now_ms, *pairs])
         out = {}
         for i in range(0, len(flat), 3):
             tp = flat[i].decode()

@@ -157,6 +157,27 @@ def test_progress_reports_whether_a_partition_is_caught_up(store: StateStore) ->
     assert store.progress()[TP].caught_up
 
 
+def test_a_partition_claimed_with_a_backlog_holds_the_watermark_past_the_idle_timeout(
+    store: StateStore,
+) -> None:
+    """The log-end offset given at the claim: not caught up (so never idle) until the backlog is counted."""
+    from stream_monitor.core.windows import watermark
+
+    other = "recs.serving/1"
+    store.claim([TP, other], now_ms=0, highwaters={TP: 0, other: 5})
+    store.commit([delta(0, 3, {0: {"s#n": 3}}, ts=50_000)], {TP: 1}, now_ms=1)
+    progress = store.progress()
+    assert progress[TP].caught_up and not progress[other].caught_up
+    assert progress[other].highwater == 5
+    # Long after the idle timeout, the unfetched partition still holds the watermark at "nothing yet".
+    assert watermark(progress.values(), now_wall_ms=600_000, idle_timeout_ms=30_000) == 0
+    store.commit([delta(0, 5, {0: {"s#n": 5}}, tp=other, ts=40_000)], {other: 1}, now_ms=2)
+    assert watermark(store.progress().values(), now_wall_ms=3, idle_timeout_ms=30_000) == 40_000
+    # A partition claimed without one keeps the idle-timeout rule (and what was stored before).
+    again = store.claim([other], now_ms=4)
+    assert again[other].next_offset == 5 and store.progress()[other].highwater == 5
+
+
 def test_a_commit_for_a_partition_the_store_never_heard_of_reports_lost_state(store: StateStore) -> None:
     result = store.commit([delta(0, 2, {0: {"s#n": 2}})], {TP: 3}, now_ms=1)
     assert result.refused == [TP] and result.lost == [TP]
