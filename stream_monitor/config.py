@@ -77,11 +77,10 @@ class Settings(BaseSettings):
     web_port: int = 6066
     batch_max: int = 2000
     batch_within_s: float = 0.5
-    # How input messages reach the engine: "stream" goes through Faust's per-message streams and agents
-    # (Faust's per-message path caps a worker near 12k messages/s); "batch" hands over each fetch of
-    # Faust's consumer as one list (runtime/delivery.py: ~4x faster; opt-in until its open questions
-    # in docs/operations.md are settled).
-    delivery: Literal["batch", "stream"] = "stream"
+    # How input messages reach the engine: "batch" hands over each fetch of Faust's consumer as one list
+    # (runtime/delivery.py: ~4x faster); "stream" goes through Faust's per-message streams and agents
+    # (Faust's per-message path caps a worker near 12k messages/s). See docs/operations.md.
+    delivery: Literal["batch", "stream"] = "batch"
     close_interval_s: float = 1.0
     # How often the consumer-lag gauge is refreshed from the broker's log-end offsets.
     lag_interval_s: float = 5.0
