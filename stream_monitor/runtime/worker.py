@@ -13,10 +13,13 @@ store's closer lease lets exactly one of them do it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -112,8 +115,14 @@ class WorkerRuntime:
 
     def _build_app(self) -> faust.App:
         s = self.settings
+        # Faust wants a data directory (for tables; this app has none: its state is in the store). Its
+        # default is "<app id>-data" under the working directory, which left one per run in whatever
+        # directory the worker was started from; a temporary one goes away with the process.
+        datadir = tempfile.mkdtemp(prefix=f"{s.app_id}-faust-")
+        atexit.register(shutil.rmtree, datadir, ignore_errors=True)
         app = faust.App(
             s.app_id,
+            datadir=datadir,
             broker=[f"kafka://{host.strip()}" for host in s.kafka_bootstrap.split(",")],
             broker_credentials=_faust_credentials(s),
             store="memory://",

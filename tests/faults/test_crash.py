@@ -51,10 +51,10 @@ def test_sigkill_at_random_points_counts_every_event_exactly_once(
 ) -> None:
     rng = random.Random(SEED)
     dep = make_deployment(kafka_bootstrap, redis_url)
-    # Large enough that the worker cannot count what is left after a kill target within the random
-    # sub-batch delay with either delivery (batch delivery counts 30-50k events/s here and finished 9
-    # minutes at 40/s within it).
-    events = simulated(aligned_past(3), duration_s=9 * 60, rate=100, seed=SEED)
+    # Large enough that twelve kills cannot reach the end: batch delivery counts 30-50k events/s here, so
+    # each kill lands 0.5-32k events past its target (the random sub-batch delay and the commit chunk);
+    # with 9 minutes of traffic (190k events) the eleventh kill found everything counted.
+    events = simulated(aligned_past(3), duration_s=14 * 60, rate=100, seed=SEED)
     n = len(events)
     produce_all(dep.bootstrap, events_to_messages(events, dep))
     client = redis.Redis.from_url(redis_url)
@@ -67,7 +67,7 @@ def test_sigkill_at_random_points_counts_every_event_exactly_once(
         # A random amount of progress (some tiny: the kill lands right after the first commit of a
         # freshly started worker), then a random sub-batch delay so the kill hits any point of the
         # ingest / commit / ack cycle.
-        target = base + rng.randint(1, n // (KILLS + 4))
+        target = base + rng.randint(1, n // (KILLS * 4))
         started = time.monotonic()
         _wait_counted(client, dep.prefix, base + 1, 120, worker)
         restarts.append(time.monotonic() - started)
