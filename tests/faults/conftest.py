@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -350,10 +349,6 @@ def make_deployment() -> Iterator[Callable[..., Deployment]]:
                     future.result(timeout=15)
         except Exception:
             pass
-        # Faust's data directory (relative to the worker's cwd, the repo root): empty tables dir.
-        datadir = REPO / f"{dep.prefix}-data"
-        if datadir.is_dir() and datadir.name.startswith("it-"):
-            shutil.rmtree(datadir, ignore_errors=True)
 
 
 @pytest.fixture
