@@ -287,7 +287,7 @@ def live_state(
     >>> store = MemoryStore()
     >>> key = ("m", "v1", "control", "home", "*", "eu", "*")
     >>> entry = WindowEntry(0, 60_000, [SignalValue("error_rate", "rate", key, 0.3)]).encode()
-    >>> store.close_window(0, 60_000, b"{}", entry)
+    >>> store.close_window(0, 60_000, orjson.dumps(DetectorState().to_json_dict()), entry)
     True
     >>> live = live_state(store, 60_000)
     >>> live.windows, live.history.series[("error_rate", "rate", key)]
