@@ -9,8 +9,8 @@ The entry keeps what :class:`~stream_monitor.diagnosing.DiagnosisRecorder` keeps
 the evaluator's values and the label values. Error-budget burn rates, anomaly scores and dataset arrival
 values are left out (the recorder does not see them either), so a live and a replayed diagnosis of the
 same traffic rank from the same series. Encoded, an entry is zlib-compressed JSON with each distinct
-series key written once (about 5 KB per one-minute window of the default topology at 30 requests/s;
-docs/benchmarks.md "Diagnosis history").
+series key written once: about 4.7 KB (5.4 KB of Redis memory) per one-minute window of the default
+topology at 30 requests/s (docs/benchmarks.md "Diagnosis on the real path").
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ __all__ = [
 # Verdicts kept per model (one per rollout): enough for the rollouts in flight and a few past ones.
 VERDICTS_PER_MODEL = 20
 # Closed windows whose diagnosis log entry is kept (core/window_log.py): a day of one-minute windows, as
-# much as a replayed diagnosis keeps (SignalHistory), about 7 MB at the default topology's traffic.
+# much as a replayed diagnosis keeps (SignalHistory), about 8 MB of Redis at the default traffic.
 WINDOW_LOG_LIMIT = 1_440
 
 
