@@ -188,6 +188,7 @@ def run_live_one(
     argv = [sys.executable, "-m", "stream_monitor.cli.main", "worker", "--loglevel", "warning"]
     worker = _Process(argv, run.env(bench.topology, config.delivery), log_dir / f"worker-{kind}-{seed}.log")
     out: dict[str, Any] = {"kind": kind, "seed": seed, "messages": len(messages), "rank": None}
+    out["prefix"] = run.prefix
     truth = incident.ground_truth
     out["truth"] = {"signal": truth.signal, "key": truth.key, "detail": truth.detail}
     try:

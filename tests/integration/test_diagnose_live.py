@@ -127,3 +127,23 @@ def test_live_diagnose_of_a_real_worker_ranks_the_injected_cause_first_with_a_ti
     assert {"alert", "moved"} <= {m["kind"] for m in doc["timeline"]}, doc["timeline"]
     assert doc["drilldown"]["rows"], doc["drilldown"]
     assert any(f"live mode: {minutes} closed windows" in note for note in doc["notes"]), doc["notes"]
+
+
+@pytest.mark.slow
+def test_bench_diagnose_live_reports_the_rank_from_a_real_worker(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAM_MONITOR_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("STREAM_MONITOR_REDIS_URL", redis_url)
+    out = tmp_path / "live.json"
+    argv = ["bench", "diagnose", "--live", "--seeds", "1", "--kinds", "source_outage", "--no-compare"]
+    assert main([*argv, "--timeout", "400", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    run = report["runs"][0]
+    assert run["rank"] == 1 and "error" not in run, run
+    assert run["windows"] == 40 and run["timeline"] > 0
+    assert 1_000 < report["log_entry_bytes"] < 20_000 and report["log_redis_bytes_per_window"] > 0
+    # The run's topics and keys are gone.
+    client = redis.Redis.from_url(redis_url)
+    assert not list(client.scan_iter(f"{run['prefix']}:*", count=1000))
+    client.close()
