@@ -297,7 +297,7 @@ def run_live_diagnose_bench(
 def _both(kind: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     row = summary(kind, runs)
     row["errors"] = [r["seed"] for r in runs if "error" in r]
-    compared = [{"rank": r["inprocess_rank"]} for r in runs if "inprocess_rank" in r]
+    compared = [{"seed": r["seed"], "rank": r["inprocess_rank"]} for r in runs if "inprocess_rank" in r]
     if compared:
         inproc = summary(kind, compared)
         row["inprocess_rank1"], row["inprocess_top3"] = inproc["rank1"], inproc["top3"]

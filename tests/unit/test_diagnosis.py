@@ -290,3 +290,15 @@ def test_live_state_skips_unreadable_entries_and_names_an_empty_store() -> None:
     live = live_state(store, M)
     assert (live.windows, live.unreadable) == (1, 1)
     assert live.history.series == {("error_rate", "rate", key): {0: 0.5}}
+
+
+def test_live_bench_summary_counts_misses_on_both_paths() -> None:
+    from stream_monitor.bench.diagnose_live import _both
+
+    runs: list[dict[str, Any]] = [
+        {"kind": "k", "seed": 0, "rank": None, "inprocess_rank": None},
+        {"kind": "k", "seed": 1, "rank": 2, "inprocess_rank": 1},
+    ]
+    row = _both("k", runs)
+    assert (row["rank1"], row["top3"], row["missed"]) == (0.0, 0.5, [0])
+    assert (row["inprocess_rank1"], row["inprocess_ranks"]) == (0.5, [None, 1])
