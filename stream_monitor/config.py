@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # Events further ahead of the worker's clock than this are dead-lettered as future_event.
     max_future_s: float = 300.0
     broker_session_timeout_s: float = 10.0
+    # Closed windows whose diagnosis log entry (signal values and alerts; ~5.4 KB of Redis each at 30
+    # requests/s) the worker keeps for a live `diagnose` (docs/diagnose.md "Live mode"); 0 keeps none.
+    window_log_limit: int = Field(default=1_440, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -5,9 +5,12 @@
   ``on_raw_breaches`` hook and the label evaluator), the alerts, the release history from the store, the
   dataset arrivals and a bounded reservoir of request ids per (window, slice) from the serving events.
 * :func:`replay_file` runs a JSONL recording through it, with no servers.
-* :func:`live_inputs` reads what the worker keeps in its state store (Redis): the open alerts of the
-  detector checkpoint and the release history. The worker keeps no per-window signal history, so a live
-  diagnosis has suspects, releases and rollback targets but no timeline of values or drill-down.
+* :func:`live_state` reads what the worker keeps in its state store (Redis): the diagnosis log of the
+  closed windows (each window's signal values and the alerts it fired or resolved, written with the
+  close; core/window_log.py, the newest ``WINDOW_LOG_LIMIT`` windows), the open alerts of the detector
+  checkpoint, the release history and the dataset arrivals. A live diagnosis so has the timeline and
+  the drill-down of a replay, over the windows the log still holds. :func:`live_inputs` is the older,
+  narrower reader (open alerts and releases only).
 * :func:`live_examples` gives the top live suspects example request ids from the trace store (the
   worker's sampled request traces, docs/traces.md), which ``stream-monitor trace`` prints.
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,18 +26,28 @@ import orjson
 
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, DetectorState, StateFormatError
+from stream_monitor.core.datasets import DatasetArrival
 from stream_monitor.core.diagnosis import Diagnosis, ExampleReservoir, Marker, SignalHistory, diagnose
 from stream_monitor.core.labels import LabelEvaluator
 from stream_monitor.core.lineage import DeploymentRecord, LineageError
 from stream_monitor.core.signals import Breach, SignalValue
 from stream_monitor.core.topology import Topology
+from stream_monitor.core.window_log import WindowEntry, WindowLogError
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
 from stream_monitor.sinks.base import DeadLetter, ListSink
 from stream_monitor.state.base import StateStore
 from stream_monitor.state.traces import TraceStore, example_ids
 
-__all__ = ["DiagnosisRecorder", "LiveStateMissing", "live_examples", "live_inputs", "replay_file"]
+__all__ = [
+    "DiagnosisRecorder",
+    "LiveInputs",
+    "LiveStateMissing",
+    "live_examples",
+    "live_inputs",
+    "live_state",
+    "replay_file",
+]
 
 STEP_LINES = 5_000
 _KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
@@ -228,6 +242,104 @@ def live_inputs(
             "against this Redis (STREAM_MONITOR_REDIS_URL, STREAM_MONITOR_REDIS_PREFIX)?"
         )
     return alerts, records
+
+
+@dataclass(slots=True)
+class LiveInputs:
+    """What a live diagnosis reads from the state store (see :func:`live_state`)."""
+
+    history: SignalHistory
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    deployments: list[DeploymentRecord] = field(default_factory=list)
+    datasets: list[Marker] = field(default_factory=list)
+    windows: int = 0  # window log entries read
+    unreadable: int = 0  # window log entries that could not be decoded (skipped)
+
+    def diagnose(self, topology: Topology, **filters: Any) -> Diagnosis:
+        """Rank as a replay does (``filters``: since_ms, until_ms, model, symptom, max_suspects)."""
+        return diagnose(
+            self.history,
+            self.alerts,
+            topology.key_dims,
+            topology.segment_dims,
+            deployments=self.deployments,
+            datasets=self.datasets,
+            **filters,
+        )
+
+
+def live_state(
+    store: StateStore,
+    window_ms: int,
+    models: Iterable[str] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> LiveInputs:
+    """The worker's diagnosis log, open alerts, release history and dataset arrivals, from the store.
+
+    The history holds the logged windows starting in [since_ms, until_ms) (all kept ones by default);
+    the alerts are those the logged windows emitted, in window order, plus the checkpoint's open alerts
+    that opened before the oldest kept entry. Raises :class:`LiveStateMissing` when the store holds no
+    log, no checkpoint and no release history.
+
+    >>> from stream_monitor.core.signals import SignalValue
+    >>> from stream_monitor.state.memory import MemoryStore
+    >>> store = MemoryStore()
+    >>> key = ("m", "v1", "control", "home", "*", "eu", "*")
+    >>> entry = WindowEntry(0, 60_000, [SignalValue("error_rate", "rate", key, 0.3)]).encode()
+    >>> store.close_window(0, 60_000, orjson.dumps(DetectorState().to_json_dict()), entry)
+    True
+    >>> live = live_state(store, 60_000)
+    >>> live.windows, live.history.series[("error_rate", "rate", key)]
+    (1, {0: 0.3})
+    """
+    history = SignalHistory(window_ms)
+    out = LiveInputs(history)
+    seen: set[tuple[str, str]] = set()
+    for raw in store.window_log(since_ms, until_ms):
+        try:
+            entry = WindowEntry.decode(raw)
+        except WindowLogError:
+            out.unreadable += 1
+            continue
+        out.windows += 1
+        history.add(entry.start, entry.values)
+        for doc in entry.alerts:
+            ident = (str(doc.get("id", "")), str(doc.get("status", "")))
+            if ident not in seen:  # the closer re-emits after a crash; the log holds each window once
+                seen.add(ident)
+                out.alerts.append(doc)
+    checkpoint = store.load_detector_state()
+    if checkpoint is not None:
+        try:
+            state = DetectorState.from_json_dict(orjson.loads(checkpoint))
+        except (orjson.JSONDecodeError, StateFormatError) as exc:
+            raise LiveStateMissing(f"the detector checkpoint in the store is unreadable: {exc}") from exc
+        for doc in state.open_alerts.values():
+            alert = Alert.from_dict(doc).to_dict()
+            if (str(alert.get("id", "")), "firing") not in seen:
+                out.alerts.append(alert)
+    names = list(models) if models is not None else list(store.deployments())
+    for model in names:
+        for record in store.history(model):
+            try:
+                out.deployments.append(DeploymentRecord.from_json(record))
+            except LineageError:
+                continue
+    for name, record in sorted(store.datasets().items()):
+        try:
+            arrival = DatasetArrival.from_json(record)
+        except ValueError:
+            continue
+        out.datasets.append(
+            Marker(arrival.ts, "dataset", f"{name} {arrival.partition} ({arrival.rows} rows)")
+        )
+    if not out.windows and checkpoint is None and not out.deployments:
+        raise LiveStateMissing(
+            "the state store has no window log, no detector checkpoint and no release history: is the "
+            "worker running against this Redis (STREAM_MONITOR_REDIS_URL, STREAM_MONITOR_REDIS_PREFIX)?"
+        )
+    return out
 
 
 def live_examples(

@@ -40,6 +40,7 @@ from stream_monitor.core.shadow import EMPTY, ERROR, FALLBACK, OK, ShadowAnalyze
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.traces import TraceBatch, TraceCapture
+from stream_monitor.core.window_log import WindowEntry
 from stream_monitor.core.windows import watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
 from stream_monitor.sinks.health import HealthSink, NullHealthSink
@@ -694,7 +695,9 @@ class Engine:
             if deployments:
                 self._canary(state, deployments, fields, label_fields, (window_start, end), now)
                 self._shadow(state, deployments, fields, label_fields, window_start, now)
-            if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict())):
+            # The window's diagnosis log entry goes in with the close (atomic: none lost, none doubled).
+            entry = WindowEntry.of(window_start, end, values, (a.to_dict() for a in alerts)).encode()
+            if not self.store.close_window(window_start, end, orjson.dumps(state.to_json_dict()), entry):
                 self.anomaly.forget()
                 break  # someone else closed it: stop, and reload their state next time
             emitted.extend(alerts)

@@ -27,10 +27,19 @@ from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.diagnosis import Suspect
 from stream_monitor.core.topology import Topology
 from stream_monitor.diagnosing import DiagnosisRecorder
-from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, TrafficSimulator
+from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, SimConfig, TrafficSimulator
 from stream_monitor.topology import load_topology
 
-__all__ = ["DiagnoseBenchConfig", "format_report", "names_truth", "run_diagnose_bench", "run_one"]
+__all__ = [
+    "DiagnoseBenchConfig",
+    "format_report",
+    "names_truth",
+    "rank_of_truth",
+    "run_diagnose_bench",
+    "run_one",
+    "simulator",
+    "summary",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,9 @@ class DiagnoseBenchConfig:
     # "default": each kind's default magnitude; "smallest": the smallest of the detection benchmark's
     # magnitudes (harder: weaker signals, more room for a wrong first mover).
     magnitude: str = "default"
+    # When set, the simulator reads each run's start as this hour of the day (SimConfig.diurnal_start_hour)
+    # instead of its UTC hour: the live benchmark (bench/diagnose_live.py) uses 12.0 on both paths.
+    diurnal_start_hour: float | None = None
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.jobs < 1:
@@ -104,12 +116,27 @@ def _incident(config: DiagnoseBenchConfig, kind: str, seed: int, start_ms: int) 
     )
 
 
+def simulator(config: DiagnoseBenchConfig, kind: str, seed: int) -> tuple[TrafficSimulator, Incident]:
+    """The traffic of one run (with its incident): the same for the in-process and the live benchmark."""
+    start_ms = BASE_MS + (seed * 7 % 24) * HOUR_MS
+    incident = _incident(config, kind, seed, start_ms)
+    sim_config = SimConfig(diurnal_start_hour=config.diurnal_start_hour)
+    sim = TrafficSimulator(
+        seed=seed, start_ms=start_ms, rate_per_s=config.rate_per_s, incidents=[incident], config=sim_config
+    )
+    return sim, incident
+
+
+def rank_of_truth(suspects: Sequence[Suspect], truth: GroundTruth, segment_dims: Sequence[str]) -> int | None:
+    """The 1-based rank of the first suspect that names the truth (None: none does)."""
+    return next((i for i, s in enumerate(suspects, 1) if names_truth(s, truth, segment_dims)), None)
+
+
 def run_one(config: DiagnoseBenchConfig, topology: Topology, kind: str, seed: int) -> dict[str, Any]:
     """One incident run: its truth, the top suspects and the rank of the truth (None: not in the list)."""
     began = time.perf_counter()
-    start_ms = BASE_MS + (seed * 7 % 24) * HOUR_MS
-    incident = _incident(config, kind, seed, start_ms)
-    sim = TrafficSimulator(seed=seed, start_ms=start_ms, rate_per_s=config.rate_per_s, incidents=[incident])
+    sim, incident = simulator(config, kind, seed)
+    start_ms = sim.start_ms
     recorder = DiagnosisRecorder(topology, start_ms=start_ms, partitions=4)
     end_ms = start_ms + config.run_s * 1000
     until = start_ms
@@ -123,9 +150,7 @@ def run_one(config: DiagnoseBenchConfig, topology: Topology, kind: str, seed: in
     recorder.step(final=True)
     result = recorder.diagnose()
     truth = incident.ground_truth
-    rank = next(
-        (i for i, s in enumerate(result.suspects, 1) if names_truth(s, truth, topology.segment_dims)), None
-    )
+    rank = rank_of_truth(result.suspects, truth, topology.segment_dims)
     return {
         "kind": kind,
         "seed": seed,
@@ -161,7 +186,7 @@ def run_diagnose_bench(
     per_kind = []
     for kind in config.kinds:
         mine = [r for r in runs if r["kind"] == kind]
-        per_kind.append(_summary(kind, mine))
+        per_kind.append(summary(kind, mine))
     return {
         "suite": "diagnose",
         "config": {
@@ -180,13 +205,14 @@ def run_diagnose_bench(
             "cpus": os.cpu_count(),
         },
         "kinds": per_kind,
-        "overall": _summary("all", runs),
+        "overall": summary("all", runs),
         "runs": runs,
         "runtime_s": round(time.perf_counter() - began, 1),
     }
 
 
-def _summary(kind: str, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summary(kind: str, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Hit rates of one kind's runs (``rank`` of each run: 1-based, or None)."""
     n = len(runs)
     first = sum(1 for r in runs if r["rank"] == 1)
     top3 = sum(1 for r in runs if r["rank"] is not None and r["rank"] <= 3)

@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -131,6 +133,25 @@ def _add_diagnose(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="each kind's default magnitude, or the smallest one of `bench detection` (harder)",
     )
     g.add_argument("--topology", help="topology YAML (default: the packaged default topology)")
+    g.add_argument(
+        "--live",
+        action="store_true",
+        help="run each incident through Kafka, a worker subprocess and Redis "
+        "(STREAM_MONITOR_KAFKA_BOOTSTRAP, STREAM_MONITOR_REDIS_URL) and diagnose from Redis; "
+        "also the in-process rank of the same traffic",
+    )
+    g.add_argument("--first-seed", type=int, default=0, help="with --live: the first seed (default 0)")
+    g.add_argument(
+        "--timeout", type=float, default=600.0, help="with --live: seconds per run at most (default 600)"
+    )
+    g.add_argument(
+        "--delivery",
+        choices=("batch", "stream"),
+        default="batch",
+        help="with --live: the worker's delivery (default batch)",
+    )
+    g.add_argument("--no-compare", action="store_true", help="with --live: skip the in-process run")
+    g.add_argument("--log-dir", help="with --live: keep the worker logs here")
     g.set_defaults(func=run_diagnose)
 
 
@@ -156,12 +177,45 @@ def run_diagnose(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"bench diagnose: {message}", file=sys.stderr, flush=True)
 
+    if args.live:
+        return _run_diagnose_live(args, config, progress)
     report = run_diagnose_bench(config, progress)
     print(format_diagnose(report))
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"report written to {args.json}")
     return 0
+
+
+def _run_diagnose_live(args: argparse.Namespace, config: Any, progress: Callable[[str], None]) -> int:
+    from stream_monitor.bench.diagnose_live import (
+        LiveDiagnoseBenchConfig,
+        format_live_report,
+        run_live_diagnose_bench,
+    )
+    from stream_monitor.config import Settings
+
+    settings = Settings()
+    try:
+        live = LiveDiagnoseBenchConfig(
+            config,
+            settings.kafka_bootstrap,
+            settings.redis_url.get_secret_value(),
+            delivery=args.delivery,
+            timeout_s=args.timeout,
+            compare=not args.no_compare,
+            log_dir=args.log_dir,
+            first_seed=args.first_seed,
+        )
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    report = run_live_diagnose_bench(live, progress)
+    print(format_live_report(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        progress(f"report written to {args.json}")
+    return 0 if not report["overall"]["errors"] else 1
 
 
 def run_throughput(args: argparse.Namespace) -> int:

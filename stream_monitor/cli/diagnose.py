@@ -7,11 +7,12 @@ arrivals on it), an Adtributor drill-down of the symptom across segment dimensio
 the features that moved, the funnel stage where candidates were lost, the release that correlates with
 its lineage and rollback target, and example request ids.
 
-Without ``--from`` it reads the live state in Redis (STREAM_MONITOR_REDIS_URL): the worker's currently
-open alerts and the release history, and example request ids of the top suspects' slices from the trace
-store (print one with ``stream-monitor trace ID``). The worker keeps no per-window signal history, so the
-live report ranks the open alerts and the releases but has no timeline of values and no drill-down;
-record the topics (or ``simulate --out``) and use ``--from`` for those. See docs/diagnose.md.
+Without ``--from`` it reads the live state in Redis (STREAM_MONITOR_REDIS_URL): the worker's diagnosis log
+(each closed window's signal values and the alerts it fired or resolved, written with the close; the
+newest 1,440 windows by default), the open alerts of its checkpoint, the release history and the newest
+dataset arrivals, so the live report has the same timeline and drill-down as ``--from`` over the windows
+the log holds; example request ids of the top suspects' slices come from the trace store (print one with
+``stream-monitor trace ID``). See docs/diagnose.md.
 
 Examples::
 
@@ -33,10 +34,10 @@ from typing import Any
 import orjson
 
 from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology, open_store
-from stream_monitor.core.diagnosis import Diagnosis, SignalHistory, diagnose
+from stream_monitor.core.diagnosis import Diagnosis
 from stream_monitor.core.topology import Topology
 from stream_monitor.diagnose_report import render_html, render_text
-from stream_monitor.diagnosing import LiveStateMissing, live_examples, live_inputs, replay_file
+from stream_monitor.diagnosing import LiveInputs, LiveStateMissing, live_examples, live_state, replay_file
 
 __all__ = ["add_parser", "parse_time", "run"]
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             store = open_store(settings)
-            alerts, deployments = live_inputs(store, [args.model] if args.model else None)
+            live = live_state(store, topology.window.size_ms, [args.model] if args.model else None)
         except LiveStateMissing as exc:
             print(f"diagnose: {exc}", file=sys.stderr)
             return 2
@@ -108,25 +109,34 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        result = diagnose(
-            SignalHistory(topology.window.size_ms),
-            alerts,
-            topology.key_dims,
-            topology.segment_dims,
-            deployments=deployments,
-            since_ms=since,
-            until_ms=until,
-            model=args.model,
-            symptom=args.symptom,
+        result = live.diagnose(
+            topology, since_ms=since, until_ms=until, model=args.model, symptom=args.symptom
         )
-        result.notes.append(
-            "live mode: ranked from the worker's open alerts and the release history in Redis; the worker "
-            "keeps no per-window signal history, so there is no value timeline, drill-down, feature or "
-            "funnel section (use --from FILE on a recording for those)"
-        )
+        result.notes.append(_live_note(live))
         result.notes.append(_live_examples(result, store, topology))
     _emit(result, args)
     return 0
+
+
+def _live_note(live: LiveInputs) -> str:
+    """Where a live report's history came from (and what it lacks when the log is empty)."""
+    if not live.windows:
+        return (
+            "live mode: the store holds no window log (a worker older than the log, or window_log_limit 0): "
+            "ranked from the open alerts and the release history only, no timeline or drill-down"
+        )
+    first, last = min(live.history.windows), max(live.history.windows)
+    note = (
+        f"live mode: {live.windows} closed windows from the worker's diagnosis log in Redis "
+        f"({_iso(first)} to {_iso(last + live.history.window_ms)})"
+    )
+    if live.unreadable:
+        note += f"; {live.unreadable} unreadable entries skipped"
+    return note
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _live_examples(result: Diagnosis, store: Any, topology: Topology) -> str:

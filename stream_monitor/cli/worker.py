@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         settings.redis_url.get_secret_value(),
         prefix=settings.redis_prefix,
         ssl_ca_certs=str(settings.redis_ssl_ca_certs) if settings.redis_ssl_ca_certs else None,
+        window_log_limit=settings.window_log_limit,
     )
     registry = CollectorRegistry()
     runtime = build_worker(settings, topology, store, registry)

@@ -21,6 +21,7 @@ from stream_monitor.core.windows import PartitionProgress
 
 __all__ = [
     "VERDICTS_PER_MODEL",
+    "WINDOW_LOG_LIMIT",
     "CommitResult",
     "PartitionClaim",
     "StateLost",
@@ -30,6 +31,9 @@ __all__ = [
 
 # Verdicts kept per model (one per rollout): enough for the rollouts in flight and a few past ones.
 VERDICTS_PER_MODEL = 20
+# Closed windows whose diagnosis log entry is kept (core/window_log.py): a day of one-minute windows, as
+# much as a replayed diagnosis keeps (SignalHistory), about 8 MB of Redis at the default traffic.
+WINDOW_LOG_LIMIT = 1_440
 
 
 class StoreUnavailable(RuntimeError):
@@ -126,8 +130,17 @@ class StateStore(Protocol):
         """The merged sums of one window (open, or closed and not yet expired)."""
         ...
 
-    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
-        """Mark the window closed and save the detector checkpoint, atomically; False if already closed."""
+    def close_window(self, start: int, end: int, detector_state: bytes, log_entry: bytes = b"") -> bool:
+        """Mark the window closed and save the detector checkpoint, atomically; False if already closed.
+
+        A non-empty ``log_entry`` (core/window_log.py) is kept as the window's diagnosis log entry in
+        the same atomic step: a window refused as already closed adds none, so every closed window has
+        exactly one (the newest ``window_log_limit`` are kept, oldest dropped).
+        """
+        ...
+
+    def window_log(self, since_ms: int | None = None, until_ms: int | None = None) -> list[bytes]:
+        """The kept diagnosis log entries of windows starting in [since_ms, until_ms), oldest first."""
         ...
 
     def load_detector_state(self) -> bytes | None:

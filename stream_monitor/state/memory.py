@@ -9,7 +9,13 @@ from collections.abc import Mapping, Sequence
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.labels import JoinDelta
 from stream_monitor.core.windows import PartitionProgress
-from stream_monitor.state.base import HISTORY_LIMIT, VERDICTS_PER_MODEL, CommitResult, PartitionClaim
+from stream_monitor.state.base import (
+    HISTORY_LIMIT,
+    VERDICTS_PER_MODEL,
+    WINDOW_LOG_LIMIT,
+    CommitResult,
+    PartitionClaim,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -22,7 +28,11 @@ class MemoryStore:
     PartitionClaim(partition='recs.serving/0', epoch=1, next_offset=0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window_log_limit: int = WINDOW_LOG_LIMIT) -> None:
+        if window_log_limit < 0:
+            raise ValueError(f"window_log_limit must be >= 0 (0: keep no log), not {window_log_limit}")
+        self.window_log_limit = window_log_limit
+        self._window_log: dict[int, bytes] = {}
         self._lock = threading.Lock()
         self._epoch: dict[str, int] = {}
         self._offset: dict[str, int] = {}
@@ -176,13 +186,17 @@ class MemoryStore:
         with self._lock:
             return dict(self._windows.get(start, {}))
 
-    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
+    def close_window(self, start: int, end: int, detector_state: bytes, log_entry: bytes = b"") -> bool:
         with self._lock:
             if self._closed_before is not None and self._closed_before >= end:
                 return False
             self._closed_before = end
             self._open.discard(start)
             self._detector = detector_state
+            if log_entry and self.window_log_limit:
+                self._window_log[start] = log_entry
+                for old in sorted(self._window_log)[: -self.window_log_limit]:
+                    del self._window_log[old]
             # Closed windows stay readable (as in Redis until their TTL); keep a bounded number.
             for old in sorted(self._windows)[:-240]:
                 if old not in self._open:
@@ -191,6 +205,12 @@ class MemoryStore:
                 if old < end:
                     del self._labels[old]
             return True
+
+    def window_log(self, since_ms: int | None = None, until_ms: int | None = None) -> list[bytes]:
+        low = -(2**63) if since_ms is None else since_ms
+        high = 2**63 if until_ms is None else until_ms
+        with self._lock:
+            return [self._window_log[s] for s in sorted(self._window_log) if low <= s < high]
 
     def load_detector_state(self) -> bytes | None:
         return self._detector

@@ -12,6 +12,8 @@ each partition's epoch and offset and applies or refuses its delta as a unit. Ke
 ``:verdict:<model>``  hash key -> verdict document;  ``:verdict_ts:<model>``  sorted set key -> emitted_at
 ``:datasets``  newest arrival record per dataset;  ``:datasets_ts``  its event ts (for "newest" in Lua)
 ``:join:<group>``  pending label-join entries by request-id hash;  ``:jm:<group>``  matured ids per window
+``:winlog``  sorted set of closed windows' diagnosis log entries scored by window start (newest
+``window_log_limit``; written by close.lua with the close, see core/window_log.py)
 ``:lab:<start>``  hash ``"<series>#<metric>" -> sum`` of one label window (expires like window sums)
 """
 
@@ -32,6 +34,7 @@ from stream_monitor.core.windows import PartitionProgress
 from stream_monitor.state.base import (
     HISTORY_LIMIT,
     VERDICTS_PER_MODEL,
+    WINDOW_LOG_LIMIT,
     CommitResult,
     PartitionClaim,
     StoreUnavailable,
@@ -49,10 +52,19 @@ def _script(name: str) -> str:
 class RedisStore:
     """A StateStore in Redis (single primary; all keys of one app share ``prefix``)."""
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str = "sm", window_ttl_s: int = 86_400) -> None:
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        prefix: str = "sm",
+        window_ttl_s: int = 86_400,
+        window_log_limit: int = WINDOW_LOG_LIMIT,
+    ) -> None:
+        if window_log_limit < 0:
+            raise ValueError(f"window_log_limit must be >= 0 (0: keep no log), not {window_log_limit}")
         self.client = client
         self.prefix = prefix
         self.window_ttl_s = window_ttl_s
+        self.window_log_limit = window_log_limit
         self._claim = client.register_script(_script("claim.lua"))
         self._commit = client.register_script(_script("commit.lua"))
         self._close = client.register_script(_script("close.lua"))
@@ -191,9 +203,26 @@ class RedisStore:
         raw = self._call(self.client.hgetall, f"{self.prefix}:win:{start}")
         return {k.decode(): float(v) for k, v in raw.items()}
 
-    def close_window(self, start: int, end: int, detector_state: bytes) -> bool:
-        done = self._call(self._close, args=[self.prefix, start, end, detector_state, self.window_ttl_s])
+    def close_window(self, start: int, end: int, detector_state: bytes, log_entry: bytes = b"") -> bool:
+        done = self._call(
+            self._close,
+            args=[
+                self.prefix,
+                start,
+                end,
+                detector_state,
+                self.window_ttl_s,
+                log_entry,
+                self.window_log_limit,
+            ],
+        )
         return bool(done)
+
+    def window_log(self, since_ms: int | None = None, until_ms: int | None = None) -> list[bytes]:
+        low = "-inf" if since_ms is None else since_ms
+        high = "+inf" if until_ms is None else f"({until_ms}"
+        raw = self._call(self.client.zrangebyscore, f"{self.prefix}:winlog", low, high)
+        return [bytes(r) for r in raw]
 
     def load_detector_state(self) -> bytes | None:
         value = self._call(self.client.get, f"{self.prefix}:detector")

@@ -381,3 +381,90 @@ def test_verdicts_keep_a_bounded_number_of_keys_per_model(store: StateStore) -> 
     kept = store.verdicts("m")
     assert len(kept) == VERDICTS_PER_MODEL
     assert "m/v0@0" not in kept and f"m/v{VERDICTS_PER_MODEL + 2}@{VERDICTS_PER_MODEL + 2}" in kept
+
+
+# --- the diagnosis log of closed windows (stream_monitor.core.window_log, docs/diagnose.md) --------------
+
+
+def _twin(store: StateStore) -> StateStore:
+    """The same stored state seen by another process (a second worker, or this one after a restart)."""
+    if isinstance(store, MemoryStore):
+        return store  # one process: the memory store has no second view
+    from stream_monitor.state.redis_store import RedisStore
+
+    assert isinstance(store, RedisStore)
+    return RedisStore(store.client, prefix=store.prefix, window_log_limit=store.window_log_limit)
+
+
+def test_the_window_log_entry_is_written_with_the_close_exactly_once(store: StateStore) -> None:
+    assert store.window_log() == []
+    assert store.close_window(0, 60_000, b"{}", b"entry-0") is True
+    # Another closer (or this one after a restart) that closes the same window again adds nothing.
+    other = _twin(store)
+    assert other.close_window(0, 60_000, b"{}", b"entry-0-again") is False
+    assert store.close_window(0, 60_000, b"{}", b"entry-0") is False
+    assert other.close_window(60_000, 120_000, b"{}", b"entry-1") is True
+    assert store.close_window(60_000, 120_000, b"{}", b"entry-1-again") is False
+    assert store.window_log() == other.window_log() == [b"entry-0", b"entry-1"]
+    # A close without an entry (a worker older than the log) closes and logs nothing.
+    assert store.close_window(120_000, 180_000, b"{}") is True
+    assert store.window_log() == [b"entry-0", b"entry-1"] and store.closed_before() == 180_000
+
+
+def test_the_window_log_keeps_the_newest_entries_and_reads_a_range(store: StateStore) -> None:
+    store.window_log_limit = 3  # type: ignore[attr-defined]
+    for i in range(6):
+        assert store.close_window(i * 60_000, (i + 1) * 60_000, b"{}", f"e{i}".encode()) is True
+    assert store.window_log() == [b"e3", b"e4", b"e5"]
+    assert store.window_log(since_ms=240_000) == [b"e4", b"e5"]
+    assert store.window_log(until_ms=240_000) == [b"e3"]
+    assert store.window_log(since_ms=240_000, until_ms=300_000) == [b"e4"]
+    store.window_log_limit = 0  # type: ignore[attr-defined]  # 0: keep no log
+    store.close_window(6 * 60_000, 7 * 60_000, b"{}", b"e6")
+    assert store.window_log() == [b"e3", b"e4", b"e5"]
+
+
+def test_the_window_log_holds_each_closed_window_once_across_a_restart(store: StateStore) -> None:
+    """The real closer: an engine closes some windows, a restarted one (same store) closes the rest."""
+    import orjson
+
+    from stream_monitor.config import Topics
+    from stream_monitor.core.window_log import WindowEntry
+    from stream_monitor.engine import Engine, EngineOptions
+    from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+    from stream_monitor.sim import TrafficSimulator
+    from stream_monitor.sinks.base import ListSink
+    from stream_monitor.topology import load_topology
+
+    topology = load_topology(None)
+    start = 1_763_942_400_000
+    events = list(TrafficSimulator(seed=3, start_ms=start, rate_per_s=4.0).events_until(start + 420_000))
+
+    def engine(view: StateStore) -> tuple[Engine, InProcessPipeline, EventTimeClock]:
+        clock = EventTimeClock(start)
+        sink = ListSink()
+        options = EngineOptions(worker_id="closer", auto_claim=True, lease_ttl_ms=1)
+        eng = Engine(topology, view, sink, sink, clock, options=options)
+        return eng, InProcessPipeline(eng, Topics(), partitions=2), clock
+
+    first, pipe, clock = engine(store)
+    half = [e for e in events if e[2]["ts"] < start + 240_000]
+    for kind, key, event in half:
+        pipe.feed(kind, key, orjson.dumps(event))
+    clock.observe(start + 240_000)
+    pipe.step()
+    logged = [WindowEntry.decode(raw).start for raw in store.window_log()]
+    assert logged and logged == sorted(set(logged))
+    # The worker restarts: a new engine on the same stored state re-reads everything from the last
+    # acknowledged offset (here: all of it, as if nothing was acknowledged) and closes to the end.
+    second, pipe, clock = engine(_twin(store))
+    for kind, key, event in events:
+        pipe.feed(kind, key, orjson.dumps(event))
+    clock.observe(start + 420_000)
+    pipe.step(final=True)
+    entries = [WindowEntry.decode(raw) for raw in store.window_log()]
+    starts = [e.start for e in entries]
+    assert starts == sorted(set(starts)) and starts[: len(logged)] == logged
+    assert starts == list(range(starts[0], starts[-1] + 60_000, 60_000))  # none lost, none doubled
+    assert first.windows_closed + second.windows_closed == len(starts)
+    assert all(e.values for e in entries)

@@ -22,8 +22,9 @@ from stream_monitor.core.diagnosis import (
 )
 from stream_monitor.core.lineage import DeploymentRecord
 from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.window_log import WindowEntry
 from stream_monitor.diagnose_report import render_html, render_text
-from stream_monitor.diagnosing import LiveStateMissing, live_inputs
+from stream_monitor.diagnosing import DiagnosisRecorder, LiveStateMissing, live_inputs, live_state
 from stream_monitor.sim import Incident, TrafficSimulator
 from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
@@ -247,3 +248,57 @@ def test_every_incident_kind_is_ranked_first_on_one_seed() -> None:
     topology = load_topology(None)
     ranks = {kind: run_one(config, topology, kind, seed=2)["rank"] for kind in INCIDENT_KINDS}
     assert all(rank == 1 for rank in ranks.values()), ranks
+
+
+def test_live_state_from_the_window_log_matches_the_replayed_history() -> None:
+    """The worker's log holds what a replay records: the same series, alerts and ranking."""
+    start = 1_763_942_400_000 + 12 * 3_600_000
+    topology = load_topology(None)
+    incident = Incident("error_spike", start + 900_000, 600_000, magnitude=0.15, target={"region": "eu"})
+    sim = TrafficSimulator(seed=2, start_ms=start, rate_per_s=12.0, incidents=[incident])
+    recorder = DiagnosisRecorder(topology, start_ms=start, partitions=2)
+    until = start
+    while until < start + 1_800_000:
+        until += 10_000
+        for kind, key, event in sim.events_until(until):
+            recorder.observe(event)
+            recorder.pipeline.feed(kind, key, orjson.dumps(event))
+        recorder.clock.observe(until)
+        recorder.step()
+    live = live_state(recorder.store, topology.window.size_ms)
+    assert live.windows == len(recorder.history.windows) > 20 and live.unreadable == 0
+    assert live.history.windows == recorder.history.windows
+    assert live.history.series == recorder.history.series
+    assert sorted(a["id"] + a["status"] for a in live.alerts) == sorted(
+        a["id"] + a["status"] for a in recorder.alerts
+    )
+    replayed, from_log = recorder.diagnose(), live.diagnose(topology)
+    assert [s.name for s in from_log.suspects] == [s.name for s in replayed.suspects]
+    assert from_log.top is not None and from_log.top.name == "error_rate region=eu", from_log.top.name
+    assert from_log.timeline and from_log.drilldown
+
+
+def test_live_state_skips_unreadable_entries_and_names_an_empty_store() -> None:
+    store = MemoryStore()
+    with pytest.raises(LiveStateMissing, match="no window log"):
+        live_state(store, M)
+    key = ("m", "v1", "control", "home", "*", "eu", "*")
+    checkpoint = orjson.dumps(DetectorState().to_json_dict())
+    entry = WindowEntry(0, M, [SignalValue("error_rate", "rate", key, 0.5)]).encode()
+    store.close_window(0, M, checkpoint, entry)
+    store.close_window(M, 2 * M, checkpoint, b"not an entry")
+    live = live_state(store, M)
+    assert (live.windows, live.unreadable) == (1, 1)
+    assert live.history.series == {("error_rate", "rate", key): {0: 0.5}}
+
+
+def test_live_bench_summary_counts_misses_on_both_paths() -> None:
+    from stream_monitor.bench.diagnose_live import _both
+
+    runs: list[dict[str, Any]] = [
+        {"kind": "k", "seed": 0, "rank": None, "inprocess_rank": None},
+        {"kind": "k", "seed": 1, "rank": 2, "inprocess_rank": 1},
+    ]
+    row = _both("k", runs)
+    assert (row["rank1"], row["top3"], row["missed"]) == (0.0, 0.5, [0])
+    assert (row["inprocess_rank1"], row["inprocess_ranks"]) == (0.5, [None, 1])
