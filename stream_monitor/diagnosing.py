@@ -9,8 +9,7 @@
   closed windows (each window's signal values and the alerts it fired or resolved, written with the
   close; core/window_log.py, the newest ``WINDOW_LOG_LIMIT`` windows), the open alerts of the detector
   checkpoint, the release history and the dataset arrivals. A live diagnosis so has the timeline and
-  the drill-down of a replay, over the windows the log still holds. :func:`live_inputs` is the older,
-  narrower reader (open alerts and releases only).
+  the drill-down of a replay, over the windows the log still holds.
 * :func:`live_examples` gives the top live suspects example request ids from the trace store (the
   worker's sampled request traces, docs/traces.md), which ``stream-monitor trace`` prints.
 """
@@ -44,7 +43,6 @@ __all__ = [
     "LiveInputs",
     "LiveStateMissing",
     "live_examples",
-    "live_inputs",
     "live_state",
     "replay_file",
 ]
@@ -211,37 +209,6 @@ def replay_file(path: Path | None, topology: Topology, stream: IO[bytes] | None 
                 recorder.step()
     recorder.step(final=True)
     return recorder
-
-
-def live_inputs(
-    store: StateStore, models: Iterable[str] | None = None
-) -> tuple[list[dict[str, Any]], list[DeploymentRecord]]:
-    """The open alerts of the worker's detector checkpoint and the release history, from the state store.
-
-    Raises :class:`LiveStateMissing` when the store holds neither.
-    """
-    alerts: list[dict[str, Any]] = []
-    raw = store.load_detector_state()
-    if raw is not None:
-        try:
-            state = DetectorState.from_json_dict(orjson.loads(raw))
-        except (orjson.JSONDecodeError, StateFormatError) as exc:
-            raise LiveStateMissing(f"the detector checkpoint in the store is unreadable: {exc}") from exc
-        alerts = [Alert.from_dict(doc).to_dict() for doc in state.open_alerts.values()]
-    names = list(models) if models is not None else list(store.deployments())
-    records: list[DeploymentRecord] = []
-    for model in names:
-        for entry in store.history(model):
-            try:
-                records.append(DeploymentRecord.from_json(entry))
-            except LineageError:
-                continue
-    if raw is None and not records:
-        raise LiveStateMissing(
-            "the state store has no detector checkpoint and no release history: is the worker running "
-            "against this Redis (STREAM_MONITOR_REDIS_URL, STREAM_MONITOR_REDIS_PREFIX)?"
-        )
-    return alerts, records
 
 
 @dataclass(slots=True)

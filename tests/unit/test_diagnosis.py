@@ -24,7 +24,7 @@ from stream_monitor.core.lineage import DeploymentRecord
 from stream_monitor.core.signals import SignalValue
 from stream_monitor.core.window_log import WindowEntry
 from stream_monitor.diagnose_report import render_html, render_text
-from stream_monitor.diagnosing import DiagnosisRecorder, LiveStateMissing, live_inputs, live_state
+from stream_monitor.diagnosing import DiagnosisRecorder, LiveStateMissing, live_state
 from stream_monitor.sim import Incident, TrafficSimulator
 from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
@@ -122,10 +122,10 @@ def test_examples_prefer_flagged_requests_and_stay_bounded() -> None:
     assert r.examples(9 * M, 10 * M, {"model_version": "v1"})[:1] == ["w9-9"]
 
 
-def test_live_inputs_read_open_alerts_and_release_history_from_the_store() -> None:
+def test_live_state_without_a_window_log_still_reads_open_alerts_and_releases() -> None:
     store = MemoryStore()
-    with pytest.raises(LiveStateMissing, match="no detector checkpoint and no release history"):
-        live_inputs(store)
+    with pytest.raises(LiveStateMissing, match="no window log, no detector checkpoint and no release"):
+        live_state(store, M)
     state = DetectorState()
     doc = _alert("latency", "p99.total", 10 * M, {"model": "m", "region": "eu"})
     doc.update(
@@ -140,9 +140,10 @@ def test_live_inputs_read_open_alerts_and_release_history_from_the_store() -> No
     del doc["lineage"]
     state.open_alerts["x"] = doc
     store.close_window(10 * M, 11 * M, orjson.dumps(state.to_json_dict()))
-    alerts, records = live_inputs(store)
-    assert [a["signal"] for a in alerts] == ["latency"] and records == []
-    result = diagnose(SignalHistory(M), alerts, DIMS, SEG, deployments=records)
+    live = live_state(store, M)  # a close without a log entry (a log limit of 0, or an older worker)
+    assert live.windows == 0 and live.deployments == []
+    assert [a["signal"] for a in live.alerts] == ["latency"]
+    result = diagnose(SignalHistory(M), live.alerts, DIMS, SEG, deployments=live.deployments)
     assert result.top is not None and result.top.name == "latency total region=eu"
 
 
