@@ -73,3 +73,14 @@ def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
     """
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def hour_of_day(text: str) -> float:
+    """argparse type: an hour of the day in [0, 24) (``--start-hour``)."""
+    try:
+        hour = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= hour < 24.0:
+        raise argparse.ArgumentTypeError(f"an hour of the day is in [0, 24), got {hour:g}")
+    return hour

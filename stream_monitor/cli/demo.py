@@ -13,7 +13,12 @@ import time
 import orjson
 from prometheus_client import CollectorRegistry
 
-from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology, start_metrics_server
+from stream_monitor.cli._common import (
+    add_topology_arg,
+    hour_of_day,
+    load_settings_and_topology,
+    start_metrics_server,
+)
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import SimConfig, TrafficSimulator, parse_incident
@@ -42,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--start-hour",
-        type=_hour_of_day,
+        type=hour_of_day,
         default=12.0,
         help="UTC hour of day the simulated traffic starts at (its daily curve); a seed and start hour give "
         "the same alerts whenever the demo runs (default 12)",
@@ -58,16 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--metrics-port", type=int, default=None, help="0 to disable the /metrics endpoint")
     add_topology_arg(p)
     p.set_defaults(func=run)
-
-
-def _hour_of_day(text: str) -> float:
-    try:
-        hour = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= hour < 24.0:
-        raise argparse.ArgumentTypeError(f"an hour of the day is in [0, 24), got {hour:g}")
-    return hour
 
 
 def run(args: argparse.Namespace) -> int:

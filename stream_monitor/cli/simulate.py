@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from stream_monitor.cli._common import hour_of_day
+
 if TYPE_CHECKING:
     from stream_monitor.sim import Incident, TopicKind
 
@@ -68,6 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--count", type=int, default=None, help="stop after this many serving events")
     p.add_argument(
         "--start-ms", type=int, default=None, help="event time of the start, epoch ms (default: now)"
+    )
+    p.add_argument(
+        "--start-hour",
+        type=hour_of_day,
+        default=None,
+        help="read the start as this UTC hour of the day for the daily traffic curve (default: its real "
+        "hour); with it a seed gives the same events whenever the run starts",
     )
     p.add_argument(
         "--canary",
@@ -277,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             start_ms,
             args.rate,
             incidents,
-            SimConfig(canary_share=args.canary, shadow_share=args.shadow),
+            SimConfig(canary_share=args.canary, shadow_share=args.shadow, diurnal_start_hour=args.start_hour),
         )
     except ValueError as exc:
         return _fail(str(exc))

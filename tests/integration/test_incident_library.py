@@ -22,6 +22,7 @@ import redis
 from stream_monitor.sim import INCIDENT_KINDS, parse_incident
 from tests.integration.conftest import (
     REPO,
+    SIM_START_HOUR,
     Deployment,
     WorkerProcess,
     consume_all,
@@ -64,7 +65,7 @@ def test_every_incident_kind_is_detected_on_its_slice(
     start -= start % WINDOW_MS
     args = [sys.executable, "-m", "stream_monitor.cli.main", "simulate", "--speed", "0"]
     args += ["--duration", str(duration_s), "--rate", "20", "--batch", "100", "--seed", "5"]
-    args += ["--start-ms", str(start)]
+    args += ["--start-ms", str(start), "--start-hour", str(SIM_START_HOUR)]
     for spec in specs:
         args += ["--incident", spec]
     done = subprocess.run(
