@@ -32,6 +32,7 @@ from stream_monitor.topology import load_topology
 
 __all__ = [
     "DiagnoseBenchConfig",
+    "environment",
     "format_report",
     "names_truth",
     "rank_of_truth",
@@ -198,12 +199,7 @@ def run_diagnose_bench(
             "incident_s": config.incident_s,
             "magnitude": config.magnitude,
         },
-        "environment": {
-            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": environment(),
         "kinds": per_kind,
         "overall": summary("all", runs),
         "runs": runs,
@@ -236,3 +232,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     lines.append(f"runtime {report['runtime_s']:.0f} s")
     return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    """Where a report was measured: date, Python, platform, CPUs (the live bench's report too)."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }

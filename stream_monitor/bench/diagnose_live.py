@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import orjson
 
 from stream_monitor.bench.diagnose import (
     DiagnoseBenchConfig,
+    environment,
     rank_of_truth,
     run_one,
     simulator,
@@ -279,12 +278,7 @@ def run_live_diagnose_bench(
             "partitions": config.partitions,
             "delivery": config.delivery,
         },
-        "environment": {
-            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": environment(),
         "kinds": per_kind,
         "overall": _both("all", runs),
         "log_entry_bytes": round(sum(sizes) / len(sizes)) if sizes else None,
