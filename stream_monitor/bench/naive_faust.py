@@ -28,7 +28,7 @@ import orjson
 import redis
 from river import stats
 
-from stream_monitor.runtime.worker import is_ndjson
+from stream_monitor.core.events import is_ndjson
 
 __all__ = ["COUNT_KEY", "NaiveMonitor", "main"]
 

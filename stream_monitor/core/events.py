@@ -18,12 +18,14 @@ import orjson
 __all__ = [
     "ARMS",
     "MAX_EVENT_BYTES",
+    "NDJSON",
     "DatasetEvent",
     "DeploymentEvent",
     "EngagementEvent",
     "Event",
     "EventError",
     "ServingEvent",
+    "is_ndjson",
     "parse_event",
     "parse_timestamp",
 ]
@@ -131,6 +133,30 @@ class DatasetEvent:
 
 
 Event = ServingEvent | EngagementEvent | DeploymentEvent | DatasetEvent
+
+
+# The content type of a batched message: several events, one JSON object per line (docs/events.md).
+NDJSON = b"application/x-ndjson"
+
+
+def is_ndjson(headers: Any) -> bool:
+    """Whether a Kafka message's headers declare it a batch of newline-delimited events.
+
+    Headers are a sequence of ``(name, value)`` pairs (Kafka clients) or a mapping; a ``content-type``
+    of ``application/x-ndjson`` (parameters after ``;`` ignored) marks a batch.
+
+    >>> is_ndjson([("content-type", b"application/x-ndjson; charset=utf-8")])
+    True
+    >>> is_ndjson(None), is_ndjson({"Content-Type": b"application/json"})
+    (False, False)
+    """
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(
+        str(name).lower() == "content-type" and bytes(value or b"").split(b";")[0].strip() == NDJSON
+        for name, value in items
+    )
 
 
 def parse_timestamp(value: object, name: str = "ts") -> int:

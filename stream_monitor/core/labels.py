@@ -214,7 +214,13 @@ class JoinBuffer:
         self._wm = 0
         self._pending: dict[int, dict[int, list[Any]]] = {}
         self._early: dict[int, dict[int, list[tuple[int, int, int | None]]]] = {}
+        # Where each request id is (its window in _pending, its start in _early): an engagement event
+        # finds its request in one lookup instead of one per pending window (~17 at default maturity).
+        self._pending_at: dict[int, int] = {}
+        self._early_at: dict[int, int] = {}
         self._matured: dict[int, U64] = {}
+        # All matured ids sorted, with their windows; built when an engagement needs it after a change.
+        self._matured_index: tuple[U64, Any] | None = None
         self.pending = 0
         # Changes since the last take().
         self._dirty: dict[int, int] = {}
@@ -263,7 +269,7 @@ class JoinBuffer:
             self._count(ts, "late_serving")
             self._expire_early(rid, late=True)
             return
-        if any(rid in entries for entries in self._pending.values()) or self._was_matured(rid, window):
+        if rid in self._pending_at or self._was_matured(rid, window):
             self._count(ts, "dup")
             return
         if self.pending >= self.rule.max_pending:
@@ -271,38 +277,38 @@ class JoinBuffer:
             return
         entry: list[Any] = [series, ts, slate_len, 0, 0, 0, 0, 0]
         self._pending.setdefault(window, {})[rid] = entry
+        self._pending_at[rid] = window
         self.pending += 1
         self._dirty[rid] = window
-        for early in self._early.values():
-            events = early.pop(rid, None)
-            if events is not None:
-                self._dirty_early.pop(rid, None)
-                for t, action, position in events:
-                    self._apply(entry, window, rid, t, action, position)
-                break
+        start = self._early_at.pop(rid, None)
+        if start is not None:
+            events = self._early[start].pop(rid)
+            self._dirty_early.pop(rid, None)
+            for t, action, position in events:
+                self._apply(entry, window, rid, t, action, position)
 
     def add_engagement(self, rid: int, ts: int, action: str, position: int | None) -> None:
         """A sampled engagement event."""
         self._count(ts, "eng")
         code = ACTIONS.index(action)
-        for window, entries in self._pending.items():
-            entry = entries.get(rid)
-            if entry is not None:
-                self._apply(entry, window, rid, ts, code, position)
-                return
-        for window, ids in self._matured.items():
-            if _contains(ids, rid):
-                expired = ts >= self._deadline(window) + self.retention
-                self._count(ts, "orphan" if expired else "late")
-                return
-        for start, early in self._early.items():
-            events = early.get(rid)
-            if events is not None:
-                events.append((ts, code, position))
-                self._dirty_early[rid] = start
-                return
+        window = self._pending_at.get(rid)
+        if window is not None:
+            self._apply(self._pending[window][rid], window, rid, ts, code, position)
+            return
+        start = self._early_at.get(rid)
+        if start is not None:
+            # Still waiting for its request, so it cannot have matured (the request would be pending).
+            self._early[start][rid].append((ts, code, position))
+            self._dirty_early[rid] = start
+            return
+        window = self._matured_window(rid)
+        if window is not None:
+            expired = ts >= self._deadline(window) + self.retention
+            self._count(ts, "orphan" if expired else "late")
+            return
         start = self._start(ts)
         self._early.setdefault(start, {})[rid] = [(ts, code, position)]
+        self._early_at[rid] = start
         self._dirty_early[rid] = start
 
     def _apply(
@@ -327,15 +333,28 @@ class JoinBuffer:
         ids = self._matured.get(window)
         return ids is not None and _contains(ids, rid)
 
+    def _matured_window(self, rid: int) -> int | None:
+        """The window whose matured ids hold ``rid`` (one binary search over all retained windows)."""
+        if self._matured_index is None:
+            if not self._matured:
+                return None
+            windows = sorted(self._matured)
+            ids = np.concatenate([self._matured[w] for w in windows])
+            owner = np.repeat(np.array(windows, dtype=np.int64), [len(self._matured[w]) for w in windows])
+            order = np.argsort(ids, kind="stable")
+            self._matured_index = (ids[order], owner[order])
+        ids, owner = self._matured_index
+        i = int(np.searchsorted(ids, np.uint64(rid)))
+        return int(owner[i]) if i < len(ids) and int(ids[i]) == rid else None
+
     def _expire_early(self, rid: int, late: bool) -> None:
-        for early in self._early.values():
-            events = early.pop(rid, None)
-            if events is not None:
-                self._dirty_early.pop(rid, None)
-                self._deleted.add(rid)
-                for t, _code, _pos in events:
-                    self._count(t, "late" if late else "orphan")
-                return
+        start = self._early_at.pop(rid, None)
+        if start is not None:
+            events = self._early[start].pop(rid)
+            self._dirty_early.pop(rid, None)
+            self._deleted.add(rid)
+            for t, _code, _pos in events:
+                self._count(t, "late" if late else "orphan")
 
     # -- maturity -------------------------------------------------------------------------------------
 
@@ -357,18 +376,22 @@ class JoinBuffer:
             ids = np.array(sorted(entries), dtype=np.uint64)
             self._matured[window] = ids
             self._matured_new[window] = ids
+            self._matured_index = None
             self.pending -= len(entries)
             for rid in entries:
+                del self._pending_at[rid]
                 self._dirty.pop(rid, None)
                 self._deleted.add(rid)
         for start in [s for s in self._early if self._deadline(s) <= mark]:
             for rid, events in self._early.pop(start).items():
+                del self._early_at[rid]
                 self._dirty_early.pop(rid, None)
                 self._deleted.add(rid)
                 for t, _code, _pos in events:
                     self._count(t, "orphan")
         for window in [w for w in self._matured if self._deadline(w) + self.retention <= mark]:
             del self._matured[window]
+            self._matured_index = None
             self._matured_new.pop(window, None)
             self._drop.add(window)
 
@@ -414,13 +437,18 @@ class JoinBuffer:
             doc = orjson.loads(raw)
             if doc and doc[0] == _EARLY:
                 events = [(int(t), int(c), p) for t, c, p in doc[1]]
-                self._early.setdefault(self._start(events[0][0]), {})[rid] = events
+                start = self._start(events[0][0])
+                self._early.setdefault(start, {})[rid] = events
+                self._early_at[rid] = start
             else:
-                self._pending.setdefault(self._start(int(doc[_TS])), {})[rid] = list(doc)
+                window = self._start(int(doc[_TS]))
+                self._pending.setdefault(window, {})[rid] = list(doc)
+                self._pending_at[rid] = window
                 self.pending += 1
         for window, text in matured.items():
             ids = np.frombuffer(bytes.fromhex(text), dtype=">u8").astype(np.uint64)
             self._matured[window] = np.sort(ids)
+        self._matured_index = None
 
     def memory_entries(self) -> tuple[int, int, int]:
         """(pending requests, early entries, remembered matured ids)."""

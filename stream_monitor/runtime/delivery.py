@@ -5,11 +5,16 @@ Faust hands every message to its streams through the conductor, and its fetch lo
 which caps a worker at 11-14k messages/s on a 2-core machine whatever the agent does (a bare agent
 measures the same; py-spy puts the monitor's own code at 8 % of the worker). This module keeps Faust's
 consumer (aiokafka, group membership, rebalancing, offset commits, flow control) and replaces only that
-loop: messages of the *batch topics* of one ``getmany`` are collected and handed over as one list, the
-rest still go through the conductor as before.
+loop: the records of the *batch topics* of one fetch are handed over as one list per partition, the rest
+still go through the conductor as before.
 
-The handler receives a list of Faust ``Message`` objects and acks them (``consumer.ack``) when it is
-done, exactly as a stream would; Faust then commits their offsets. Nothing is tracked as in-flight
+Per message, Faust's loop also builds a ``Message`` object, asks for the partition's highwater, and, once
+the stream is done, acks it under a lock. Here the records stay aiokafka's ``ConsumerRecord`` (the
+engine reads their offset, key, value, timestamp and headers), the highwater is read once per partition
+and fetch, and ``ack_offsets`` acks a partition's run of offsets under one lock: the same bookkeeping as
+``Consumer.ack`` (Faust then commits the contiguous acked offsets as usual).
+
+The handler acks when it is done, exactly as a stream would. Nothing is tracked as in-flight
 (``track_message``): a rebalance does not wait for a batch in progress, because the worker's commit
 lock already orders the batch before the revocation and the state store's offsets make redelivery
 harmless (see runtime/worker.py).
@@ -18,18 +23,23 @@ harmless (see runtime/worker.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
-__all__ = ["BatchDeliveryConsumer", "BatchHandler"]
+__all__ = ["BatchDeliveryConsumer", "BatchHandler", "Fetch"]
 
-BatchHandler = Callable[[list[Any]], Awaitable[None]]
+# One fetch of the batch topics: each partition with its records, in offset order.
+Fetch = list[tuple[TP, list[Any]]]
+BatchHandler = Callable[[Fetch], Awaitable[None]]
 
 
 class BatchDeliveryConsumer(AIOKafkaConsumer):
-    """Faust's aiokafka consumer, delivering the messages of ``batch_topics`` in batches to ``deliver``.
+    """Faust's aiokafka consumer, delivering the records of ``batch_topics`` a fetch at a time to ``deliver``.
 
     Install it on an app before its consumer is created (``app.transport.Consumer = functools.partial(
     BatchDeliveryConsumer, batch_topics=..., deliver=...)``); the topics must still be registered with
@@ -43,34 +53,81 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
         self.batch_topics = frozenset(batch_topics)
         self.deliver = deliver
 
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> int:
+        """Ack a partition's offsets as ``Consumer.ack`` acks a message's; the number newly acked."""
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return 0
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            acked_index = self._acked_index[tp]
+            new = [
+                offset
+                for offset in dict.fromkeys(offsets)  # each once, in order
+                if (committed is None or offset >= committed) and offset not in acked_index
+            ]
+            if new:
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
+            return len(new)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker
-        # Faust's loop (faust/transport/consumer.py) with the per-message hand-over replaced for the
-        # batch topics; the read-offset and gap bookkeeping is the same, so commits stay contiguous.
+        # Faust's loop (faust/transport/consumer.py: _drain_messages and getmany) with the per-message
+        # hand-over replaced for the batch topics. The read-offset and gap bookkeeping is the same, so
+        # commits stay contiguous; what Faust checks per message (flow, generation, active partition,
+        # highwater) is checked per fetch and partition.
         callback = self.callback
         read_offset = self._read_offset
         batch_topics = self.batch_topics
         acks_enabled_for = self.app.topics.acks_enabled_for
+        track_end_offset = self.app.monitor.track_tp_end_offset
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                batch: list[Any] = []
-                async for tp, message in self.getmany(timeout=1.0):
-                    offset = message.offset
+                records, active = await self._wait_next_records(1.0)
+                generation = self.app.consumer_generation_id
+                if not records or self.should_stop or not self.flow_active:
+                    # Not read: after the rebalance that suspended the flow, the fetcher starts again
+                    # from the committed offsets.
+                    await asyncio.sleep(0)
+                    continue
+                fetch: Fetch = []
+                for tp, tp_records in records.items():
+                    if not tp_records or not (
+                        active is None or tp in active or tp in self._buffered_partitions
+                    ):
+                        continue
+                    track_end_offset(tp, self.highwater(tp))
                     last = read_offset[tp]
-                    if last is not None and offset < last:
-                        continue  # already read (a seek back): Faust drops these too
-                    if last and offset - last > 1 and acks_enabled_for(message.topic):
+                    if last is not None and tp_records[0].offset < last:
+                        # Already read (a seek back): Faust drops these too.
+                        tp_records = [record for record in tp_records if record.offset >= last]
+                        if not tp_records:
+                            continue
+                    first, end = tp_records[0].offset, tp_records[-1].offset
+                    if acks_enabled_for(tp.topic) and not (
+                        (last is None or first <= last + 1) and end - first == len(tp_records) - 1
+                    ):
                         # Offsets that will never arrive (compaction, transaction markers) must not
                         # hold back the committed offset.
-                        await self._add_gap(tp, last + 1, offset)
-                    read_offset[tp] = offset
-                    if message.topic in batch_topics:
-                        batch.append(message)
-                    else:
+                        previous = last
+                        for record in tp_records:
+                            if previous and record.offset - previous > 1:
+                                await self._add_gap(tp, previous + 1, record.offset)
+                            previous = record.offset
+                    read_offset[tp] = end
+                    if tp.topic in batch_topics:
+                        fetch.append((tp, tp_records))
+                        continue
+                    for record in tp_records:
+                        if self.app.consumer_generation_id != generation or not self.flow_active:
+                            break
+                        message = self._to_message(tp, record)
                         await self.wait_first(callback(message), self.suspend_flow.wait())
-                if batch and not self.should_stop:
-                    await self.deliver(batch)
+                if fetch and not self.should_stop:
+                    await self.deliver(fetch)
                 else:
                     await asyncio.sleep(0)
         except self.consumer_stopped_errors:

@@ -1,13 +1,13 @@
 """The Faust worker: the input topics' messages reach the engine in batches and drive it.
 
-With ``delivery = "stream"`` (the default) one agent per input topic takes batches off its Faust stream;
-with ``"batch"`` (opt-in) each fetch of Faust's consumer is one batch, ingested by one task
-(runtime/delivery.py: Faust's per-message hand-over is what limits a Faust worker). Either way, per batch the
-worker ingests every message, then commits the engine's deltas to the state store (one
-commit at a time, across agents, retried while the store is down), and only then acks the messages so
-Faust may commit their Kafka offsets. A message of a partition whose delta was refused (another worker
-owns it now) is not acked: its new owner counts it. Windows are closed by a timer on every worker; the
-store's closer lease lets exactly one of them do it.
+With ``delivery = "batch"`` (the default) each fetch of Faust's consumer is one batch of per-partition
+runs of records, ingested by one task (runtime/delivery.py: Faust's per-message hand-over is what limits a
+Faust worker); with ``"stream"`` one agent per input topic takes batches off its Faust stream. Either way,
+per batch the worker ingests every message (``Engine.ingest_batch`` per partition run), then commits the
+engine's deltas to the state store (one commit at a time, across agents, retried while the store is
+down), and only then acks the messages so Faust may commit their Kafka offsets. A message of a partition
+whose delta was refused (another worker owns it now) is not acked: its new owner counts it. Windows are
+closed by a timer on every worker; the store's closer lease lets exactly one of them do it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
@@ -30,8 +30,8 @@ from prometheus_client import CollectorRegistry
 from stream_monitor.config import Settings
 from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
-from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.runtime.delivery import BatchDeliveryConsumer
+from stream_monitor.engine import Engine, EngineOptions, Record
+from stream_monitor.runtime.delivery import BatchDeliveryConsumer, Fetch
 from stream_monitor.runtime.gate import add_gate_views
 from stream_monitor.runtime.kafka import (
     KafkaAlertSink,
@@ -169,26 +169,24 @@ class WorkerRuntime:
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         return app
 
-    async def _ingest(self, messages: list[Any]) -> set[str]:
-        """Ingest a batch of Faust messages and commit it; the partitions still ours (ack their messages)."""
+    async def _ingest(self, fetch: Fetch) -> set[str]:
+        """Ingest partitions' runs of records and commit them; the partitions still ours (ack those)."""
         engine, inputs = self.engine, self.inputs
-        for number, message in enumerate(messages, 1):
-            if number % COMMIT_CHECK_EVERY == 0 and engine.commit_due():
-                # Many new series in one batch: commit what is there (acks still wait for the final
-                # commit below, which is safe: the store holds the offsets).
-                await self.commit()
-            engine.ingest(
-                inputs[message.topic],
-                message.topic,
-                message.partition,
-                message.offset,
-                message.key,
-                message.value,
-                round(message.timestamp * 1000) if message.timestamp else None,
-                ndjson=is_ndjson(message.headers),
-            )
+        since_check = 0
+        for tp, records in fetch:
+            kind = inputs[tp.topic]
+            for first in range(0, len(records), COMMIT_CHECK_EVERY):
+                if since_check >= COMMIT_CHECK_EVERY:
+                    since_check = 0
+                    if engine.commit_due():
+                        # Many new series in one batch: commit what is there (acks still wait for the
+                        # final commit below, which is safe: the store holds the offsets).
+                        await self.commit()
+                piece = records[first : first + COMMIT_CHECK_EVERY]
+                engine.ingest_batch(kind, tp.topic, tp.partition, piece)
+                since_check += len(piece)
         consumer = self.app.consumer
-        for tp in {message.tp for message in messages}:
+        for tp, _records in fetch:
             try:
                 highwater = consumer.highwater(tp)
             except AssertionError:  # aiokafka: "Partition is not assigned" (a rebalance is under way)
@@ -198,20 +196,20 @@ class WorkerRuntime:
         return set(engine.claims)
 
     async def _ingest_batches(self) -> None:
-        """The batch-delivery task: ingest each fetched batch, then ack what was counted."""
+        """The batch-delivery task: ingest each fetch, then ack what was counted."""
         step = self.settings.batch_max
+        consumer = self.app.consumer
+        assert isinstance(consumer, BatchDeliveryConsumer)
         while True:
             fetched = await self._batches.get()
             # A fetch can hold everything prefetched; commit (and ack) at most batch_max messages at a
             # time so a commit, and the work a crash loses, stay bounded whatever the backlog.
-            for first in range(0, len(fetched), step):
-                messages = fetched[first : first + step]
+            for chunk in _chunks(fetched, step):
                 await self._claimed.wait()
-                claims = await self._ingest(messages)
-                ack = self.app.consumer.ack
-                for message in messages:
-                    if f"{message.topic}/{message.partition}" in claims:
-                        ack(message)
+                claims = await self._ingest(chunk)
+                for tp, records in chunk:
+                    if f"{tp.topic}/{tp.partition}" in claims:
+                        consumer.ack_offsets(tp, [record.offset for record in records])
 
     def _agent_for(self, kind: str) -> Any:
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
@@ -219,7 +217,7 @@ class WorkerRuntime:
         async def agent(stream: faust.StreamT[Any]) -> None:
             # noack_take: we ack each message ourselves, only once its delta is in the state store.
             async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
-                claims = await self._ingest([event.message for event in events])
+                claims = await self._ingest(_runs([event.message for event in events]))
                 for event in events:
                     message = event.message
                     if f"{message.topic}/{message.partition}" in claims:
@@ -347,18 +345,32 @@ class WorkerRuntime:
         )
 
 
-NDJSON = b"application/x-ndjson"
+def _chunks(fetch: Fetch, size: int) -> Iterator[Fetch]:
+    """A fetch cut into pieces of at most ``size`` records (a partition's run may be cut in two)."""
+    chunk: Fetch = []
+    room = size
+    for tp, records in fetch:
+        start = 0
+        while start < len(records):
+            piece = records[start : start + room]
+            chunk.append((tp, piece))
+            start += len(piece)
+            room -= len(piece)
+            if room == 0:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
 
 
-def is_ndjson(headers: Any) -> bool:
-    """Whether a message declares itself a batch of newline-delimited events (``content-type`` header)."""
-    if not headers:
-        return False
-    items = headers.items() if isinstance(headers, dict) else headers
-    return any(
-        str(name).lower() == "content-type" and bytes(value or b"").split(b";")[0].strip() == NDJSON
-        for name, value in items
-    )
+def _runs(messages: list[Any]) -> Fetch:
+    """Faust messages (stream delivery) as runs of records per partition, in the order they came."""
+    runs: dict[Any, list[Any]] = {}
+    for message in messages:
+        timestamp = round(message.timestamp * 1000) if message.timestamp else None
+        record = Record(message.offset, message.key, message.value, timestamp, message.headers)
+        runs.setdefault(message.tp, []).append(record)
+    return list(runs.items())
 
 
 def _faust_credentials(s: Settings) -> Any:
