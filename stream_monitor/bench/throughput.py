@@ -108,7 +108,18 @@ ROUND_WINDOWS = len(LATENCY_INCIDENTS) + INCIDENT_WINDOWS
 # Commands the worker sends itself (the Lua scripts run HGET/HSET/HINCRBY/ZADD/EXPIRE/GET/SET inside
 # Redis; those are counted in `commands`, not in `calls`). GET is sent both ways and is left out of calls.
 CLIENT_COMMANDS = frozenset({"evalsha", "eval", "hgetall", "zrange", "ping", "scan", "script|load"})
-SKETCH_MARKERS = ("#lat.", "#age.")
+# Fields of a series that are bins of a distribution sketch, by kind: latency and feature-age log buckets,
+# and the profile histograms (feature value bins, capped categorical values, hashed item buckets, score
+# bins). The rest are counters (requests, errors, funnel stages, sources, null/invalid/default features,
+# slate counters): the state "beyond the sketches".
+SKETCH_KINDS = {
+    "#lat.": "latency",
+    "#age.": "feature_age",
+    "#fv.": "profile",
+    "#fc.": "profile",
+    "#it.": "profile",
+    "#sc.": "profile",
+}
 Progress = Callable[[str], None]
 
 
@@ -461,6 +472,7 @@ class _RedisProbe:
         """MEMORY USAGE of every window hash, its fields, and the (window, series) pairs they hold."""
         total_bytes = fields = sketch_fields = pairs = 0
         hashes = 0
+        by_kind = dict.fromkeys(sorted(set(SKETCH_KINDS.values())), 0)
         series: set[str] = set()
         for key in self.client.scan_iter(f"{prefix}:win:*", count=1000):
             self.own["scan"] += 1
@@ -474,8 +486,10 @@ class _RedisProbe:
             window_series = set()
             for raw in names:
                 name = raw.decode()
-                if any(marker in name for marker in SKETCH_MARKERS):
+                kind = next((k for marker, k in SKETCH_KINDS.items() if marker in name), None)
+                if kind is not None:
                     sketch_fields += 1
+                    by_kind[kind] += 1
                 window_series.add(name.split("#", 1)[0])
             window_series.discard(ALL)  # the global engagement counters are not a tracked series
             pairs += len(window_series)
@@ -486,6 +500,7 @@ class _RedisProbe:
             "bytes": total_bytes,
             "fields": fields,
             "sketch_fields": sketch_fields,
+            "sketch_fields_by_kind": by_kind,
             "series": len(series),
             "window_series": pairs,
             "bytes_per_field": round(per_field, 1),

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, final
 
 import orjson
 
@@ -66,6 +66,7 @@ class EventError(ValueError):
         self.field = field
 
 
+@final
 @dataclass(slots=True)
 class ServingEvent:
     """One served recommendation request."""
@@ -95,7 +96,10 @@ class ServingEvent:
         return not self.items if returned is None else returned == 0
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen, like ServingEvent: a frozen dataclass sets each field through object.__setattr__, which made
+# building one 4x slower (520 vs 125 ns), on the path of three events in four.
+@final
+@dataclass(slots=True)
 class EngagementEvent:
     """A user's reaction to a served item."""
 
@@ -107,6 +111,7 @@ class EngagementEvent:
     value: float = 0.0
 
 
+@final
 @dataclass(slots=True, frozen=True)
 class DeploymentEvent:
     """A model version starting (or changing traffic) on an arm."""
@@ -122,6 +127,7 @@ class DeploymentEvent:
     reason: str | None = None
 
 
+@final
 @dataclass(slots=True, frozen=True)
 class DatasetEvent:
     """A batch job landed one partition of a dataset (checked against the dataset's arrival SLA)."""

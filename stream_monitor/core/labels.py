@@ -488,10 +488,15 @@ class LabelJoin:
         self.engagement_topic = engagement_topic
         self.buffers: dict[str, JoinBuffer] = {}
         self._loose: dict[str, JoinBuffer] = {}
+        self._groups: dict[str, str | None] = {}  # group_of, per partition (asked once per event)
 
     def group_of(self, tp: str) -> str | None:
-        topic, _, partition = tp.rpartition("/")
-        return partition if topic in self.topics else None
+        try:
+            return self._groups[tp]
+        except KeyError:
+            topic, _, partition = tp.rpartition("/")
+            group = self._groups[tp] = partition if topic in self.topics else None
+            return group
 
     def partner(self, tp: str) -> str | None:
         topic, _, partition = tp.rpartition("/")

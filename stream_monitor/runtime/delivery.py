@@ -72,6 +72,12 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
             notify(self._waiting_for_ack)
             return len(new)
 
+    async def _seek_back(self) -> None:
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # as Faust: the next rebalance seeks again
+            self.log.warning("seek to the committed offsets after a rebalance failed: %r", exc)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker
         # Faust's loop (faust/transport/consumer.py: _drain_messages and getmany) with the per-message
         # hand-over replaced for the batch topics. The read-offset and gap bookkeeping is the same, so
@@ -86,12 +92,17 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
         fetcher_should_stop = fetcher._stopped.is_set
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                records, active = await self._wait_next_records(1.0)
                 generation = self.app.consumer_generation_id
-                if not records or self.should_stop or not self.flow_active:
-                    # Not read: after the rebalance that suspended the flow, the fetcher starts again
-                    # from the committed offsets.
+                records, active = await self._wait_next_records(1.0)
+                if not records or self.should_stop:
                     await asyncio.sleep(0)
+                    continue
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    # Fetched across a rebalance: the records may come from before or after its seek to
+                    # the committed offsets, and the fetcher's position has moved past them. Drop them
+                    # and seek back, as Faust's getmany does when the flow stopped: dropping without
+                    # the seek skipped those records for good (a worker stalled short of its backlog).
+                    await self._seek_back()
                     continue
                 fetch: Fetch = []
                 for tp, tp_records in records.items():
@@ -99,7 +110,11 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
                         active is None or tp in active or tp in self._buffered_partitions
                     ):
                         continue
-                    track_end_offset(tp, self.highwater(tp))
+                    try:
+                        highwater = self.highwater(tp)
+                    except AssertionError:  # aiokafka: "Partition is not assigned" (revoked since)
+                        continue
+                    track_end_offset(tp, highwater)
                     last = read_offset[tp]
                     if last is not None and tp_records[0].offset < last:
                         # Already read (a seek back): Faust drops these too.
@@ -123,7 +138,7 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
                         continue
                     for record in tp_records:
                         if self.app.consumer_generation_id != generation or not self.flow_active:
-                            break
+                            break  # as Faust's getmany: the rebalance's seek re-reads the rest
                         message = self._to_message(tp, record)
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                 if fetch and not self.should_stop:
