@@ -252,7 +252,7 @@ def test_batched_ndjson_messages_are_counted_per_event(
     import subprocess
     import sys
 
-    from tests.integration.conftest import REPO, free_port
+    from tests.integration.conftest import REPO, SIM_START_HOUR, free_port
 
     start = aligned_past(2)
     env = deployment.env(free_port(), free_port())
@@ -274,6 +274,9 @@ def test_batched_ndjson_messages_are_counted_per_event(
             "9",
             "--start-ms",
             str(start),
+            # The daily curve reads the start as this hour whenever the suite runs (same events always).
+            "--start-hour",
+            str(SIM_START_HOUR),
             "--incident",
             "error_spike:platform=android,onset=900",
         ],
