@@ -87,6 +87,7 @@ def main() -> int:
         os.environ["STREAM_MONITOR_KAFKA_BOOTSTRAP"],
         os.environ["STREAM_MONITOR_REDIS_URL"],
         config.partitions,
+        worker_settings=extra,
     )
     bench._create_topics(run)
     client: redis.Redis[bytes] = redis.Redis.from_url(run.redis_url)
@@ -108,12 +109,6 @@ def main() -> int:
     producer.flush()
     print(f"produced {events} events ({args.format})", flush=True)
 
-    original_env = bench._Run.worker_env
-
-    def worker_env(self: bench._Run, *a: object, **k: object) -> dict[str, str]:
-        return original_env(self, *a, **k) | extra  # type: ignore[arg-type]
-
-    bench._Run.worker_env = worker_env  # type: ignore[method-assign]
     logs = Path(tempfile.mkdtemp(prefix="profile-worker-"))
     worker = bench._start_worker(run, None, logs, "worker")
     raw = args.raw or logs / "py-spy.txt"

@@ -213,6 +213,8 @@ class _Run:
     redis_url: str
     partitions: int
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    # Settings for its workers on top of the bench's own (``NAME=value``; e.g. a batch size to try).
+    worker_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -250,6 +252,7 @@ class _Run:
             env["STREAM_MONITOR_TOPOLOGY"] = topology
         for name, topic in self.topics.items():
             env[f"STREAM_MONITOR_TOPICS__{name.upper()}"] = topic
+        env.update(self.worker_settings)
         return env
 
 

@@ -271,14 +271,21 @@ class WorkerRuntime:
         # Log-end offsets from the broker itself, against what this worker has committed to the state
         # store: the lag keeps growing while the worker is stalled (e.g. Redis down), unlike a lag read
         # off the batches the stalled agents are not taking.
-        from confluent_kafka import TopicPartition
-
         for tp, counted in list(self.engine.committed_offsets.items()):
             topic, _, partition = tp.rpartition("/")
-            _low, high = self._watermarks.get_watermark_offsets(
-                TopicPartition(topic, int(partition)), timeout=2.0
+            self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(
+                max(0, self._log_end(tp) - counted)
             )
-            self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(max(0, high - counted))
+
+    def _log_end(self, tp: str) -> int:
+        """The broker's log-end offset of partition ``tp`` ("topic/partition"); KafkaException if none."""
+        from confluent_kafka import TopicPartition
+
+        topic, _, partition = tp.rpartition("/")
+        _low, high = self._watermarks.get_watermark_offsets(
+            TopicPartition(topic, int(partition)), timeout=2.0
+        )
+        return int(high)
 
     def _log_ends(self, partitions: list[str]) -> dict[str, int]:
         """The broker's log-end offsets of ``partitions`` (those it answered within the timeout).
@@ -286,19 +293,15 @@ class WorkerRuntime:
         Given to the claim so that a partition with a backlog holds the watermark back until it is
         counted, even when the fetcher reaches it only after the idle timeout (docs/operations.md).
         """
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaException
 
         ends: dict[str, int] = {}
         for tp in partitions:
-            topic, _, partition = tp.rpartition("/")
             try:
-                _low, high = self._watermarks.get_watermark_offsets(
-                    TopicPartition(topic, int(partition)), timeout=2.0
-                )
+                ends[tp] = self._log_end(tp)
             except KafkaException as exc:  # claim without it: the idle timeout rule still applies
                 log.warning("no log-end offset for %s at claim (%s); claiming without", tp, exc)
                 break  # the broker is not answering: do not wait 2 s for each of the others
-            ends[tp] = int(high)
         return ends
 
     def _ours(self, tps: Iterable[Any]) -> list[str]:
