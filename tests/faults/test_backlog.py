@@ -36,10 +36,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 def test_backlog_closes_windows_in_order_with_exact_sums_and_bounded_memory(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
-    dep = make_deployment(kafka_bootstrap, redis_url)
+    # Nothing can close until the partitions without events (deployments, datasets) have been idle for
+    # the idle timeout after the claim (they hold the watermark at 0 until then, as an idle source does
+    # in Flink); after that, each close tick closes what the watermark has passed. A 1 s idle timeout and
+    # a 0.2 s close interval (5 s and 1 s in the other fault tests) keep the catch-up well past both
+    # however fast the worker is: at 48k events/s the catch-up took 5.6 s, about the 5 s idle timeout,
+    # and only 4 distinct closes were seen while behind (CI, 2026-11-26).
+    dep = make_deployment(
+        kafka_bootstrap,
+        redis_url,
+        STREAM_MONITOR_IDLE_PARTITION_TIMEOUT_S="1",
+        STREAM_MONITOR_CLOSE_INTERVAL_S="0.2",
+    )
     start = aligned_past(3)
-    # Big enough that the worker needs well over the 1 s close interval x 5 to catch up with either
-    # delivery (docs/operations.md): batch delivery counted 16 minutes at 40 requests/s in under 4 s.
+    # Big enough that the worker needs well over 0.2 s x 5 to catch up with either delivery
+    # (docs/operations.md): batch delivery counts this backlog at ~50k events/s on a 2-core VM.
     events = simulated(start, duration_s=16 * 60, rate=80, seed=6606)
     n = len(events)
     produce_all(dep.bootstrap, events_to_messages(events, dep))
@@ -94,7 +105,7 @@ def test_consumer_lag_is_exported_per_partition(
 ) -> None:
     dep = make_deployment(kafka_bootstrap, redis_url)
     # The gauge is refreshed every lag_interval_s (5 s by default); a short one here, and a backlog the
-    # worker needs many intervals to count (batch delivery counts ~30k events/s on this machine).
+    # worker needs many intervals to count (batch delivery counts ~50k events/s on this machine).
     interval = 0.5
     dep.extra_env["STREAM_MONITOR_LAG_INTERVAL_S"] = str(interval)
     events = simulated(aligned_past(2), duration_s=20 * 60, rate=60, seed=6707)
