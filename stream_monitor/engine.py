@@ -176,6 +176,9 @@ class Engine:
         self._retry: PendingCommit | None = None
         # Next offset counted per partition, as this worker last committed it (for the lag metric).
         self.committed_offsets: dict[str, int] = {}
+        # Next offset per partition of the commit prepared but not yet finished: the runtime ingests on
+        # while a commit is written, and a re-delivered message of that commit must still be skipped.
+        self._committing: dict[str, int] = {}
         self._consumed: dict[str, int] = {}
         self._accepted: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
@@ -340,6 +343,9 @@ class Engine:
         # the store would catch those below its offset, the in-memory offsets catch the rest.
         pending = self.accumulator.next_offset(tp)
         floor = self.committed_offsets.get(tp, claim.next_offset)
+        committing = self._committing.get(tp)
+        if committing is not None and committing > floor:
+            floor = committing
         if pending is not None and pending > floor:
             floor = pending
         # Read the clock once per run of messages, not per event: the future-event check has minutes of
@@ -569,6 +575,9 @@ class Engine:
         After a failed attempt that is the very same commit again: the store may have applied it even
         though the reply was lost (a timeout), and only an identical retry can be recognised as such.
         What was ingested meanwhile waits for the next commit.
+
+        Ingesting may go on until ``finish_commit`` (the runtime counts the next batch while this one is
+        written); messages of this commit that are re-delivered meanwhile are still skipped.
         """
         if self._retry is not None:
             return self._retry
@@ -576,6 +585,7 @@ class Engine:
         if not deltas:
             self.publish_counts()
             return None
+        self._committing = {tp: delta.next_offset for tp, delta in deltas.items()}
         epochs = {tp: claim.epoch for tp, claim in self.claims.items()}
         joins = self.labels.take(deltas, epochs) if self.labels is not None else []
         traces = self.trace_capture.take() if self.trace_capture is not None else None
@@ -622,6 +632,7 @@ class Engine:
         was counted: the worker must restart from Kafka's committed offsets.
         """
         self._retry = None
+        self._committing = {}
         if result.lost:
             raise StateLost(f"the state store has no record of partitions {result.lost}: it lost its state")
         if result.conflict:

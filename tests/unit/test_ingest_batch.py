@@ -121,6 +121,24 @@ def test_a_run_of_a_partition_another_worker_owns_is_left_alone() -> None:
     assert store.totals().get("consumed", 0) == 0
 
 
+def test_messages_of_a_commit_being_written_are_skipped_when_delivered_again() -> None:
+    # Stream delivery: one agent's commit is written on a thread while another agent ingests on, and a
+    # seek back can deliver again what that commit holds (the accumulator no longer has its offsets).
+    engine, store, _sink = _engine()
+    records = _stream(4)["serving"][:40]
+    engine.ingest_batch("serving", "recs.serving", 0, records[:30])
+    pending = engine.prepare_commit()
+    assert pending is not None
+    engine.ingest_batch("serving", "recs.serving", 0, records[20:])  # 20-29 are in the commit
+    engine.finish_commit(engine.commit_pending(pending), pending)
+    once, once_store, _ = _engine()
+    once.ingest_batch("serving", "recs.serving", 0, records)
+    once.flush()
+    engine.flush()
+    assert engine._skipped == {"recs.serving": 10}
+    assert store.totals() == once_store.totals()
+
+
 def test_acking_a_run_of_offsets_is_faust_acking_each_message() -> None:
     def acked_state(bulk: bool) -> tuple[Any, ...]:
         asyncio.set_event_loop(asyncio.new_event_loop())
