@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # (Faust's per-message path caps a worker near 12k messages/s). See docs/operations.md.
     delivery: Literal["batch", "stream"] = "batch"
     close_interval_s: float = 1.0
+    # Catch-up alignment (batch delivery): while catching up, input partitions more than this much event
+    # time ahead of the slowest one with a backlog are left unread until it catches up (Kafka fetches
+    # by bytes, so engagement races minutes ahead of serving). Bounds what a long backlog parks in the
+    # label join, at a cost in catch-up speed; 0 (the default) reads every partition as fast as it
+    # comes. See docs/operations.md "Catching up".
+    catch_up_lead_s: float = Field(default=0.0, ge=0)
     # How often the consumer-lag gauge is refreshed from the broker's log-end offsets.
     lag_interval_s: float = 5.0
     idle_partition_timeout_s: float = 30.0

@@ -43,7 +43,7 @@ from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.traces import TraceBatch, TraceCapture
 from stream_monitor.core.window_log import WindowEntry
-from stream_monitor.core.windows import watermark
+from stream_monitor.core.windows import PartitionProgress, watermark
 from stream_monitor.sinks.base import AlertSink, DeadLetter, DeadLetterSink
 from stream_monitor.sinks.health import HealthSink, NullHealthSink
 from stream_monitor.sinks.metrics import MonitorMetrics
@@ -179,6 +179,9 @@ class Engine:
         # Next offset per partition of the commit prepared but not yet finished: the runtime ingests on
         # while a commit is written, and a re-delivered message of that commit must still be skipped.
         self._committing: dict[str, int] = {}
+        # How far each claimed partition is counted, as of this worker's last commit of it (the runtime
+        # aligns reading a backlog by it: core.windows.CatchUpAlignment).
+        self.local_progress: dict[str, PartitionProgress] = {}
         self._consumed: dict[str, int] = {}
         self._accepted: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
@@ -289,6 +292,7 @@ class Engine:
         for tp in partitions:
             self.claims.pop(tp, None)
             self.committed_offsets.pop(tp, None)
+            self.local_progress.pop(tp, None)
             self.fenced.add(tp)
             group = self.labels.group_of(tp) if self.labels else None
             if self.labels is not None and group is not None:
@@ -488,6 +492,11 @@ class Engine:
         # would cost more than parsing the event).
         counts[topic] = counts.get(topic, 0) + n
 
+    def event_time(self, tp: str) -> int:
+        """The newest event time counted on partition ``tp`` ("topic/partition"), committed or not."""
+        seen = self.local_progress.get(tp)
+        return max(self.accumulator.max_event_ms(tp), seen.max_event_ms if seen is not None else 0)
+
     def note_highwater(self, topic: str, partition: int, highwater: int | None) -> None:
         """The partition's log-end offset as the consumer last saw it (see PartitionDelta.highwater)."""
         self.accumulator.note_highwater(f"{topic}/{partition}", highwater)
@@ -641,6 +650,7 @@ class Engine:
             # Another worker claimed it since: drop our delta, stop counting it until it is assigned again.
             log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)
             self.claims.pop(tp, None)
+            self.local_progress.pop(tp, None)
             self.fenced.add(tp)
         for group in result.join_refused:
             # Its partitions are owned elsewhere now (or not both by us): forget the in-memory join.
@@ -654,10 +664,19 @@ class Engine:
                 self.metrics.record_joins(pending.joins, result.join_refused, self.labels)
             if self.metrics and self.shadow_pairing is not None:
                 self.metrics.shadow_pending.set(self.shadow_pairing.pending)
+            now = self.clock.now_ms()
             for tp in result.applied:
                 delta = pending.deltas.get(tp)
                 if delta is not None:
                     self.committed_offsets[tp] = delta.next_offset
+                    seen = self.local_progress.get(tp)
+                    max_event_ms, highwater = delta.max_event_ms, delta.highwater
+                    if seen is not None:
+                        max_event_ms = max(max_event_ms, seen.max_event_ms)
+                        highwater = seen.highwater if highwater is None else highwater
+                    self.local_progress[tp] = PartitionProgress(
+                        delta.next_offset, max_event_ms, now, highwater
+                    )
         self._closed_before = result.closed_before
         if self.metrics:
             self.publish_counts()

@@ -271,6 +271,11 @@ class WindowAccumulator:
         delta = self._parts.get(partition)
         return None if delta is None else delta.next_offset
 
+    def max_event_ms(self, partition: str) -> int:
+        """The newest event time accumulated for ``partition`` since the last take (0: none)."""
+        delta = self._parts.get(partition)
+        return 0 if delta is None else delta.max_event_ms
+
     def discard(self, partitions: Iterable[str]) -> None:
         """Forget what was accumulated for ``partitions`` (they were re-claimed and restart counting)."""
         for partition in partitions:

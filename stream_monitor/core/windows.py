@@ -10,10 +10,10 @@ instead of as nothing).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["PartitionProgress", "WindowSpec", "watermark"]
+__all__ = ["CatchUpAlignment", "PartitionProgress", "WindowSpec", "watermark"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +92,71 @@ def watermark(progress: Iterable[PartitionProgress], now_wall_ms: int, idle_time
     newest = max(parts, key=lambda p: p.max_event_ms)
     last_update = max(p.updated_wall_ms for p in parts)
     return newest.max_event_ms + max(0, now_wall_ms - last_update - idle_timeout_ms)
+
+
+class CatchUpAlignment:
+    """How far in event time each partition may be read for now, so that a backlog is read in order.
+
+    Kafka hands a consumer its partitions by *bytes* (whole producer batches, often compressed), so while
+    a worker catches up, a topic of small messages (engagement) races many minutes of event time ahead of
+    one of large messages (serving). The watermark waits for the slowest partition anyway, so the lead
+    buys nothing: it only keeps more windows open and parks engagement events in the label join until
+    their requests arrive. ``limit`` is the event time no partition should be read past: ``lead_ms``
+    ahead of the slowest partition that still has a backlog (Flink's watermark alignment; Kafka Streams
+    picks records by timestamp for the same reason).
+
+    The slowest partition with a backlog is never past the limit, so reading always goes on. A partition
+    with a backlog and no events counted yet is the slowest of all (event time 0: every partition that
+    has events waits for its first ones). If the slowest stops advancing for ``stall_ms`` (a partition
+    the fetcher cannot read), there is no limit until it moves again: alignment must never stop a
+    worker. Partitions caught up with their log (or whose log end is unknown) set no limit.
+
+    >>> def p(offset, event_ms, highwater):
+    ...     return PartitionProgress(offset, event_ms, 0, highwater)
+    >>> align = CatchUpAlignment(lead_ms=60_000, stall_ms=30_000)
+    >>> progress = {
+    ...     "serving/0": p(100, 1_000_000, 5_000),       # behind: the slowest with a backlog
+    ...     "engagement/0": p(900, 1_200_000, 9_000),    # 200 s ahead of it
+    ...     "engagement/1": p(900, 1_050_000, 9_000),    # 50 s ahead: within the lead
+    ...     "deployments/0": p(3, 2_000_000, 3),         # caught up: sets no limit, may be held
+    ... }
+    >>> align.limit(progress, now_ms=0)
+    1060000
+    >>> sorted(align.ahead(progress, now_ms=0))
+    ['deployments/0', 'engagement/0']
+    >>> print(align.limit(progress, now_ms=31_000))  # the slowest has not moved for 31 s
+    None
+    >>> progress["serving/0"] = p(200, 1_100_000, 5_000)
+    >>> align.limit(progress, now_ms=32_000)  # it moved: a limit again (engagement/1 is now the slowest)
+    1110000
+    >>> progress["serving/1"] = p(0, 0, 4_000)  # newly claimed, backlog, nothing counted yet
+    >>> align.limit(progress, now_ms=33_000)
+    60000
+    """
+
+    def __init__(self, lead_ms: int, stall_ms: int) -> None:
+        if lead_ms <= 0 or stall_ms <= 0:
+            raise ValueError(f"lead and stall times must be positive, got {lead_ms} and {stall_ms} ms")
+        self.lead_ms = lead_ms
+        self.stall_ms = stall_ms
+        self._slowest = -1
+        self._moved_at = 0
+
+    def limit(self, progress: Mapping[str, PartitionProgress], now_ms: int) -> int | None:
+        """The event time (ms) not to read past for now; ``None``: no limit."""
+        behind = [p.max_event_ms for p in progress.values() if not p.caught_up]
+        if not behind:
+            return None
+        slowest = min(behind)
+        if slowest != self._slowest:
+            self._slowest, self._moved_at = slowest, now_ms
+        elif now_ms - self._moved_at > self.stall_ms:
+            return None
+        return slowest + self.lead_ms
+
+    def ahead(self, progress: Mapping[str, PartitionProgress], now_ms: int) -> set[str]:
+        """The partitions of ``progress`` already read past the limit (to leave unread for now)."""
+        limit = self.limit(progress, now_ms)
+        if limit is None:
+            return set()
+        return {tp for tp, p in progress.items() if p.max_event_ms > limit}

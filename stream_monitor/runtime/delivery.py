@@ -52,6 +52,47 @@ class BatchDeliveryConsumer(AIOKafkaConsumer):
         super().__init__(*args, **kwargs)
         self.batch_topics = frozenset(batch_topics)
         self.deliver = deliver
+        self._held: frozenset[TP] = frozenset()
+
+    @property
+    def held(self) -> frozenset[TP]:
+        """The partitions ``hold`` last asked to leave unread."""
+        return self._held
+
+    async def hold(self, partitions: Collection[TP]) -> None:
+        """Leave ``partitions`` unread (paused in aiokafka) until a later call leaves them out.
+
+        aiokafka drops what it had fetched of a paused partition and fetches from where it was read
+        once resumed, so holding costs no memory and does not stall the other partitions (a partition
+        whose fetched records are not drained holds back every fetch from its broker). Faust never
+        pauses partitions in aiokafka (its own flow control is bookkeeping of its own), and a rebalance
+        resets them, so the held set starts empty again with each assignment.
+        """
+        wanted = frozenset(partitions)
+        if wanted == self._held:
+            return
+        self._held = wanted
+        # On the consumer's thread, which owns aiokafka's state; queued, not awaited (nothing waits
+        # behind a fetch in progress), and applied in order.
+        await self._thread.cast_thread(self._apply_hold, wanted)
+
+    async def _apply_hold(self, wanted: frozenset[TP]) -> None:
+        from aiokafka import TopicPartition
+
+        consumer = self._thread._ensure_consumer()
+        assigned = consumer.assignment()
+        paused = consumer.paused()
+        wanted_tps = {TopicPartition(tp.topic, tp.partition) for tp in wanted}
+        resume = [tp for tp in paused if tp not in wanted_tps]
+        if resume:
+            consumer.resume(*resume)
+        pause = [tp for tp in wanted_tps if tp in assigned and tp not in paused]
+        if pause:
+            consumer.pause(*pause)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self._held = frozenset()  # aiokafka's partition state is new: nothing is paused
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> int:
         """Ack a partition's offsets as ``Consumer.ack`` acks a message's; the number newly acked."""

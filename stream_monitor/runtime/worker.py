@@ -25,11 +25,13 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from stream_monitor.config import Settings
 from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
+from stream_monitor.core.windows import CatchUpAlignment, PartitionProgress
 from stream_monitor.engine import Engine, EngineOptions, Record
 from stream_monitor.runtime.delivery import BatchDeliveryConsumer, Fetch
 from stream_monitor.runtime.gate import add_gate_views
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
 COMMIT_CHECK_EVERY = 64  # messages between checks of the accumulated commit size
+# Catch-up alignment waits at least this long for a slowest partition that does not advance.
+ALIGNMENT_STALL_S = 10.0
 
 
 class WorkerRuntime:
@@ -99,6 +103,16 @@ class WorkerRuntime:
             traces=_trace_store(store, topology),
         )
         self._commit_lock = asyncio.Lock()
+        # Batch delivery reads a backlog in event-time order (core.windows.CatchUpAlignment).
+        self._alignment = (
+            CatchUpAlignment(
+                lead_ms=round(settings.catch_up_lead_s * 1000),
+                # A slowest partition that the fetcher has not advanced for this long is not waited for.
+                stall_ms=round(max(settings.idle_partition_timeout_s, ALIGNMENT_STALL_S) * 1000),
+            )
+            if settings.catch_up_lead_s > 0
+            else None
+        )
         # Batch delivery: fetched batches wait here for the one task that ingests them (in fetch order).
         # Two deep, so the next fetch overlaps the current batch and a slow store holds back the fetcher.
         self._batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
@@ -106,6 +120,8 @@ class WorkerRuntime:
         # the on_partitions_assigned receivers run, and a message of a partition assigned but not yet
         # claimed would be passed over (its offset already read), so batches wait for this.
         self._claimed = asyncio.Event()
+        # The log-end offsets of the partitions at their claim (catch-up alignment's first progress).
+        self._claimed_ends: dict[str, int] = {}
         # A group-less consumer used only to ask the broker for log-end offsets (the lag metric).
         self._watermarks = Consumer(
             client_config(settings)
@@ -169,13 +185,25 @@ class WorkerRuntime:
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         return app
 
-    async def _ingest(self, fetch: Fetch) -> set[str]:
-        """Ingest partitions' runs of records and commit them; the partitions still ours (ack those)."""
+    async def _ingest(self, fetch: Fetch, limit: int | None = None) -> tuple[set[str], Fetch, Fetch]:
+        """Ingest partitions' runs of records and commit them.
+
+        With ``limit`` (catch-up alignment), a partition's run stops once the partition's event time is
+        past it. Returns the partitions still ours, the runs ingested (ack those of our partitions once
+        committed) and the runs left over, in order (not ingested: to ingest later, or drop).
+        """
         engine, inputs = self.engine, self.inputs
         since_check = 0
+        taken: Fetch = []
+        rest: Fetch = []
         for tp, records in fetch:
             kind = inputs[tp.topic]
+            key = f"{tp.topic}/{tp.partition}"
             for first in range(0, len(records), COMMIT_CHECK_EVERY):
+                if limit is not None and engine.event_time(key) > limit:
+                    rest.append((tp, records[first:]))
+                    records = records[:first]
+                    break
                 if since_check >= COMMIT_CHECK_EVERY:
                     since_check = 0
                     if engine.commit_due():
@@ -185,6 +213,8 @@ class WorkerRuntime:
                 piece = records[first : first + COMMIT_CHECK_EVERY]
                 engine.ingest_batch(kind, tp.topic, tp.partition, piece)
                 since_check += len(piece)
+            if records:
+                taken.append((tp, records))
         consumer = self.app.consumer
         for tp, _records in fetch:
             try:
@@ -193,23 +223,73 @@ class WorkerRuntime:
                 highwater = None
             engine.note_highwater(tp.topic, tp.partition, highwater)
         await self.commit()
-        return set(engine.claims)
+        return set(engine.claims), taken, rest
 
     async def _ingest_batches(self) -> None:
-        """The batch-delivery task: ingest each fetch, then ack what was counted."""
+        """The batch-delivery task: ingest each fetch, then ack what was counted.
+
+        With catch-up alignment, runs of partitions read past the event-time limit wait in ``deferred``
+        (already in memory: at most what was fetched before their partition was held) and go first once
+        their partition is within the limit again. Their offsets are neither counted nor acked until
+        then, and the engine's offsets make them safe across a rebalance like any redelivery.
+        """
         step = self.settings.batch_max
         consumer = self.app.consumer
         assert isinstance(consumer, BatchDeliveryConsumer)
+        engine = self.engine
+        deferred: Fetch = []
         while True:
-            fetched = await self._batches.get()
+            limit = await self._read_limit(consumer)
+            if deferred and (
+                limit is None
+                or any(engine.event_time(f"{tp.topic}/{tp.partition}") <= limit for tp, _ in deferred)
+            ):
+                fetched = [] if self._batches.empty() else self._batches.get_nowait()  # go on now
+            elif deferred or consumer.held:
+                try:  # wake up to look again even if no fetch comes (the limit can lapse)
+                    fetched = await asyncio.wait_for(self._batches.get(), timeout=0.2)
+                except TimeoutError:
+                    fetched = []
+            else:
+                fetched = await self._batches.get()
+            fetch, deferred = [*deferred, *fetched], []
             # A fetch can hold everything prefetched; commit (and ack) at most batch_max messages at a
             # time so a commit, and the work a crash loses, stay bounded whatever the backlog.
-            for chunk in _chunks(fetched, step):
+            for chunk in _chunks(fetch, step):
                 await self._claimed.wait()
-                claims = await self._ingest(chunk)
-                for tp, records in chunk:
+                limit = await self._read_limit(consumer)
+                # Runs behind one already left over stay behind it: a partition's offsets go in order.
+                waiting = {tp for tp, _records in deferred}
+                deferred += [(tp, records) for tp, records in chunk if tp in waiting]
+                chunk = [(tp, records) for tp, records in chunk if tp not in waiting]
+                claims, taken, rest = await self._ingest(chunk, limit)
+                deferred += rest
+                for tp, records in taken:
                     if f"{tp.topic}/{tp.partition}" in claims:
                         consumer.ack_offsets(tp, [record.offset for record in records])
+
+    async def _read_limit(self, consumer: BatchDeliveryConsumer) -> int | None:
+        """The event time not to read past now (None: no limit); holds the partitions already past it."""
+        if self._alignment is None:
+            return None
+        engine = self.engine
+        now = engine.clock.now_ms()
+        progress = {}
+        for tp, claim in engine.claims.items():
+            seen = engine.local_progress.get(tp)
+            if seen is None:  # nothing committed since the claim: behind if the claim saw a backlog
+                seen = PartitionProgress(claim.next_offset, 0, now, self._claimed_ends.get(tp))
+            progress[tp] = seen
+        limit = self._alignment.limit(progress, now)
+        held: set[TP] = set()
+        if limit is not None:
+            for tp in engine.claims:
+                if engine.event_time(tp) > limit:
+                    topic, _, partition = tp.rpartition("/")
+                    held.add(TP(topic, int(partition)))
+        await consumer.hold(held)
+        self.metrics.partitions_held.set(len(held))
+        return limit
 
     def _agent_for(self, kind: str) -> Any:
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
@@ -217,7 +297,7 @@ class WorkerRuntime:
         async def agent(stream: faust.StreamT[Any]) -> None:
             # noack_take: we ack each message ourselves, only once its delta is in the state store.
             async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
-                claims = await self._ingest(_runs([event.message for event in events]))
+                claims, _taken, _rest = await self._ingest(_runs([event.message for event in events]))
                 for event in events:
                     message = event.message
                     if f"{message.topic}/{message.partition}" in claims:
@@ -313,6 +393,7 @@ class WorkerRuntime:
 
         def claim() -> tuple[dict[str, PartitionClaim], int | None]:
             ends = self._log_ends(ours) if ours else {}
+            self._claimed_ends = ends
             # closed_before too, so late events of the very first batch are recognised as late.
             return store.claim(ours, self.engine.clock.now_ms(), ends), store.closed_before()
 

@@ -124,6 +124,13 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.partitions_held = Gauge(
+            "partitions_held",
+            "Input partitions this worker leaves unread for now because they are more than the catch-up "
+            "lead of event time ahead of its slowest partition with a backlog (catch_up_lead_s).",
+            namespace=ns,
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag_messages",
             "Messages on the broker not yet counted: log-end offset minus the offset committed to the "
