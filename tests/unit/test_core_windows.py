@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_monitor.core.windows import PartitionProgress, WindowSpec, watermark
+from stream_monitor.core.windows import CatchUpAlignment, PartitionProgress, WindowSpec, watermark
 
 pytestmark = pytest.mark.unit
 
@@ -280,3 +280,58 @@ def test_watermark_properties(parts: list[PartitionProgress], now: int, idle: in
         assert mark >= newest
         later = watermark(parts, now_wall_ms=now + 1_000, idle_timeout_ms=idle)
         assert later == mark + 1_000
+
+
+# -- catch-up alignment -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lead", "stall"), [(0, 1), (1, 0), (-5, 10)])
+def test_alignment_rejects_non_positive_times(lead: int, stall: int) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        CatchUpAlignment(lead_ms=lead, stall_ms=stall)
+
+
+def test_alignment_sets_no_limit_without_a_partition_behind() -> None:
+    align = CatchUpAlignment(lead_ms=60_000, stall_ms=10_000)
+    caught_up = {"a/0": PartitionProgress(10, 5_000_000, 0, 10), "a/1": PartitionProgress(4, 1_000, 0, None)}
+    assert align.limit(caught_up, now_ms=0) is None
+    assert align.ahead(caught_up, now_ms=0) == set()
+    assert align.limit({}, now_ms=0) is None
+
+
+@HYPOTHESIS
+@given(
+    parts=st.lists(
+        st.tuples(st.integers(0, 10**12), st.integers(0, 5), st.none() | st.integers(0, 5)),
+        min_size=1,
+        max_size=8,
+    ),
+    lead=st.integers(1, 10**7),
+)
+def test_alignment_never_holds_the_slowest_partition_behind(
+    parts: list[tuple[int, int, int | None]], lead: int
+) -> None:
+    progress = {
+        f"t/{i}": PartitionProgress(offset, event, 0, hw) for i, (event, offset, hw) in enumerate(parts)
+    }
+    align = CatchUpAlignment(lead_ms=lead, stall_ms=10_000)
+    limit = align.limit(progress, now_ms=0)
+    ahead = align.ahead(progress, now_ms=0)
+    behind = {tp: p for tp, p in progress.items() if not p.caught_up}
+    if not behind:
+        assert limit is None and not ahead
+        return
+    assert limit == min(p.max_event_ms for p in behind.values()) + lead
+    slowest = min(behind, key=lambda tp: behind[tp].max_event_ms)
+    assert slowest not in ahead  # reading always goes on
+    assert ahead == {tp for tp, p in progress.items() if p.max_event_ms > limit}
+
+
+def test_alignment_lets_go_of_a_slowest_partition_that_stalls_and_holds_again_when_it_moves() -> None:
+    align = CatchUpAlignment(lead_ms=60_000, stall_ms=10_000)
+    progress = {"s/0": PartitionProgress(1, 1_000_000, 0, 9), "e/0": PartitionProgress(1, 2_000_000, 0, 9)}
+    assert align.ahead(progress, now_ms=0) == {"e/0"}
+    assert align.ahead(progress, now_ms=10_000) == {"e/0"}  # not yet past the stall time
+    assert align.ahead(progress, now_ms=10_001) == set()
+    progress["s/0"] = PartitionProgress(2, 1_000_500, 0, 9)
+    assert align.ahead(progress, now_ms=10_002) == {"e/0"}
