@@ -156,7 +156,11 @@ class CatchUpAlignment:
 
     def ahead(self, progress: Mapping[str, PartitionProgress], now_ms: int) -> set[str]:
         """The partitions of ``progress`` already read past the limit (to leave unread for now)."""
-        limit = self.limit(progress, now_ms)
+        return self.past(progress, self.limit(progress, now_ms))
+
+    @staticmethod
+    def past(progress: Mapping[str, PartitionProgress], limit: int | None) -> set[str]:
+        """The partitions of ``progress`` read past ``limit`` (none when there is no limit)."""
         if limit is None:
             return set()
         return {tp for tp, p in progress.items() if p.max_event_ms > limit}

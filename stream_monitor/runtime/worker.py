@@ -280,13 +280,12 @@ class WorkerRuntime:
             if seen is None:  # nothing committed since the claim: behind if the claim saw a backlog
                 seen = PartitionProgress(claim.next_offset, 0, now, self._claimed_ends.get(tp))
             progress[tp] = seen
+        # Called between chunks, when everything ingested is committed: progress is the event time.
         limit = self._alignment.limit(progress, now)
-        held: set[TP] = set()
-        if limit is not None:
-            for tp in engine.claims:
-                if engine.event_time(tp) > limit:
-                    topic, _, partition = tp.rpartition("/")
-                    held.add(TP(topic, int(partition)))
+        held = set()
+        for tp in self._alignment.past(progress, limit):
+            topic, _, partition = tp.rpartition("/")
+            held.add(TP(topic, int(partition)))
         await consumer.hold(held)
         self.metrics.partitions_held.set(len(held))
         return limit
