@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from stream_monitor.core.events import EngagementEvent, ServingEvent
+from stream_monitor.core.events import ACTIONS, EngagementEvent, ServingEvent
 from stream_monitor.core.profiler import Profiler
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import Topology
@@ -37,9 +37,7 @@ OTHER = "other"
 UNKNOWN = "unknown"
 ALL = "*"
 # Engagement field names per action, built once (add_engagement runs for 3 of 4 events).
-_ENGAGEMENT_NAMES = {
-    a: f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{a}" for a in ("impression", "click", "play", "complete")
-}
+_ENGAGEMENT_NAMES = {a: f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{a}" for a in ACTIONS}
 
 
 @dataclass(slots=True)
@@ -249,7 +247,8 @@ class WindowAccumulator:
             delta.window_events[start] += 1
         if ts > delta.max_event_ms:
             delta.max_event_ms = ts
-        name = _ENGAGEMENT_NAMES.get(event.action) or f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{event.action}"
+        action = event.action  # one of ACTIONS from the parser; built here for events made in code
+        name = _ENGAGEMENT_NAMES.get(action) or f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{action}"
         window[name] = window.get(name, 0) + 1
 
     def note_highwater(self, partition: str, highwater: int | None) -> None:

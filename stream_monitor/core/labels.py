@@ -110,7 +110,16 @@ def sampled(rid_hash: int, rate: float) -> bool:
     >>> sampled(request_id_hash("r1"), 1.0), sampled(request_id_hash("r1"), 1e-9)
     (True, False)
     """
-    return (rid_hash >> 32) < int(rate * 2**32)
+    return (rid_hash >> 32) < sample_bound(rate)
+
+
+def sample_bound(rate: float) -> int:
+    """The bound of :func:`sampled`: a hash is in the sample when its top 32 bits are below it.
+
+    >>> sample_bound(0.5)
+    2147483648
+    """
+    return int(rate * 2**32)
 
 
 def _gain(grade: int, rank: int) -> float:
@@ -298,9 +307,10 @@ class JoinBuffer:
         size = self.size
         own_start = ts - ts % size
         out = own_start + size + self.maturity
-        sums = self._sums.get(out - out % size)
+        label_window = out - out % size  # out_window(own_start)
+        sums = self._sums.get(label_window)
         if sums is None:
-            sums = self._sums[out - out % size] = {}
+            sums = self._sums[label_window] = {}
         sums[_ENG] = sums.get(_ENG, 0) + 1
         code = ACTIONS.index(action)
         window = self._pending_at.get(rid)
@@ -500,7 +510,7 @@ class LabelJoin:
         self.buffers: dict[str, JoinBuffer] = {}
         self._loose: dict[str, JoinBuffer] = {}
         self._groups: dict[str, str | None] = {}  # group_of, per partition (asked once per event)
-        self._sample_below = int(rule.sample_rate * 2**32)  # sampled(), with the bound computed once
+        self._sample_below = sample_bound(rule.sample_rate)  # sampled(), with the bound computed once
 
     def group_of(self, tp: str) -> str | None:
         try:
