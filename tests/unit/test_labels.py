@@ -348,6 +348,47 @@ def test_a_new_version_is_compared_with_the_previous_one_on_the_same_slice() -> 
     ] == [0.03]
 
 
+def test_a_new_version_is_judged_on_its_windows_pooled() -> None:
+    ev = LabelEvaluator(_topology())
+    baselines: dict[str, list[float]] = {}
+    for _ in range(6):
+        ev.evaluate(_window("v1", 10_000, 300), baselines)
+    # 1.33 % against 3 % on 1,500 impressions a window: not confident in one window (Wilson upper bound
+    # 2.6 % against a floor of 2.25 %), confident over the version's first two windows pooled (2.15 %).
+    assert [b for b in ev.evaluate(_window("v2", 1_500, 20), baselines)[1] if b.metric == "ctr"] == []
+    (breach,) = [b for b in ev.evaluate(_window("v2", 1_500, 20), baselines)[1] if b.metric == "ctr"]
+    assert breach.signal == "release_ctr" and breach.observed == pytest.approx(40 / 3_000)
+    assert "over 3000 impressions (2 windows)" in breach.message
+    # Windows below 1,000 impressions count towards the pool, never towards the version's own baseline.
+    ev.evaluate(_window("v2", 500, 7), baselines)
+    assert baselines["label_release|ctr|m|v2|control|home"] == [20, 1_500, 20, 1_500, 7, 500]
+    assert not baselines.get("label_ctr|ctr|m|v2|control|home")
+
+
+def test_a_new_version_as_good_as_the_previous_one_learns_its_own_baseline() -> None:
+    ev = LabelEvaluator(_topology())
+    baselines: dict[str, list[float]] = {}
+    for _ in range(6):
+        ev.evaluate(_window("v1", 10_000, 300), baselines)
+    for _ in range(5):
+        assert ev.evaluate(_window("v2", 1_500, 45), baselines)[1] == []
+    assert baselines["label_ctr|ctr|m|v2|control|home"] == [0.03] * 5
+    # From then on v2 is judged against its own trailing median, one window at a time.
+    (breach,) = [b for b in ev.evaluate(_window("v2", 10_000, 150), baselines)[1] if b.metric == "ctr"]
+    assert breach.signal == "label_ctr"
+
+
+def test_the_pool_of_a_new_version_keeps_its_last_baseline_windows() -> None:
+    ev = LabelEvaluator(_topology())  # baseline_windows: 15
+    baselines: dict[str, list[float]] = {}
+    for _ in range(6):
+        ev.evaluate(_window("v1", 10_000, 300), baselines)
+    for clicks in range(10, 27):
+        ev.evaluate(_window("v2", 100, clicks), baselines)
+    pool = baselines["label_release|ctr|m|v2|control|home"]
+    assert pool[0::2] == list(range(12, 27)) and pool[1::2] == [100] * 15
+
+
 def test_orphan_share_alerts_when_confidently_high() -> None:
     ev = LabelEvaluator(_topology())
     _, breaches = ev.evaluate({"*#eng": 5_000, "*#orphan": 800}, {})
