@@ -34,5 +34,6 @@ scripts/services.sh up
 . .services/env
 
 status=0
-"$PY" -m pytest "$@" || status=$?
+# --durations: the slowest tests in every run's log, to keep the default tier short (docs/development.md).
+"$PY" -m pytest --durations=40 "$@" || status=$?
 exit "$status"
