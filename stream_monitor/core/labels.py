@@ -272,7 +272,7 @@ class JoinBuffer:
         sums[name] = sums.get(name, 0) + by
 
     def _count(self, ts: int, name: str) -> None:
-        self._add(self._start(ts), _GLOBAL_NAMES.get(name) or f"{ALL}{SEP_METRIC}{name}")
+        self._add(self._start(ts), _GLOBAL_NAMES[name])
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -784,11 +784,10 @@ class LabelEvaluator:
             # the impressions to tell a halved CTR with confidence (about 1,500 per minute for a region at
             # 30 requests/s), and waiting for one that does took ~30 windows. Pooling adds no looks: the
             # test runs once a window either way, on a growing (bounded) sample.
-            pooled = self._pool(baselines, metric, key, hits, imp)
-            if pooled[1] >= rule.min_impressions:
+            p_hits, p_imp, windows = self._pool(baselines, metric, key, hits, imp)
+            if p_imp >= rule.min_impressions:
                 version, history = prior
                 expected = statistics.median(history)
-                p_hits, p_imp, windows = pooled
                 keep_out = self._judge(
                     "release_ctr",
                     metric,
