@@ -4,6 +4,7 @@
 #
 #   scripts/install_promtool.sh          install into $STREAM_MONITOR_CACHE/bin (default ~/.cache/stream-monitor/bin)
 #   scripts/install_promtool.sh --path   print the directory the tools are in (install first if missing)
+#   scripts/install_promtool.sh --plan   print what an install would add ("install: ..."; nothing when both are there)
 #
 # Debian's `prometheus` and `prometheus-alertmanager` packages ship the tools, but installing them with
 # apt-get also creates a system user and starts daemons listening on 0.0.0.0 (9090, 9093/9094). So this
@@ -68,6 +69,15 @@ install_tools() {
     mv -f "$BIN_DIR/$tool.tmp" "$BIN_DIR/$tool"
   done
 }
+
+# Sizes: `apt-cache show prometheus prometheus-alertmanager` (Size) and `du -sh` of the two binaries,
+# Debian 12, 2026-12-04.
+if [[ "${1:-}" == "--plan" ]]; then
+  if ! have promtool || ! have amtool; then
+    echo "install: promtool + amtool into $BIN_DIR, taken out of Debian's prometheus and prometheus-alertmanager .debs (~30 MB download, ~64 MB on disk; no daemon is installed)"
+  fi
+  exit 0
+fi
 
 install_tools
 for tool in promtool amtool; do

@@ -6,6 +6,7 @@
 #   scripts/services.sh down     stop what `up` started (by PID), remove pid files and .services/env
 #   scripts/services.sh status   show what is running and whether it answers (exit 3 if something does not)
 #   scripts/services.sh env      print .services/env (source it to point stream-monitor at the services)
+#   scripts/services.sh plan     print what `up` would install first ("install: ..." lines), if anything
 #
 # Knobs (environment): SM_KAFKA_PORT (19092), SM_KAFKA_CONTROLLER_PORT (19093), SM_REDIS_PORT (16379),
 # STREAM_MONITOR_CACHE (~/.cache/stream-monitor; Kafka jars), KAFKA_HOME (use $KAFKA_HOME/libs instead),
@@ -722,8 +723,21 @@ cmd_env() {
   cat "$ENV_FILE"
 }
 
+# What `up` would download or install before starting anything, one line each (nothing when all is
+# there). Sizes: `du -sh` of the jar cache and of ~/.m2 after a first fetch; `apt-cache show redis-server
+# redis-tools libjemalloc2 liblzf1` (Size, Installed-Size); Debian 12, 2026-12-04.
+cmd_plan() {
+  if ! kafka_external && [[ -z "${KAFKA_HOME:-}" ]] &&
+    [[ ! -f "$CACHE_DIR/kafka-$KAFKA_VERSION/libs/kafka_$SCALA_VERSION-$KAFKA_VERSION.jar" ]]; then
+    echo "install: Kafka $KAFKA_VERSION jars, fetched with mvn into $CACHE_DIR/kafka-$KAFKA_VERSION/libs (~43 MB, plus ~56 MB in Maven's ~/.m2); KAFKA_HOME or STREAM_MONITOR_KAFKA_BOOTSTRAP avoids it"
+  fi
+  if ! redis_external && ! command -v redis-server >/dev/null 2>&1; then
+    echo "install: redis-server, Debian's package, system-wide with apt-get (~1.4 MB download, ~7 MB on disk; the package also starts Debian's own Redis on 127.0.0.1:6379, which the tests do not use)"
+  fi
+}
+
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -731,6 +745,7 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  plan) cmd_plan ;;
   -h | --help | help) usage ;;
   *)
     usage >&2

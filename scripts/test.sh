@@ -5,6 +5,11 @@
 #   scripts/test.sh [pytest args...]        (`make test` calls this with PYTEST_ARGS, default -m "not slow")
 #
 # PYTHON: the interpreter that runs pytest and the Kafka readiness check (default .venv/bin/python).
+# SM_SKIP_BROWSER_TESTS=1: do not install chromium; the HTML report test skips (ignored under CI=true).
+#
+# It first prints what it is going to install (only what is missing), then installs it: promtool/amtool
+# into ~/.cache/stream-monitor/bin, chromium system-wide (apt-get), the Kafka jars into
+# ~/.cache/stream-monitor (mvn), redis-server system-wide (apt-get). docs/development.md lists them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +29,26 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+case "${SM_SKIP_BROWSER_TESTS:-}" in
+  "" | 0 | 1) ;;
+  *)
+    echo "[test] ERROR: SM_SKIP_BROWSER_TESTS must be 1 (skip the browser test) or 0/unset, not '$SM_SKIP_BROWSER_TESTS'" >&2
+    exit 2
+    ;;
+esac
+
+# The plan: what the steps below will install, before they do (each script knows what it lacks).
+# Their lines read "install: WHAT, WHERE, HOW BIG" or "note: ...".
+plan="$(scripts/install_promtool.sh --plan && scripts/install_chromium.sh --plan && scripts/services.sh plan)"
+if grep -q '^install: ' <<<"$plan"; then
+  echo "[test] this run first installs what is missing (later runs reuse it):" >&2
+  sed -n 's/^install: /[test]   - /p' <<<"$plan" >&2
+else
+  echo "[test] nothing to install" >&2
+fi
+sed -n 's/^note: /[test] note: /p' <<<"$plan" >&2
+echo "[test] then: start Kafka and Redis on 127.0.0.1 (scripts/services.sh), run pytest ${*:-}, stop them" >&2
 
 # promtool/amtool for the alerting-rule tests (extracted from Debian's packages; no daemon is started).
 scripts/install_promtool.sh

@@ -16,7 +16,13 @@ from stream_monitor.core.diagnosis import Diagnosis
 __all__ = ["render_html", "render_text"]
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-_MARKER_COLOURS = {"deployment": "#444", "dataset": "#17becf", "alert": "#d62728", "moved": "#bbb"}
+_MARKER_COLOURS = {
+    "deployment": "#444",
+    "dataset": "#17becf",
+    "alert": "#d62728",
+    "suspect": "#ff7f0e",
+    "moved": "#bbb",
+}
 
 
 def _t(ms: int | None) -> str:
@@ -100,7 +106,7 @@ def render_text(d: Diagnosis) -> str:
 
 def _timeline_svg(d: Diagnosis, width: int = 1200, row_h: int = 110) -> str:
     plots = d.plots
-    markers = [m for m in d.timeline if m.kind in ("deployment", "dataset", "alert")]
+    markers = [m for m in d.timeline if m.kind in ("deployment", "dataset", "alert", "suspect")]
     times = [t for p in plots for t, _ in p["points"]] + [m.ts for m in markers]
     if not times:
         return "<p>No series to plot.</p>"

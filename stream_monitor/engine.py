@@ -100,6 +100,8 @@ class PendingCommit:
     deltas: dict[str, PartitionDelta]
     epochs: dict[str, int]
     joins: list[JoinDelta] = field(default_factory=list)
+    # Per partition, the offset this worker last saw the store count it to (a store below it went back).
+    counted: dict[str, int] = field(default_factory=dict)
     # Traces captured with these deltas (written best-effort after the commit; see docs/traces.md).
     traces: TraceBatch | None = None
 
@@ -600,7 +602,10 @@ class Engine:
         traces = self.trace_capture.take() if self.trace_capture is not None else None
         if self.shadow_pairing is not None:
             joins += self.shadow_pairing.take(list(deltas), epochs)
-        return PendingCommit(deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins, traces)
+        counted = {tp: self.committed_offsets[tp] for tp in deltas if tp in self.committed_offsets}
+        return PendingCommit(
+            deltas, {tp: epochs[tp] for tp in deltas if tp in epochs}, joins, traces=traces, counted=counted
+        )
 
     def commit_pending(self, pending: PendingCommit) -> CommitResult:
         """Write a prepared commit (may run on a worker thread; touches no engine state)."""
@@ -608,13 +613,17 @@ class Engine:
         self.deadletters.flush()
         started = time.perf_counter()
         result = self.store.commit(
-            list(pending.deltas.values()), pending.epochs, self.clock.now_ms(), pending.joins
+            list(pending.deltas.values()),
+            pending.epochs,
+            self.clock.now_ms(),
+            pending.joins,
+            pending.counted,
         )
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
         # Only beside counts that landed: a store that lost its state (the worker exits and recounts)
         # or refused every partition (a fenced owner) must not be given context for counts it lacks.
-        if pending.traces and result.applied and not result.lost:
+        if pending.traces and result.applied and not result.lost and not result.behind:
             self._write_traces(pending.traces)
         return result
 
@@ -646,6 +655,11 @@ class Engine:
             raise StateLost(f"the state store has no record of partitions {result.lost}: it lost its state")
         if result.conflict:
             raise StateLost(f"the state store's offsets for {result.conflict} disagree with this worker's")
+        if result.behind:
+            raise StateLost(
+                f"the state store went back in time for partitions {result.behind} (a failover to a "
+                "replica that missed the last commits?): its counts are older than this worker's"
+            )
         for tp in result.refused:
             # Another worker claimed it since: drop our delta, stop counting it until it is assigned again.
             log.warning("partition %s was taken over; its uncommitted delta is dropped", tp)

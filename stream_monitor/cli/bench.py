@@ -42,6 +42,7 @@ from stream_monitor.bench.detection import (
     quick_config,
     run_detection_bench,
 )
+from stream_monitor.cli._common import report_problems
 from stream_monitor.sim import INCIDENT_KINDS
 
 __all__ = ["add_parser", "run"]
@@ -196,6 +197,8 @@ def _run_diagnose_live(args: argparse.Namespace, config: Any, progress: Callable
     from stream_monitor.config import Settings
 
     settings = Settings()
+    if problems := _server_problems(settings):
+        return report_problems("bench diagnose", problems)
     try:
         live = LiveDiagnoseBenchConfig(
             config,
@@ -249,6 +252,8 @@ def run_throughput(args: argparse.Namespace) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     settings = Settings()
+    if problems := _server_problems(settings):
+        return report_problems("bench throughput", problems)
 
     def progress(message: str) -> None:
         print(f"bench throughput: {message}", file=sys.stderr, flush=True)
@@ -265,6 +270,13 @@ def run_throughput(args: argparse.Namespace) -> int:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"report written to {args.json}")
     return 0
+
+
+def _server_problems(settings: Any) -> list[Any]:
+    """Kafka's and Redis's start-up problems (a few seconds each): one line each instead of a stuck run."""
+    from stream_monitor.runtime.preflight import kafka_problems, redis_problems
+
+    return kafka_problems(settings) + redis_problems(settings)
 
 
 def _positive(text: str) -> int:

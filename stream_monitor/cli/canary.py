@@ -3,7 +3,7 @@
 Reads the newest verdict (narrowed by ``--version``, ``--deployment``, ``--kind``) exactly as the
 rollout gate does, and prints it with one row per metric. The exit code is the gate's decision, for
 scripts: 0 PROMOTE, 1 ROLLBACK, 3 HOLD (including a verdict past its ``valid_until``), 4 no verdict,
-2 the store cannot be read.
+75 Redis does not answer, 2 a setting is wrong (docs/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import orjson
 
 from stream_monitor.cli._common import format_table
 from stream_monitor.core.clock import Clock, SystemClock
+from stream_monitor.runtime.preflight import EXIT_UNAVAILABLE
 from stream_monitor.sinks.health import read_gate
 from stream_monitor.state.base import StateStore, StoreUnavailable
 
@@ -24,7 +25,7 @@ __all__ = ["EXIT_CODES", "add_parser", "render_verdict", "run", "show"]
 
 EXIT_CODES = {"PROMOTE": 0, "ROLLBACK": 1, "HOLD": 3}
 EXIT_NO_VERDICT = 4
-EXIT_STORE = 2
+EXIT_STORE = EXIT_UNAVAILABLE
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,11 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_monitor.cli._common import open_store
+    from stream_monitor.cli._common import open_store, report_problems
     from stream_monitor.config import Settings
+    from stream_monitor.runtime.preflight import redis_problems
 
+    settings = Settings()
+    problems = redis_problems(settings)
+    if problems:
+        return report_problems("canary", problems)
     return show(
-        open_store(Settings()),
+        open_store(settings),
         args.model,
         version=args.version,
         deployment=args.deployment,

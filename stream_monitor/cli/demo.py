@@ -2,6 +2,11 @@
 
 Simulated traffic (with incidents) runs through the same engine as the worker, in accelerated event
 time, with the in-memory store. Alerts print as they fire; ``/metrics`` is served meanwhile.
+
+Simulated time starts six hours before the wall clock (the first output line says so): it runs
+``--speed`` times faster than the wall clock but never past it (traffic from the future is what a
+monitor dead-letters), so the head start is what lets it run fast, for 12 minutes at the default 30x.
+That is why the alerts' windows are labelled hours before the time on your clock.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -17,15 +23,19 @@ from stream_monitor.cli._common import (
     add_topology_arg,
     hour_of_day,
     load_settings_and_topology,
+    report_problems,
     start_metrics_server,
 )
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+from stream_monitor.runtime.preflight import env_name, port_problem
 from stream_monitor.sim import SimConfig, TrafficSimulator, parse_incident
 from stream_monitor.sinks.base import JsonLinesSink, ListSink, TerminalAlertSink
 from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.state.memory import MemoryStore
 
+# Hours simulated time starts before the wall clock.
+LEAD_HOURS = 6
 DEFAULT_INCIDENTS = (
     "latency_regression:region=eu,stage=ranking,magnitude=4,onset=600,duration=600",
     "error_spike:platform=android,magnitude=0.15,onset=1500,duration=420",
@@ -68,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     settings, topology = load_settings_and_topology(args)
     # Start a few hours back so accelerated event time stays behind the wall clock for a long demo.
-    start_ms = (time.time_ns() // 1_000_000) - 6 * 3_600_000
+    start_ms = (time.time_ns() // 1_000_000) - LEAD_HOURS * 3_600_000
     start_ms -= start_ms % topology.window.size_ms
     specs = [] if args.no_incidents else list(args.incident or DEFAULT_INCIDENTS)
     incidents = [parse_incident(spec, start_ms) for spec in specs]
@@ -83,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry, topology.segment_dims)
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
-    server = start_metrics_server(registry, settings.metrics_addr, port) if port else None
+    try:
+        server = start_metrics_server(registry, settings.metrics_addr, port) if port else None
+    except OSError as exc:
+        change = f"--metrics-port (or {env_name('metrics_port')}; 0: no endpoint)"
+        where = env_name("metrics_addr")
+        problem = port_problem("metrics port", settings.metrics_addr, port, change, exc, where)
+        return report_problems("demo", [problem])
     sink = JsonLinesSink(sys.stdout.buffer) if args.json else TerminalAlertSink()
     dead = ListSink()
     clock = EventTimeClock(start_ms)
@@ -107,9 +123,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(message, file=sys.stderr, flush=True)
 
+    began_at = datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%H:%M UTC")
     say(
-        f"stream-monitor demo: {args.rate:g} req/s simulated at {args.speed:g}x, windows of "
-        f"{topology.window.size_ms // 1000} s"
+        f"stream-monitor demo: simulated time starts at {began_at}, {LEAD_HOURS} h before your clock, "
+        f"so that it can run {args.speed:g}x faster without overtaking it: windows are labelled from then"
+    )
+    say(
+        f"  {args.rate:g} req/s simulated, windows of {topology.window.size_ms // 1000} s"
         + (f", metrics on http://{settings.metrics_addr}:{port}/metrics" if port else "")
     )
     for inc in incidents:

@@ -33,11 +33,17 @@ from typing import Any
 
 import orjson
 
-from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology, open_store
+from stream_monitor.cli._common import (
+    add_topology_arg,
+    load_settings_and_topology,
+    open_store,
+    report_problems,
+)
 from stream_monitor.core.diagnosis import Diagnosis
 from stream_monitor.core.topology import Topology
 from stream_monitor.diagnose_report import render_html, render_text
 from stream_monitor.diagnosing import LiveInputs, LiveStateMissing, live_examples, live_state, replay_file
+from stream_monitor.runtime.preflight import EXIT_UNAVAILABLE, redis_problems
 
 __all__ = ["add_parser", "parse_time", "run"]
 
@@ -97,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if recorder.dead.count:
             result.notes.append(f"{recorder.dead.count} lines of the recording were dead-lettered")
     else:
+        if problems := redis_problems(settings):
+            return report_problems("diagnose", problems)
         try:
             store = open_store(settings)
             live = live_state(store, topology.window.size_ms, [args.model] if args.model else None)
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 f"diagnose: cannot read the live state from Redis ({exc}); use --from FILE for a recording",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_UNAVAILABLE
         result = live.diagnose(
             topology, since_ms=since, until_ms=until, model=args.model, symptom=args.symptom
         )

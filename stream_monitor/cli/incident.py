@@ -17,6 +17,9 @@ Sources (one of):
 UTC), ``now``, or a duration before now (``90s``, ``30m``, ``2h``, ``1d``). Live mode defaults to the last
 24 hours; the file modes to everything in the files.
 
+Exit status: 0 an incident was printed, 1 ``--from`` found no valid event, 2 a usage or configuration
+error, 75 Kafka does not answer (live; docs/troubleshooting.md).
+
 Examples::
 
     stream-monitor simulate --speed 0 --duration 3600 --out /tmp/r.jsonl \\
@@ -41,11 +44,17 @@ from typing import Any
 
 import orjson
 
-from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology, open_store
+from stream_monitor.cli._common import (
+    add_topology_arg,
+    load_settings_and_topology,
+    open_store,
+    report_problems,
+)
 from stream_monitor.core.datasets import DatasetArrival
 from stream_monitor.core.diagnosis import Diagnosis
 from stream_monitor.core.incident import DEFAULT_LOOKBACK_MS, Incident, build_incident
 from stream_monitor.core.lineage import DeploymentRecord, LineageError
+from stream_monitor.runtime.preflight import kafka_problems
 
 __all__ = ["Sources", "add_parser", "parse_time", "run"]
 
@@ -186,7 +195,11 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"{path}: no such file")
     settings, topology = load_settings_and_topology(args)
     if args.source is not None:
-        sources = _from_recording(args.source, topology, since, until, args.model)
+        try:
+            sources = _from_recording(args.source, topology, since, until, args.model)
+        except _NoEvents as exc:
+            print(f"incident: {exc}", file=sys.stderr)
+            return 1
     elif not live:
         sources = Sources()
         for path in [*args.alerts, *args.verdicts, *args.deployments, *args.datasets]:
@@ -194,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
                 sources.read_lines(lines)
     else:
         assert since is not None and until is not None
+        # Kafka first, bounded: an unreachable broker is one line and exit 75, not a minute of retries.
+        problems = kafka_problems(settings)
+        if problems:
+            return report_problems("incident", problems)
         try:
             sources = _live(settings, since, until, args.max_messages, args.timeout)
         except _LiveError as exc:
@@ -244,16 +261,20 @@ def _from_recording(
     health = ListHealthSink()
     recorder.engine.health_sink = health  # the canary verdicts, as replay writes them
     sources = Sources()
+    read = not_objects = 0
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             line = line.strip()
             if not line:
                 continue
+            read += 1
             try:
                 event = orjson.loads(line)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict):
+            if not isinstance(event, dict):
+                not_objects += 1
+            else:
                 ts = event.get("ts")
                 if isinstance(ts, int) and not isinstance(ts, bool):
                     sources.last_ts = ts if sources.last_ts is None else max(sources.last_ts, ts)
@@ -263,6 +284,14 @@ def _from_recording(
             if number % STEP_LINES == 0:
                 recorder.step()
     recorder.step(final=True)
+    # Without one event the range would be built around nothing (an incident of 1970).
+    if not read:
+        raise _NoEvents(f"{path}: no valid events: the file has no non-empty line")
+    if recorder.dead.count >= read:
+        raise _NoEvents(
+            f"{path}: no valid events: all {read} non-empty lines rejected ({not_objects} not JSON "
+            f"objects, {read - not_objects} not events as docs/events.md describes them)"
+        )
     sources.alerts = recorder.alerts
     sources.verdicts = list(health.docs)
     sources.deployments = recorder.deployments()
@@ -274,6 +303,10 @@ def _from_recording(
 
 class _LiveError(RuntimeError):
     pass
+
+
+class _NoEvents(ValueError):
+    """A recording without a single event the engine accepted."""
 
 
 def _live(settings: Any, since: int, until: int, max_messages: int, timeout_s: float) -> Sources:

@@ -2,8 +2,8 @@
 
 Every deployment event the worker counted is in the history (newest 200 per model): when, which arm,
 which version at what traffic share, the version it replaced on that arm (the rollback target), who
-and why, and its lineage. Exit code 0 when the model has a history, 1 when it has none, 2 when the
-store cannot be read.
+and why, and its lineage. Exit code 0 when the model has a history, 1 when it has none, 75 when Redis
+does not answer, 2 when a setting is wrong or the stored history is unreadable.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import orjson
 
 from stream_monitor.cli._common import format_table
 from stream_monitor.core.lineage import LineageError, ReleaseHistory, build_history
+from stream_monitor.runtime.preflight import EXIT_UNAVAILABLE
 from stream_monitor.state.base import StateStore, StoreUnavailable
 
 __all__ = ["add_parser", "render_history", "run", "show"]
@@ -35,10 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_monitor.cli._common import open_store
+    from stream_monitor.cli._common import open_store, report_problems
     from stream_monitor.config import Settings
+    from stream_monitor.runtime.preflight import redis_problems
 
-    return show(open_store(Settings()), args.model, as_json=args.json)
+    settings = Settings()
+    problems = redis_problems(settings)
+    if problems:
+        return report_problems("lineage", problems)
+    return show(open_store(settings), args.model, as_json=args.json)
 
 
 def show(store: StateStore, model: str, as_json: bool = False, out: IO[str] | None = None) -> int:
@@ -48,7 +54,7 @@ def show(store: StateStore, model: str, as_json: bool = False, out: IO[str] | No
         history = build_history(model, store.history(model))
     except StoreUnavailable as exc:
         print(f"lineage: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNAVAILABLE
     except LineageError as exc:
         print(f"lineage: the stored history is unreadable: {exc}", file=sys.stderr)
         return 2

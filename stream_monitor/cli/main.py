@@ -43,11 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from stream_monitor.cli._common import report_problems
+    from stream_monitor.runtime.preflight import EXIT_CONFIG, Problem, settings_problems
+    from stream_monitor.topology import TopologyError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    # A malformed setting or topology is the user's to fix: one line each, not a traceback.
+    except ValidationError as exc:
+        if exc.title != "Settings":  # a bug, not a setting: keep the traceback
+            raise
+        return report_problems(args.command, settings_problems(exc))
+    except TopologyError as exc:
+        return report_problems(args.command, [Problem(f"topology: {exc}", EXIT_CONFIG)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,29 @@ _FLUSH_TIMEOUT_S = 15.0
 _CONNECT_TIMEOUT_S = 10.0
 
 
+def incident_kinds_help() -> str:
+    """Every incident kind ``--incident`` accepts, read from the incident library so the two agree.
+
+    >>> text = incident_kinds_help()
+    >>> text.startswith("kinds: latency_regression, "), "kinds (with --canary): canary_ctr_drop" in text
+    (True, True)
+    """
+    from stream_monitor.sim.incidents import (
+        CANARY_INCIDENT_KINDS,
+        DATA_INCIDENT_KINDS,
+        INCIDENT_KINDS,
+        SHADOW_INCIDENT_KINDS,
+    )
+
+    groups = (
+        ("kinds", INCIDENT_KINDS),
+        ("data-path kinds", DATA_INCIDENT_KINDS),
+        ("canary kinds (with --canary)", CANARY_INCIDENT_KINDS),
+        ("shadow kinds (with --shadow)", SHADOW_INCIDENT_KINDS),
+    )
+    return "; ".join(f"{label}: {', '.join(kinds)}" for label, kinds in groups)
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``simulate`` on the CLI's sub-parsers (``func=run``)."""
     p = subparsers.add_parser(
@@ -57,9 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SPEC",
         help="inject an incident, repeatable: kind[:key=value,...], e.g. "
         "latency_regression:region=eu,stage=ranking,magnitude=4,onset=900 "
-        "(kinds: latency_regression, traffic_drop, error_spike, fallback_spike, empty_slates, "
-        "stale_feature, source_outage, engagement_logging_break, ctr_drop_after_release[:version=V]; "
-        "onset/duration in seconds after start; no slice given: region=eu, or arm=control for a release)",
+        f"({incident_kinds_help()}; onset/duration in seconds after start; no slice given: region=eu, or "
+        "arm=control for a release, which takes version=V)",
     )
     p.add_argument(
         "--speed",
@@ -254,6 +276,17 @@ class _KafkaSink:
         return f"kafka {self.bootstrap}"
 
 
+def _kafka_problems(bootstrap: str | None) -> list[Any]:
+    """The broker's start-up problems (a few seconds at most): one line, not a stream of reconnect logs."""
+    from stream_monitor.config import Settings
+    from stream_monitor.runtime.preflight import kafka_problems
+
+    settings = Settings()
+    if bootstrap:
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    return kafka_problems(settings, setting="--bootstrap" if bootstrap else None)
+
+
 def _fail(msg: str) -> int:
     print(f"simulate: error: {msg}", file=sys.stderr)
     return 2
@@ -301,6 +334,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+    if args.out is None and (problems := _kafka_problems(args.bootstrap)):
+        from stream_monitor.cli._common import report_problems
+
+        return report_problems("simulate", problems)
     try:
         sink: _Sink = _JsonlSink(args.out) if args.out is not None else _KafkaSink(args.bootstrap, args.batch)
     except OSError as exc:

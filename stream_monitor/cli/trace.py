@@ -11,7 +11,8 @@ Examples::
     stream-monitor trace 7f3c9a --json
     stream-monitor trace --model home-ranker --version 2026.11.24-1 --segment region=eu --limit 5
 
-Exit status: 0 found, 1 nothing stored (not sampled, or expired), 2 a usage or connection error.
+Exit status: 0 found, 1 nothing stored (not sampled, or expired), 2 a usage or configuration error,
+75 Redis does not answer (docs/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ from typing import Any
 
 import orjson
 
-from stream_monitor.cli._common import add_topology_arg, format_table, load_settings_and_topology, open_store
+from stream_monitor.cli._common import (
+    add_topology_arg,
+    format_table,
+    load_settings_and_topology,
+    open_store,
+    report_problems,
+)
 from stream_monitor.core.traces import TraceRecord
+from stream_monitor.runtime.preflight import EXIT_UNAVAILABLE, redis_problems
 from stream_monitor.state.traces import TraceStore, load_trace, recent_traces
 
 __all__ = ["add_parser", "render_trace", "run"]
@@ -69,6 +77,8 @@ def run(args: argparse.Namespace, store: TraceStore | None = None) -> int:
                 print(f"trace: --segment {item!r} is not DIM=VALUE with DIM one of: {known}", file=sys.stderr)
                 return 2
             pattern[dim] = value
+    if store is None and (problems := redis_problems(settings)):
+        return report_problems("trace", problems)
     try:
         if store is None:
             from stream_monitor.state.redis_traces import RedisTraceStore
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace, store: TraceStore | None = None) -> int:
             records = recent_traces(store, topology.key_dims, pattern, max(1, args.limit))
     except Exception as exc:  # a connection error of the Redis client
         print(f"trace: cannot read the traces from Redis ({exc})", file=sys.stderr)
-        return 2
+        return EXIT_UNAVAILABLE
     if not records:
         what = f"request {args.request_id!r}" if args.request_id else f"slice {_slice(pattern)}"
         print(

@@ -608,7 +608,14 @@ def diagnose(
     diagnosis.timeline.extend(m for m in datasets if lo <= m.ts < hi)
     for rank, suspect in enumerate(diagnosis.suspects, 1):
         if suspect.onset_ms is not None and suspect.signal != "release":
-            diagnosis.timeline.append(Marker(suspect.onset_ms, "alert", f"#{rank} {suspect.name}"))
+            # A series that left its band with no alert is a suspect too, but not an alert.
+            if suspect.alerts:
+                marker = Marker(suspect.onset_ms, "alert", f"#{rank} {suspect.name}")
+            else:
+                marker = Marker(
+                    suspect.onset_ms, "suspect", f"#{rank} {suspect.name} (moved without an alert)"
+                )
+            diagnosis.timeline.append(marker)
     moved = _moved(history, lo, hi)
     for moved_ts, series in moved[:12]:
         diagnosis.timeline.append(Marker(moved_ts, "moved", _series_label(series, key_dims)))

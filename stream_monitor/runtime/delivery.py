@@ -23,7 +23,7 @@ harmless (see runtime/worker.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -31,14 +31,53 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-__all__ = ["BatchDeliveryConsumer", "BatchHandler", "Fetch"]
+__all__ = ["BatchDeliveryConsumer", "BatchHandler", "Fetch", "Rewind", "StoreAlignedConsumer"]
 
 # One fetch of the batch topics: each partition with its records, in offset order.
 Fetch = list[tuple[TP, list[Any]]]
 BatchHandler = Callable[[Fetch], Awaitable[None]]
+# Given Kafka's committed offsets, the partitions to read from further back (the state store's offsets).
+Rewind = Callable[[Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
 
 
-class BatchDeliveryConsumer(AIOKafkaConsumer):
+class StoreAlignedConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer, starting each assigned partition where the state store says, not Kafka.
+
+    Faust seeks every assigned partition to its committed offset before it lets the fetcher deliver
+    anything (``perform_seek``, on each assignment). Kafka's offset is only committed after the store
+    applied the counts below it, so normally the store is at or ahead of it and the engine skips what
+    the store already counted. A store *behind* Kafka (Redis failed over to a replica that missed the
+    last commits) would lose the messages in between: ``rewind`` names those partitions and the offset
+    to read from instead, and Faust's own bookkeeping (read and committed offsets) starts there too.
+    """
+
+    def __init__(self, *args: Any, rewind: Rewind | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rewind = rewind
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = dict(await super().seek_to_committed())
+        if self.rewind is None:
+            return committed
+        floors = {
+            tp: offset
+            for tp, offset in (await self.rewind(committed)).items()
+            if 0 <= offset < committed.get(tp, -1)
+        }
+        if floors:
+            await self._thread.call_thread(self._apply_rewind, floors)
+            committed.update(floors)
+        return committed
+
+    async def _apply_rewind(self, floors: Mapping[TP, int]) -> None:
+        from aiokafka import TopicPartition
+
+        consumer = self._thread._ensure_consumer()
+        for tp, offset in floors.items():
+            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
+
+class BatchDeliveryConsumer(StoreAlignedConsumer):
     """Faust's aiokafka consumer, delivering the records of ``batch_topics`` a fetch at a time to ``deliver``.
 
     Install it on an app before its consumer is created (``app.transport.Consumer = functools.partial(

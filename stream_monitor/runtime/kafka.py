@@ -2,11 +2,17 @@
 
 Outputs go through one thread-safe confluent-kafka producer rather than Faust, because the window closer
 runs on a worker thread and must know an alert is on the broker before it marks the window closed.
+
+Every client built from :func:`client_config` logs through the Python logger ``librdkafka`` instead of
+straight to stderr: librdkafka repeats "Connect to ... failed: Connection refused" several times a second
+per client while a broker is away (over a thousand lines in half a minute for one worker), so that logger
+lets one line of each shape through per client and minute (:class:`RepeatFilter`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,9 +26,11 @@ from stream_monitor.core.gate import health_key
 from stream_monitor.sinks.base import DeadLetter
 
 __all__ = [
+    "LIBRDKAFKA_LOGGER",
     "KafkaAlertSink",
     "KafkaDeadLetterSink",
     "KafkaHealthSink",
+    "RepeatFilter",
     "client_config",
     "ensure_topics",
     "make_producer",
@@ -31,13 +39,65 @@ __all__ = [
 log = logging.getLogger(__name__)
 # A dead letter carries the original bytes base64-encoded; keep the record under Kafka's default 1 MB.
 MAX_DEADLETTER_VALUE = 600_000
+LIBRDKAFKA_LOGGER = "librdkafka"
+# Digits differ between repeats of one message ("after 0ms", "after 1ms", "#producer-3").
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a log line through once per ``interval_s`` per shape; the next one says how many were held back.
+
+    The shape is the logger's arguments with every run of digits blanked, so repeats that differ only in
+    a count or a timing are one shape.
+
+    >>> f = RepeatFilter(interval_s=60)
+    >>> def rec(t, msg):
+    ...     r = logging.LogRecord("librdkafka", logging.ERROR, "", 0, "%s", (msg,), None)
+    ...     r.created = t
+    ...     return r
+    >>> [f.filter(rec(t, f"connect failed after {t}ms")) for t in (0, 1, 2)]
+    [True, False, False]
+    >>> r = rec(61, "connect failed after 0ms"); f.filter(r), r.getMessage()
+    (True, 'connect failed after 0ms (2 like it in the last 60 s not shown)')
+    >>> f.filter(rec(62, "broker is down"))
+    True
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        shape = _DIGITS.sub("#", f"{record.levelno} {record.msg} {record.args}")
+        last = self._last.get(shape)
+        if last is not None and record.created - last < self.interval_s:
+            self._held[shape] = self._held.get(shape, 0) + 1
+            return False
+        if len(self._last) >= 1_000:  # shapes are few; this only bounds a pathological variety
+            self._last.clear()
+        self._last[shape] = record.created
+        held = self._held.pop(shape, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} like it in the last {self.interval_s:g} s not shown)"
+        return True
+
+
+# One filter for every client of the process: the shape includes the client's name.
+logging.getLogger(LIBRDKAFKA_LOGGER).addFilter(RepeatFilter())
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """librdkafka settings for the broker connection, security included (secrets are not logged)."""
+    """librdkafka settings for the broker connection, security included (secrets are not logged).
+
+    The clients log through the ``librdkafka`` Python logger (see the module docstring); their lines
+    arrive when the client is polled.
+    """
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "security.protocol": settings.kafka_security_protocol,
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
     }
     if settings.kafka_sasl_mechanism:
         conf["sasl.mechanism"] = settings.kafka_sasl_mechanism

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -33,7 +33,7 @@ from stream_monitor.core.clock import SystemClock
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import CatchUpAlignment, PartitionProgress
 from stream_monitor.engine import Engine, EngineOptions, Record
-from stream_monitor.runtime.delivery import BatchDeliveryConsumer, Fetch
+from stream_monitor.runtime.delivery import BatchDeliveryConsumer, Fetch, StoreAlignedConsumer
 from stream_monitor.runtime.gate import add_gate_views
 from stream_monitor.runtime.kafka import (
     KafkaAlertSink,
@@ -52,6 +52,8 @@ __all__ = ["WorkerRuntime", "build_worker"]
 log = logging.getLogger(__name__)
 
 EXIT_STATE_LOST = 75  # EX_TEMPFAIL: restart me
+# How long the seek of an assignment waits for its claim (below Faust's broker_request_timeout, 90 s).
+REWIND_CLAIM_WAIT_S = 60.0
 COMMIT_CHECK_EVERY = 64  # messages between checks of the accumulated commit size
 # Catch-up alignment waits at least this long for a slowest partition that does not advance.
 ALIGNMENT_STALL_S = 10.0
@@ -122,6 +124,9 @@ class WorkerRuntime:
         self._claimed = asyncio.Event()
         # The log-end offsets of the partitions at their claim (catch-up alignment's first progress).
         self._claimed_ends: dict[str, int] = {}
+        # The state store's committed offsets of the partitions at their claim (those it has one of):
+        # where to read from when Kafka's committed offset is ahead of them (StoreAlignedConsumer).
+        self._store_offsets: dict[str, int] = {}
         # A group-less consumer used only to ask the broker for log-end offsets (the lag metric).
         self._watermarks = Consumer(
             client_config(settings)
@@ -166,18 +171,24 @@ class WorkerRuntime:
             # Faust still owns the consumer (group membership, rebalancing, offset commits); only the
             # hand-over of the input topics' messages changes (runtime/delivery.py).
             app.transport.Consumer = functools.partial(  # type: ignore[assignment,misc]
-                BatchDeliveryConsumer, batch_topics=frozenset(self.inputs), deliver=self._batches.put
+                BatchDeliveryConsumer,
+                batch_topics=frozenset(self.inputs),
+                deliver=self._batches.put,
+                rewind=self._rewind,
             )
             for topic in topics.values():
                 app.topics.add(topic)
             app.task(self._ingest_batches)
         else:
+            app.transport.Consumer = functools.partial(  # type: ignore[assignment,misc]
+                StoreAlignedConsumer, rewind=self._rewind
+            )
             for name, topic in topics.items():
                 app.agent(topic, name=f"stream_monitor.{self.inputs[name]}")(
                     self._agent_for(self.inputs[name])
                 )
 
-        add_gate_views(app, self.engine.store, self.engine.clock)
+        add_gate_views(app, self.engine.store, self.engine.clock, claims_held=self._claimed.is_set)
         app.timer(interval=s.close_interval_s)(self._close_windows)
         app.timer(interval=s.lag_interval_s)(self._export_lag)
         # Faust's signal typing predates async receivers with keyword arguments; the call is documented.
@@ -327,7 +338,11 @@ class WorkerRuntime:
                 except StateLost as exc:
                     # Nothing of this batch is acked; exiting now is the same as a crash, which the
                     # commit protocol makes safe. The supervisor restarts us against the fresh store.
-                    log.critical("%s; exiting so a restart can resume from Kafka's offsets", exc)
+                    log.critical(
+                        "%s; exiting so a restart can resume from the store's offsets (Kafka's where the "
+                        "store has none)",
+                        exc,
+                    )
                     logging.shutdown()
                     os._exit(EXIT_STATE_LOST)
                 return
@@ -393,6 +408,7 @@ class WorkerRuntime:
         def claim() -> tuple[dict[str, PartitionClaim], int | None]:
             ends = self._log_ends(ours) if ours else {}
             self._claimed_ends = ends
+            self._store_offsets = store.offsets(ours)
             # closed_before too, so late events of the very first batch are recognised as late.
             return store.claim(ours, self.engine.clock.now_ms(), ends), store.closed_before()
 
@@ -411,6 +427,47 @@ class WorkerRuntime:
             len(claims),
             ", ".join(f"{c.partition}@{c.next_offset}" for c in claims.values()),
         )
+
+    async def _rewind(self, committed: Mapping[TP, int]) -> dict[TP, int]:
+        """The input partitions whose state store offset is behind Kafka's committed one, and that offset.
+
+        Faust asks this (StoreAlignedConsumer) before it lets the fetcher deliver the assignment's
+        records; the claim that reads the store's offsets runs beside it, so wait for it (bounded: Faust
+        gives its seek ``broker_request_timeout``). Kafka's offset is committed only after the store
+        applied what is below it, so a store behind it lost commits (a failover to a lagging replica):
+        reading from the store's offset counts those messages again, into the store's older state.
+        """
+        try:
+            await asyncio.wait_for(self._claimed.wait(), timeout=REWIND_CLAIM_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "partitions not claimed within %.0f s: reading from Kafka's offsets", REWIND_CLAIM_WAIT_S
+            )
+            return {}
+        floors: dict[TP, int] = {}
+        for tp, offset in committed.items():
+            name = f"{tp.topic}/{tp.partition}"
+            # What the store has counted as this worker knows it: its offset at the claim, advanced by
+            # every commit since (Faust also seeks back mid-assignment, after a fetch that crossed a
+            # rebalance: by then Kafka's offset trails the store's again). A partition the store had
+            # no offset of at the claim (a new or an empty store) starts at Kafka's offset.
+            stored = self.engine.committed_offsets.get(name) if name in self._store_offsets else None
+            if tp.topic not in self.inputs or stored is None or offset is None or not 0 <= stored < offset:
+                continue
+            floors[tp] = stored
+            log.warning(
+                "partition %s/%d: the state store has counted to offset %d, behind Kafka's committed offset "
+                "%d (it went back in time, e.g. a failover to a lagging replica): reading the %d messages "
+                "in between again",
+                tp.topic,
+                tp.partition,
+                stored,
+                offset,
+                offset - stored,
+            )
+            self.metrics.store_rewinds.labels(topic=tp.topic).inc()
+            self.metrics.store_rewound_messages.labels(topic=tp.topic).inc(offset - stored)
+        return floors
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self._claimed.clear()

@@ -139,6 +139,23 @@ class MonitorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.store_rewinds = Counter(
+            "store_rewinds",
+            "Input partitions read again from the state store's offset because the store was behind "
+            "Kafka's committed offset at their assignment (it went back in time, e.g. a Redis failover "
+            "to a lagging replica); messages is how many were read again.",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.store_rewound_messages = Counter(
+            "store_rewound_messages",
+            "Messages between the state store's offset and Kafka's committed offset read again at an "
+            "assignment (see stream_monitor_store_rewinds_total).",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
+        )
         self.label_events = Counter(
             "label_join_events",
             "Label join outcomes committed: sampled engagement events (eng), late, orphan; serving requests "

@@ -41,11 +41,12 @@ class StoreUnavailable(RuntimeError):
 
 
 class StateLost(RuntimeError):
-    """The store no longer knows partitions this worker claimed (it came back empty).
+    """The store no longer holds what this worker saw it commit: it came back empty, or went back in time.
 
     The worker cannot tell what was counted any more; it must stop without acknowledging anything else
-    and be restarted, so that counting resumes from Kafka's committed offsets (never ahead of what the
-    store had counted).
+    and be restarted. Counting then resumes from the store's offsets where it has them (a store behind
+    Kafka's committed offset re-reads the messages in between), and from Kafka's committed offsets
+    where it has none (an empty store: what it had counted is gone with it).
     """
 
 
@@ -73,6 +74,10 @@ class CommitResult:
     conflict: list[str] = field(default_factory=list)
     # Join groups whose JoinDelta was not applied (a partition of the group refused or re-claimed).
     join_refused: list[str] = field(default_factory=list)
+    # Refused because the store went back in time: it holds an older claim epoch than ours, or has
+    # counted the partition to an offset below what this worker saw it commit (a failover to a replica
+    # that missed the last commits). Its state is consistent but old: re-read from its offsets.
+    behind: list[str] = field(default_factory=list)
 
 
 class StateStore(Protocol):
@@ -97,8 +102,13 @@ class StateStore(Protocol):
         epochs: Mapping[str, int],
         now_ms: int,
         joins: Sequence[JoinDelta] = (),
+        counted: Mapping[str, int] | None = None,
     ) -> CommitResult:
         """Atomically add each partition's window sums and advance its offset (or refuse it).
+
+        ``counted`` is, per partition, the offset the caller last saw this store count it to (at the
+        claim or its last applied commit): a store now below it went back in time and refuses the
+        partition as ``behind`` instead of applying the delta over a gap.
 
         A join group's delta (pending label entries, matured ids, label sums) is applied in the same
         atomic step, only when every partition of the group in this commit is applied for the first time
@@ -116,6 +126,10 @@ class StateStore(Protocol):
 
     def progress(self) -> dict[str, PartitionProgress]:
         """Per-partition counted offset, newest event time and when it last advanced."""
+        ...
+
+    def offsets(self, partitions: Sequence[str]) -> dict[str, int]:
+        """The next offset to count of each of ``partitions`` that has a committed offset here."""
         ...
 
     def closed_before(self) -> int | None:

@@ -1,3 +1,4 @@
+-- KEYS[1]: one key of the slot the keys below live in; unused here, it routes the call in a Redis Cluster.
 -- Claim partitions: bump each one's epoch (fencing off any previous owner) and return where to resume.
 -- A claimed partition counts as active from now on, so the watermark waits for it (until it has been
 -- idle for the idle timeout) even before its first event is committed; with its log-end offset given,

@@ -1,3 +1,4 @@
+-- KEYS[1]: one key of the slot the keys below live in; unused here, it routes the call in a Redis Cluster.
 -- Close one window: advance closed_before, drop it from the open set, let its sums expire, and save the
 -- detector checkpoint, all at once. ARGV = prefix, start, end, detector_json, ttl_s, log_entry, log_limit.
 -- Returns 1, or 0 if the window was already closed (another closer got there first). A non-empty

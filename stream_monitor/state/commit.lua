@@ -1,12 +1,15 @@
+-- KEYS[1]: one key of the slot the keys below live in; unused here, it routes the call in a Redis Cluster.
 -- Atomically add per-partition window sums and advance offsets, fenced by epoch and offset.
 -- ARGV[1] = key prefix, ARGV[2] = JSON payload:
 --   {"now": "<wall ms>", "window_ttl_s": N, "history_limit": N,
---    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "max_ts": "T",
+--    "parts": [{"tp": "...", "epoch": "E", "first": "O1", "next": "O2", "counted": "O0" or "", "max_ts": "T",
 --               "windows": {"<start>": {"<field>": n, ...}}, "events": {"<start>": n}, "counts": {...},
 --               "deployments": [[model, arm, record], ...], "datasets": [[name, "<ts>", record], ...]}]}
 -- Returns {applied_tps_json, refused_tps_json, late_events, closed_before or "", lost_tps_json,
--- conflict_tps_json, join_refused_json}. A "lost" partition has no epoch at all: the store lost its state (e.g. Redis
--- restarted empty). A delta whose epoch matches and whose next offset equals the stored one was applied
+-- conflict_tps_json, join_refused_json, behind_tps_json}. A "lost" partition has no epoch at all: the store lost
+-- its state (e.g. Redis restarted empty). A "behind" partition has an older epoch than ours, or an offset
+-- below "counted" (what the worker last saw this store count it to): the store went back in time (a
+-- failover to a replica that had not received the last commits), so the worker must re-read from it. A delta whose epoch matches and whose next offset equals the stored one was applied
 -- already (a retry after a reply was lost): it counts as applied and changes nothing. A "conflict" has
 -- our epoch but overlapping offsets that are not that: the worker's view of what is counted is wrong.
 -- "joins" (optional): [{"group": g, "parts": [tp, ...], "fence": {tp: "E"}, "put": {rid: entry},
@@ -18,7 +21,7 @@ local doc = cjson.decode(ARGV[2])
 local closed = redis.call('GET', p .. ':closed_before')
 local closed_n = closed and tonumber(closed) or nil
 local applied, refused, lost, conflict, late = {}, {}, {}, {}, 0
-local fresh, retried, join_refused = {}, {}, {}
+local fresh, retried, join_refused, behind = {}, {}, {}, {}
 for _, part in ipairs(doc.parts) do
   local tp = part.tp
   local epoch = redis.call('HGET', p .. ':epoch', tp)
@@ -26,6 +29,10 @@ for _, part in ipairs(doc.parts) do
   if not epoch then
     table.insert(refused, tp)
     table.insert(lost, tp)
+  elseif tonumber(epoch) < tonumber(part.epoch)
+      or (part.counted and part.counted ~= '' and offset < tonumber(part.counted)) then
+    table.insert(refused, tp)
+    table.insert(behind, tp)
   elseif epoch ~= part.epoch then
     table.insert(refused, tp)
   elseif offset == tonumber(part.next) and offset > tonumber(part.first) then
@@ -113,4 +120,4 @@ for _, join in ipairs(doc.joins or {}) do
 end
 if late > 0 then redis.call('HINCRBY', p .. ':totals', 'late', late) end
 return {cjson.encode(applied), cjson.encode(refused), late, closed or '', cjson.encode(lost),
-        cjson.encode(conflict), cjson.encode(join_refused)}
+        cjson.encode(conflict), cjson.encode(join_refused), cjson.encode(behind)}

@@ -73,8 +73,10 @@ class MemoryStore:
         epochs: Mapping[str, int],
         now_ms: int,
         joins: Sequence[JoinDelta] = (),
+        counted: Mapping[str, int] | None = None,
     ) -> CommitResult:
         result = CommitResult()
+        counted = counted or {}
         with self._lock:
             closed = self._closed_before
             retried: set[str] = set()
@@ -85,6 +87,10 @@ class MemoryStore:
                     result.lost.append(tp)
                     continue
                 stored = self._offset.get(tp, 0)
+                if self._epoch[tp] < epochs.get(tp, -1) or stored < counted.get(tp, 0):
+                    result.refused.append(tp)
+                    result.behind.append(tp)
+                    continue
                 if self._epoch[tp] != epochs.get(tp):
                     result.refused.append(tp)
                     continue
@@ -174,6 +180,10 @@ class MemoryStore:
                 )
                 for tp, ts in self._max_ts.items()
             }
+
+    def offsets(self, partitions: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            return {tp: self._offset[tp] for tp in partitions if tp in self._offset}
 
     def closed_before(self) -> int | None:
         return self._closed_before

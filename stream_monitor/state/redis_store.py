@@ -15,18 +15,18 @@ each partition's epoch and offset and applies or refuses its delta as a unit. Ke
 ``:winlog``  sorted set of closed windows' diagnosis log entries scored by window start (newest
 ``window_log_limit``; written by close.lua with the close, see core/window_log.py)
 ``:lab:<start>``  hash ``"<series>#<metric>" -> sum`` of one label window (expires like window sums)
+
+In a Redis Cluster the prefix is a hash tag (``{sm}``, see ``redis_connect.key_prefix``): one commit
+adds to window hashes that every partition shares, so all of an app's keys live in one slot, and each
+script call declares one key of that slot (``KEYS[1]``) for the client to route it. docs/redis-ha.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import orjson
-import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_monitor.core.aggregates import PartitionDelta
 from stream_monitor.core.labels import JoinDelta
@@ -39,22 +39,27 @@ from stream_monitor.state.base import (
     PartitionClaim,
     StoreUnavailable,
 )
+from stream_monitor.state.redis_connect import (
+    TRANSIENT,
+    RedisClient,
+    connect,
+    is_cluster,
+    key_prefix,
+    register_script,
+)
 
 __all__ = ["RedisStore"]
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def _script(name: str) -> str:
-    return resources.files("stream_monitor.state").joinpath(name).read_text(encoding="utf-8")
-
 
 class RedisStore:
-    """A StateStore in Redis (single primary; all keys of one app share ``prefix``)."""
+    """A StateStore in Redis: one server, a Sentinel-watched primary or a cluster (``redis_connect``).
+
+    All keys of one app share ``prefix`` (in a cluster, as a hash tag: ``self.prefix`` is the one used).
+    """
 
     def __init__(
         self,
-        client: redis.Redis[bytes],
+        client: RedisClient,
         prefix: str = "sm",
         window_ttl_s: int = 86_400,
         window_log_limit: int = WINDOW_LOG_LIMIT,
@@ -62,32 +67,38 @@ class RedisStore:
         if window_log_limit < 0:
             raise ValueError(f"window_log_limit must be >= 0 (0: keep no log), not {window_log_limit}")
         self.client = client
-        self.prefix = prefix
+        self.app_prefix = prefix
+        self.prefix = key_prefix(prefix, is_cluster(client))
+        # Scripts build their key names from ARGV; this declared key only routes the call in a cluster.
+        self._route = [f"{self.prefix}:epoch"]
         self.window_ttl_s = window_ttl_s
         self.window_log_limit = window_log_limit
-        self._claim = client.register_script(_script("claim.lua"))
-        self._commit = client.register_script(_script("commit.lua"))
-        self._close = client.register_script(_script("close.lua"))
-        self._lease = client.register_script(_script("lease.lua"))
-        self._verdict = client.register_script(_script("verdict.lua"))
+        self._claim = register_script(client, "claim.lua")
+        self._commit = register_script(client, "commit.lua")
+        self._close = register_script(client, "close.lua")
+        self._lease = register_script(client, "lease.lua")
+        self._verdict = register_script(client, "verdict.lua")
         self.round_trips = 0
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "sm", ssl_ca_certs: str | None = None, **kwargs: Any
+        cls,
+        url: str,
+        prefix: str = "sm",
+        ssl_ca_certs: str | None = None,
+        sentinel_password: str | None = None,
+        **kwargs: Any,
     ) -> RedisStore:
-        """Connect by URL (``rediss://`` for TLS; user and password in the URL for ACLs)."""
-        options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-        if ssl_ca_certs:
-            options["ssl_ca_certs"] = ssl_ca_certs
-        client = redis.Redis.from_url(url, **options)
+        """Connect by URL: ``redis://``, ``redis+sentinel://`` or ``redis+cluster://`` (``rediss`` for TLS;
+        user and password in the URL for ACLs); see ``redis_connect``."""
+        client = connect(url, ssl_ca_certs=ssl_ca_certs, sentinel_password=sentinel_password)
         return cls(client, prefix=prefix, **kwargs)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.round_trips += 1
         try:
             return fn(*args, **kwargs)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
     def ping(self) -> bool:
@@ -100,7 +111,7 @@ class RedisStore:
             return {}
         known = highwaters or {}
         pairs = [x for tp in partitions for x in (tp, str(known[tp]) if tp in known else "")]
-        flat = self._call(self._claim, args=[self.prefix, now_ms, *pairs])
+        flat = self._call(self._claim, keys=self._route, args=[self.prefix, now_ms, *pairs])
         out = {}
         for i in range(0, len(flat), 3):
             tp = flat[i].decode()
@@ -113,7 +124,9 @@ class RedisStore:
         epochs: Mapping[str, int],
         now_ms: int,
         joins: Sequence[JoinDelta] = (),
+        counted: Mapping[str, int] | None = None,
     ) -> CommitResult:
+        counted = counted or {}
         payload = {
             "now": str(now_ms),
             "window_ttl_s": self.window_ttl_s,
@@ -124,6 +137,7 @@ class RedisStore:
                     "epoch": str(epochs.get(d.partition, -1)),
                     "first": str(d.first_offset),
                     "next": str(d.next_offset),
+                    "counted": str(counted[d.partition]) if d.partition in counted else "",
                     "max_ts": str(d.max_event_ms),
                     "hw": "" if d.highwater is None else str(d.highwater),
                     "windows": {str(s): sums for s, sums in d.windows.items()},
@@ -150,8 +164,10 @@ class RedisStore:
         }
         if not payload["parts"]:
             return CommitResult()
-        applied, refused, late, closed, lost, conflict, join_refused = self._call(
-            self._commit, args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)]
+        applied, refused, late, closed, lost, conflict, join_refused, behind = self._call(
+            self._commit,
+            keys=self._route,
+            args=[self.prefix, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)],
         )
         return CommitResult(
             applied=orjson.loads(applied) or [],
@@ -161,6 +177,7 @@ class RedisStore:
             lost=orjson.loads(lost) or [],
             conflict=orjson.loads(conflict) or [],
             join_refused=orjson.loads(join_refused) or [],
+            behind=orjson.loads(behind) or [],
         )
 
     def load_join(self, group: str) -> tuple[dict[str, bytes], dict[int, str]]:
@@ -192,6 +209,12 @@ class RedisStore:
             for tp, ts in maxts.items()
         }
 
+    def offsets(self, partitions: Sequence[str]) -> dict[str, int]:
+        if not partitions:
+            return {}
+        values = self._call(self.client.hmget, f"{self.prefix}:offset", list(partitions))
+        return {tp: int(v) for tp, v in zip(partitions, values, strict=True) if v is not None}
+
     def closed_before(self) -> int | None:
         value = self._call(self.client.get, f"{self.prefix}:closed_before")
         return int(value) if value is not None else None
@@ -206,6 +229,7 @@ class RedisStore:
     def close_window(self, start: int, end: int, detector_state: bytes, log_entry: bytes = b"") -> bool:
         done = self._call(
             self._close,
+            keys=self._route,
             args=[
                 self.prefix,
                 start,
@@ -233,7 +257,8 @@ class RedisStore:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
-        return bool(self._call(self._lease, args=[f"{self.prefix}:lease:{name}", owner, ttl_ms]))
+        key = f"{self.prefix}:lease:{name}"
+        return bool(self._call(self._lease, keys=[key], args=[key, owner, ttl_ms]))
 
     def put_deployment(self, model: str, arm: str, record: bytes) -> None:
         self._call(self.client.hset, f"{self.prefix}:deploy:{model}", arm, record)
@@ -251,6 +276,7 @@ class RedisStore:
     def put_verdict(self, model: str, key: str, doc: bytes, emitted_at: int) -> None:
         self._call(
             self._verdict,
+            keys=self._route,
             args=[
                 f"{self.prefix}:verdict:{model}",
                 f"{self.prefix}:verdict_ts:{model}",

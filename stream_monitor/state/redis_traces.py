@@ -4,27 +4,30 @@ The layout and bounds are those of :mod:`stream_monitor.state.traces` (keys in `
 is one ``EVALSHA`` (one round trip however many traces and engagement events it holds); reads are
 pipelined. Writes are best-effort: the engine logs and drops a batch that cannot be written rather than
 hold back the counting.
+
+In a Redis Cluster the traces have a slot of their own (hash tag ``{<prefix>/traces}``): a batch's keys
+must share one slot, but nothing ties them to the counting state's slot (docs/redis-ha.md).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
-
-import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_monitor.core.topology import TraceRule
 from stream_monitor.core.traces import TraceBatch
 from stream_monitor.state.base import StoreUnavailable
+from stream_monitor.state.redis_connect import (
+    TRANSIENT,
+    RedisClient,
+    is_cluster,
+    key_prefix,
+    register_script,
+)
 from stream_monitor.state.redis_store import RedisStore
 
 __all__ = ["RedisTraceStore"]
-
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _wall_ms() -> int:
@@ -32,35 +35,35 @@ def _wall_ms() -> int:
 
 
 class RedisTraceStore:
-    """A TraceStore in Redis beside the state store (same client and ``prefix``)."""
+    """A TraceStore in Redis beside the state store (same client and ``prefix``; in a cluster, its own
+    hash tag: ``self.prefix`` is the one used)."""
 
     def __init__(
         self,
-        client: redis.Redis[bytes],
+        client: RedisClient,
         prefix: str = "sm",
         ttl_ms: int = 86_400_000,
         per_slice: int = 100,
         max_engagement: int = 20,
     ) -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = key_prefix(prefix, is_cluster(client), part="traces")
         self.keep_ms = ttl_ms
         self.per_slice = per_slice
         self.max_engagement = max_engagement
-        script = resources.files("stream_monitor.state").joinpath("traces.lua").read_text(encoding="utf-8")
-        self._put = client.register_script(script)
+        self._put = register_script(client, "traces.lua")
         self.round_trips = 0
 
     @classmethod
     def beside(cls, store: RedisStore, rule: TraceRule) -> RedisTraceStore:
         """The trace store of the topology's ``traces`` rule in the state store's Redis, under its prefix."""
-        return cls(store.client, store.prefix, rule.ttl_ms, rule.per_slice, rule.max_engagement)
+        return cls(store.client, store.app_prefix, rule.ttl_ms, rule.per_slice, rule.max_engagement)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.round_trips += 1
         try:
             return fn(*args, **kwargs)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
     def put(self, batch: TraceBatch) -> None:
@@ -77,7 +80,8 @@ class RedisTraceStore:
             args.extend((rid, series, ts, doc))
         for rid, ts, doc in batch.engagement:
             args.extend((rid, ts, doc))
-        self._call(self._put, args=args)
+        # The declared key routes the call to the slot's node in a cluster (the script builds its own).
+        self._call(self._put, keys=[f"{self.prefix}:trs"], args=args)
 
     def pin(self, request_ids: Sequence[str]) -> None:
         if not request_ids:

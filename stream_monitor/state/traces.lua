@@ -1,3 +1,4 @@
+-- KEYS[1]: one key of the slot the keys below live in; unused here, it routes the call in a Redis Cluster.
 -- Store a batch of traces and their engagement (stream_monitor.state.redis_traces), in one call.
 -- ARGV = prefix, ttl_ms, per_slice, max_engagement, n_traces,
 --        then n_traces x (request_id, series, ts, trace), then (request_id, ts, engagement) triples.

@@ -1,3 +1,4 @@
+-- KEYS[1]: one key of the slot the keys below live in; unused here, it routes the call in a Redis Cluster.
 -- Keep a verdict document: ARGV = hash key (<prefix>:verdict:<model>), its sorted set of emitted_at
 -- (<prefix>:verdict_ts:<model>), field (model/deployment), document, emitted_at (ms), fields to keep. A document older than the one kept under the same field is
 -- ignored (a re-delivery after a newer verdict); past the limit the fields emitted longest ago go.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,10 +16,18 @@ from stream_monitor.state import MemoryStore, StateStore
 TP = "recs.serving/0"
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("redis-cluster", marks=pytest.mark.integration),
+    ]
+)
 def store(request: pytest.FixtureRequest) -> StateStore:
     if request.param == "memory":
         return MemoryStore()
+    if request.param == "redis-cluster":  # 3 masters (tests/contract/conftest.py)
+        return request.getfixturevalue("cluster_store")  # type: ignore[no-any-return]
     return request.getfixturevalue("redis_store")  # type: ignore[no-any-return]
 
 
@@ -201,6 +212,34 @@ def test_overlapping_offsets_under_our_own_epoch_are_a_conflict(store: StateStor
     result = store.commit([delta(2, 9, {0: {"s#n": 7}})], {TP: 1}, now_ms=2)
     assert result.refused == [TP] and result.conflict == [TP]
     assert store.read_window(0) == {"s#n": 4}
+
+
+def test_a_store_below_what_the_worker_saw_it_count_is_behind_and_refuses(store: StateStore) -> None:
+    """A store that went back in time (a failover to a lagging replica) must not apply over the gap."""
+    store.claim([TP], now_ms=0)
+    store.commit([delta(0, 4, {0: {"s#n": 4}})], {TP: 1}, now_ms=1, counted={TP: 0})
+    # The worker saw the store count to 9; this store only has 4: offsets 4-8 would be lost.
+    result = store.commit([delta(9, 12, {0: {"s#n": 3}})], {TP: 1}, now_ms=2, counted={TP: 9})
+    assert result.refused == [TP] and result.behind == [TP] and not result.applied
+    assert store.read_window(0) == {"s#n": 4} and store.offsets([TP]) == {TP: 4}
+    # What the worker saw is what the store has: applied, over a gap the worker knows is empty.
+    ok = store.commit([delta(7, 12, {0: {"s#n": 3}})], {TP: 1}, now_ms=3, counted={TP: 4})
+    assert ok.applied == [TP] and not ok.behind and store.offsets([TP]) == {TP: 12}
+
+
+def test_a_store_with_an_older_epoch_than_ours_is_behind(store: StateStore) -> None:
+    store.claim([TP], now_ms=0)
+    result = store.commit([delta(0, 2, {0: {"s#n": 2}})], {TP: 2}, now_ms=1)
+    assert result.refused == [TP] and result.behind == [TP]
+    assert store.read_window(0) == {}
+
+
+def test_offsets_are_reported_for_committed_partitions_only(store: StateStore) -> None:
+    store.claim([TP, "recs.serving/1"], now_ms=0)
+    assert store.offsets([TP, "recs.serving/1"]) == {}
+    store.commit([delta(0, 6, {0: {"s#n": 6}})], {TP: 1}, now_ms=1)
+    assert store.offsets([TP, "recs.serving/1", "never/0"]) == {TP: 6}
+    assert store.offsets([]) == {}
 
 
 def test_deployments_commit_with_their_offsets(store: StateStore) -> None:
@@ -468,3 +507,56 @@ def test_the_window_log_holds_each_closed_window_once_across_a_restart(store: St
     assert starts == list(range(starts[0], starts[-1] + 60_000, 60_000))  # none lost, none doubled
     assert first.windows_closed + second.windows_closed == len(starts)
     assert all(e.values for e in entries)
+
+
+# --- through Redis Sentinel (stream_monitor.state.redis_connect, docs/redis-ha.md) ------------------------
+
+THROUGH_SENTINEL = [
+    test_claim_bumps_epoch_and_reports_resume_offset,
+    test_commit_adds_sums_and_advances_offset,
+    test_stale_epoch_is_refused,
+    test_closed_windows_count_late_events_instead,
+    test_lease_is_exclusive_until_it_expires,
+    test_an_identical_retry_of_an_applied_commit_changes_nothing,
+    test_join_state_commits_with_both_partitions_offsets,
+    test_verdicts_keep_the_newest_document_per_key,
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("check", THROUGH_SENTINEL, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_the_core_contract_holds_through_sentinel(
+    check: Callable[[StateStore], None], sentinel_stores: Callable[[], Any], redis_sentinel: Any
+) -> None:
+    """A store built from a ``redis+sentinel://`` URL passes on the primary the Sentinel names."""
+    store = sentinel_stores()
+    check(store)
+    assert store.client.execute_command("ROLE")[0] == b"master"
+    assert int(store.client.config_get("port")["port"]) == redis_sentinel.primary.port
+
+
+# --- in a Redis Cluster (docs/redis-ha.md "Cluster") -----------------------------------------------------
+
+
+@pytest.mark.integration
+def test_in_a_cluster_one_app_is_one_slot_and_its_traces_another(cluster_store: Any) -> None:
+    """Every key a commit, a close or a join writes hashes to the app's slot (the hash-tag prefix), so
+    each script runs on one node; the traces of the same app have a slot of their own."""
+    from stream_monitor.core.topology import TraceRule
+    from stream_monitor.core.traces import TraceBatch
+    from stream_monitor.state.redis_traces import RedisTraceStore
+
+    store, client = cluster_store, cluster_store.client
+    store.claim([SERVING, ENGAGEMENT], now_ms=0)
+    fence = {SERVING: 1, ENGAGEMENT: 1}
+    parts = [delta(0, 4, {0: {"s#n": 4}}, tp=SERVING), delta(0, 6, {}, tp=ENGAGEMENT)]
+    assert store.commit(parts, fence, now_ms=1, joins=[join_delta([SERVING, ENGAGEMENT], fence)]).applied
+    assert store.close_window(0, 60_000, b"{}", b"entry")
+    store.put_verdict("m", "m/v2@1", b"{}", emitted_at=1)
+    traces = RedisTraceStore.beside(store, TraceRule(sample_rate=1.0))
+    traces.put(TraceBatch([("r1", "m|v1|control|home|eu", 1, b"{}")]))
+    app = {client.keyslot(k) for k in client.scan_iter(f"{store.prefix}:*")}
+    traced = {client.keyslot(k) for k in client.scan_iter(f"{traces.prefix}:*")}
+    assert store.prefix == "{" + store.app_prefix + "}" and len(app) == 1
+    assert traces.prefix == "{" + store.app_prefix + "/traces}" and len(traced) == 1
+    assert len(list(client.scan_iter(f"{store.prefix}:*"))) >= 10  # offsets, epochs, windows, join, log...

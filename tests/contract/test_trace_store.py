@@ -38,7 +38,14 @@ class Clock:
 Factory = Callable[..., tuple[TraceStore, Clock]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+REDIS_STORES = [
+    pytest.param("redis_store", marks=pytest.mark.integration, id="redis"),
+    # 3 masters (tests/contract/conftest.py); the traces get a slot of their own there.
+    pytest.param("cluster_store", marks=pytest.mark.integration, id="redis-cluster"),
+]
+
+
+@pytest.fixture(params=["memory", *REDIS_STORES])
 def make(request: pytest.FixtureRequest) -> Factory:
     def build(ttl_ms: int = 60_000, per_slice: int = 100, max_engagement: int = 20) -> tuple[Any, Clock]:
         if request.param == "memory":
@@ -46,8 +53,9 @@ def make(request: pytest.FixtureRequest) -> Factory:
             return MemoryTraceStore(ttl_ms, per_slice, max_engagement, now=clock.now), clock
         from stream_monitor.state.redis_traces import RedisTraceStore
 
-        base = request.getfixturevalue("redis_store")
-        return RedisTraceStore(base.client, base.prefix, ttl_ms, per_slice, max_engagement), Clock(real=True)
+        base = request.getfixturevalue(request.param)
+        store = RedisTraceStore(base.client, base.app_prefix, ttl_ms, per_slice, max_engagement)
+        return store, Clock(real=True)
 
     return build
 
@@ -131,20 +139,20 @@ def test_recent_merges_slices_newest_first_and_honours_until(make: Factory) -> N
     assert example_ids(store, DIMS, {"model": "m", "region": "us"}) == ["b"]
 
 
-@pytest.mark.integration
-def test_redis_keys_all_carry_a_ttl(redis_store: Any) -> None:
+@pytest.mark.parametrize("base", REDIS_STORES)
+def test_redis_keys_all_carry_a_ttl(base: str, request: pytest.FixtureRequest) -> None:
     from stream_monitor.state.redis_traces import RedisTraceStore
 
-    store = RedisTraceStore(redis_store.client, redis_store.prefix, ttl_ms=3_600_000)
+    state = request.getfixturevalue(base)
+    store = RedisTraceStore(state.client, state.app_prefix, ttl_ms=3_600_000)
     rounds = store.round_trips
     store.put(TraceBatch([("r1", S1, T0, doc("r1"))], [eng("r1", T0 + 1)]))
     assert store.round_trips == rounds + 1  # one call per batch
-    keys = [k.decode() for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")]
     store.pin(["r1"])
-    keys = [k.decode() for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")]
+    keys = [k.decode() for k in state.client.scan_iter(f"{store.prefix}:*")]
     assert sorted(k.split(":", 1)[1] for k in keys) == ["tr:r1", "tre:r1", f"tri:{S1}", "trp", "trs"]
     for key in keys:
-        assert 0 < redis_store.client.pttl(key) <= 3_600_000, key
+        assert 0 < state.client.pttl(key) <= 3_600_000, key
 
 
 def test_pinned_traces_survive_trimming_until_their_ttl(make: Factory) -> None:

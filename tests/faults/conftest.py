@@ -104,11 +104,15 @@ def rss_kb(pid: int) -> int | None:
 class PrivateRedis:
     """A redis-server of our own on a free loopback port; ``stop``/``start`` keep the port (and the AOF)."""
 
-    def __init__(self, workdir: Path, appendonly: bool) -> None:
+    def __init__(
+        self, workdir: Path, appendonly: bool, extra_args: tuple[str, ...] = (), config: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. --replicaof, --cluster-enabled, --sentinel
+        self.config = config  # a config file (first argument; Sentinel needs one it can rewrite)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.starts = 0
@@ -116,12 +120,14 @@ class PrivateRedis:
     def start(self, timeout_s: float = 20.0) -> PrivateRedis:
         self.starts += 1
         log = open(self.dir / f"redis-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the process
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args = ["redis-server", *([str(self.config)] if self.config else [])]
+        args += ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
         args += ["--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "yes"]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             args += ["--appendonly", "no"]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -331,12 +337,15 @@ def make_deployment() -> Iterator[Callable[..., Deployment]]:
     yield make
     for dep in made:
         try:
-            client = redis.Redis.from_url(dep.redis_url, socket_timeout=3, socket_connect_timeout=3)
+            from stream_monitor.state.base import StoreUnavailable
+            from stream_monitor.state.redis_connect import connect
+
+            client = connect(dep.redis_url, socket_timeout_s=3)  # any URL form (docs/redis-ha.md)
             keys = list(client.scan_iter(f"{dep.prefix}:*", count=1000))
             if keys:
                 client.delete(*keys)
             client.close()
-        except redis.RedisError:
+        except (redis.RedisError, StoreUnavailable):
             pass  # a private Redis that is gone already
         try:
             from confluent_kafka.admin import AdminClient
@@ -664,3 +673,166 @@ def end_offsets(bootstrap: str, topics: list[str], partitions: int) -> dict[tupl
         return out
     finally:
         consumer.close()
+
+
+# ------------------------------------------------------------------------------------------ Redis HA
+# Sentinel and Cluster deployments of private redis-servers (docs/redis-ha.md): every process on a free
+# loopback port in the test's tmp dir, stopped by PID. Used here and by tests/contract/conftest.py.
+
+
+def _wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except redis.RedisError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+
+
+def _info(port: int, section: str) -> dict[str, Any]:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return dict(client.info(section))
+    finally:
+        client.close()
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of ``masters`` primaries (no replicas) of our own; the slots spread evenly."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        for i in range(masters):
+            node_dir = workdir / f"cluster-{i}"
+            bus = free_port()
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"))
+            extra += ("--cluster-port", str(bus), "--cluster-node-timeout", "2000")
+            self.nodes.append(PrivateRedis(node_dir, appendonly=False, extra_args=extra))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2]) + "/"
+
+    def start(self, timeout_s: float = 60.0) -> PrivateRedisCluster:
+        for node in self.nodes:
+            node.start()
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+        done = subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout!r} {done.stderr!r}")
+        for node in self.nodes:
+            _wait_until(lambda n=node: _cluster_ok(n.port), timeout_s, "cluster_state:ok")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _cluster_ok(port: int) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        info = client.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text
+    finally:
+        client.close()
+
+
+class PrivateSentinel:
+    """A primary, one replica and one Sentinel (quorum 1) that watches them as service ``service``.
+
+    ``down_after_ms`` is the Sentinel's ``down-after-milliseconds``: how long the primary must be silent
+    before a failover starts.
+    """
+
+    def __init__(self, workdir: Path, service: str = "sm", down_after_ms: int = 1000) -> None:
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.primary = PrivateRedis(workdir / "primary", appendonly=False)
+        self.replica = PrivateRedis(
+            workdir / "replica",
+            appendonly=False,
+            extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)),
+        )
+        conf = workdir / "sentinel" / "sentinel.conf"
+        self.sentinel = PrivateRedis(
+            workdir / "sentinel", appendonly=False, extra_args=("--sentinel",), config=conf
+        )
+        conf.write_text(
+            "\n".join(
+                [
+                    f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 1",
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                    f"sentinel failover-timeout {service} 10000",
+                    f"sentinel parallel-syncs {service} 1",
+                    "",
+                ]
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}/0"
+
+    def primary_port(self) -> int:
+        """The primary's port as the Sentinel names it now."""
+        client = redis.Redis(host="127.0.0.1", port=self.sentinel.port, socket_timeout=2)
+        try:
+            _host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            return int(port)
+        finally:
+            client.close()
+
+    def _sentinel_knows_the_replica(self) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.sentinel.port, socket_timeout=2)
+        try:
+            replicas = client.execute_command("SENTINEL", "REPLICAS", self.service)
+        finally:
+            client.close()
+        return any(str(self.replica.port) in str(r) and "s_down" not in str(r) for r in replicas)
+
+    def start(self, timeout_s: float = 60.0) -> PrivateSentinel:
+        self.primary.start()
+        self.replica.start()
+        _wait_until(
+            lambda: _info(self.replica.port, "replication").get("master_link_status") == "up",
+            timeout_s,
+            "the replica in sync",
+        )
+        # Started after the replica is attached: its first INFO of the primary already lists it.
+        self.sentinel.start()
+        _wait_until(self._sentinel_knows_the_replica, timeout_s, "the Sentinel to see the replica")
+        return self
+
+    def stop(self) -> None:
+        for server in (self.sentinel, self.replica, self.primary):
+            if server.proc is not None and server.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signal.SIGCONT)  # a test may have stopped it
+            server.stop()
+
+
+@pytest.fixture
+def private_sentinel(tmp_path: Path) -> Iterator[Callable[..., PrivateSentinel]]:
+    """Factory: ``private_sentinel(down_after_ms=1000)`` -> a started PrivateSentinel, stopped in teardown."""
+    made: list[PrivateSentinel] = []
+
+    def make(down_after_ms: int = 1000) -> PrivateSentinel:
+        group = PrivateSentinel(tmp_path / f"sentinel-{len(made)}", down_after_ms=down_after_ms)
+        made.append(group)
+        return group.start()
+
+    yield make
+    for group in made:
+        group.stop()

@@ -4,7 +4,10 @@
   stay up, report ``stream_monitor_state_store_up 0`` meanwhile, keep its memory bounded, recover and
   count every event exactly once;
 * restarted empty: a private Redis without persistence comes back empty; the worker exits with 75 on its
-  next commit and, restarted, counts every event from Kafka's committed offsets on.
+  next commit and, restarted, counts every event from Kafka's committed offsets on;
+* restored from an older snapshot: Redis comes back with the RDB it saved minutes earlier (behind
+  Kafka's committed offsets, as after a failover to a lagging replica); the worker exits with 75 on its
+  next commit and, restarted, re-reads from the store's offsets: every event counted exactly once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -178,26 +184,57 @@ def test_deployment_event_during_redis_outage_is_not_lost(
         kill_worker(worker)
 
 
+@dataclass
+class _Stream:
+    """A deployment on a private Redis without persistence and the seeded stream produced into it."""
+
+    server: Any
+    dep: Any
+    events: list[Any]
+    messages: list[Any]
+    producer: PacedProducer
+    inputs: list[str]
+    client: redis.Redis
+
+    @classmethod
+    def start(cls, private_redis: Any, make_deployment: Any, kafka_bootstrap: str, seed: int) -> _Stream:
+        server = private_redis(appendonly=False)
+        dep = make_deployment(kafka_bootstrap, server.url)
+        events = simulated(aligned_past(2), duration_s=8 * 60, rate=30, seed=seed)
+        messages = events_to_messages(events, dep)
+        return cls(
+            server,
+            dep,
+            events,
+            messages,
+            PacedProducer(dep.bootstrap, messages, rate=2000),
+            [dep.topics["serving"], dep.topics["engagement"], dep.topics["deployments"]],
+            redis.Redis.from_url(server.url, socket_timeout=5),
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        fields = (self.server, self.dep, self.events, self.messages, self.producer, self.inputs, self.client)
+        return iter(fields)
+
+    def freeze(self) -> tuple[dict[str, int], int]:
+        """Pause Redis writes; the stored offsets and the events counted, exactly as they are now."""
+        self.client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        offsets = {k.decode(): int(v) for k, v in self.client.hgetall(f"{self.dep.prefix}:offset").items()}
+        return offsets, counted(self.client, self.dep.prefix)
+
+
 @pytest.mark.timeout(300)
 def test_redis_restarted_empty_worker_exits_75_and_recounts_from_kafka_offsets(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    server = private_redis(appendonly=False)
-    dep = make_deployment(kafka_bootstrap, server.url)
-    events = simulated(aligned_past(2), duration_s=8 * 60, rate=30, seed=4404)
-    messages = events_to_messages(events, dep)
-    producer = PacedProducer(dep.bootstrap, messages, rate=2000)
-    inputs = [dep.topics["serving"], dep.topics["engagement"], dep.topics["deployments"]]
-    client = redis.Redis.from_url(server.url, socket_timeout=5)
-
+    run = _Stream.start(private_redis, make_deployment, kafka_bootstrap, seed=4404)
+    server, dep, events, messages, producer, inputs, client = run
     first = start_worker(dep, fault_workers, tmp_path, "empty-first")
     producer.start()
     try:
         wait_for(lambda: counted(client, dep.prefix) > 15_000, 90, "15k events counted", first)
         # Freeze writes so that what we read is exactly what Redis had counted when it lost it all.
-        client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-        old_offsets = {k.decode(): int(v) for k, v in client.hgetall(f"{dep.prefix}:offset").items()}
-        old_counted = counted(client, dep.prefix)
+        old_offsets, old_counted = run.freeze()
         wipe_mark = producer.mark("wipe")
         client.close()
         server.stop()  # no persistence: everything is gone
@@ -247,6 +284,64 @@ def test_redis_restarted_empty_worker_exits_75_and_recounts_from_kafka_offsets(
         f"produced={len(messages)} (after the wipe: {len(after_wipe)}); counted again={final['consumed']} "
         f"= {len(after_wipe)} after + {final['consumed'] - len(after_wipe)} before the wipe, of which "
         f"{recounted} had already been counted in the lost Redis (Kafka offsets lag Redis by that much)"
+    )
+
+
+def test_redis_back_at_an_older_snapshot_worker_exits_75_and_recounts_from_the_store_offsets(
+    private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    run = _Stream.start(private_redis, make_deployment, kafka_bootstrap, seed=4405)
+    server, dep, events, messages, producer, inputs, client = run
+    first = start_worker(dep, fault_workers, tmp_path, "snapshot-first")
+    producer.start()
+    try:
+        wait_for(lambda: counted(client, dep.prefix) > 10_000, 90, "10k events counted", first)
+        # The snapshot: what Redis had counted at this instant, saved to its RDB file.
+        snap_offsets, snap_counted = run.freeze()
+        client.save()
+        client.execute_command("CLIENT", "UNPAUSE")
+        # The worker goes on, and Kafka's committed offsets move past the snapshot.
+        wait_for(lambda: counted(client, dep.prefix) > snap_counted + 10_000, 90, "10k more counted", first)
+
+        def committed_ahead() -> dict[str, tuple[int, int]]:
+            committed = committed_offsets(dep.bootstrap, f"it-{dep.tag}", inputs, dep.partitions)
+            return {
+                f"{t}/{p}": (off, snap_offsets.get(f"{t}/{p}", 0))
+                for (t, p), off in committed.items()
+                if off > snap_offsets.get(f"{t}/{p}", 0)
+            }
+
+        wait_for(lambda: len(committed_ahead()) > 0, 30, "Kafka's offsets past the snapshot", first)
+        client.close()
+        server.stop()
+        server.start()  # loads the RDB saved above: Redis went back in time
+        client = redis.Redis.from_url(server.url, socket_timeout=5)
+        assert counted(client, dep.prefix) == snap_counted
+        assert first.proc is not None
+        rc = first.proc.wait(timeout=60)
+        log = first.log_path.read_text(errors="replace")
+        assert rc == 75, f"worker exited with {rc}, expected 75 (EX_TEMPFAIL)\n{first.log_tail()}"
+        assert "went back in time" in log, first.log_tail()
+        ahead = committed_ahead()
+        assert ahead, "Kafka's committed offsets are not ahead of the snapshot: nothing would be lost"
+
+        second = start_worker(dep, fault_workers, tmp_path, "snapshot-second")
+        producer.finish()
+        wait_for(lambda: counted(client, dep.prefix) >= len(messages), 150, "every event counted", second)
+        time.sleep(3)
+        rewound = metric_value(second, "stream_monitor_store_rewound_messages_total", topic=inputs[0])
+    finally:
+        producer.stop()
+    final = totals(client, dep.prefix)
+    assert final["consumed"] == len(messages), (final, len(messages))
+    assert_exact(client, dep.prefix, events)
+    second_log = second.log_path.read_text(errors="replace")
+    assert "behind Kafka's committed offset" in second_log, second.log_tail()
+    gap = sum(off - at for off, at in ahead.values())
+    print(
+        f"\nFAULT redis-snapshot: snapshot at {snap_counted} counted; worker exited {rc}; Kafka ahead of the "
+        f"store on {len(ahead)} partitions by {gap} messages; re-read (serving topic, metric) {rewound}; "
+        f"produced={len(messages)}, counted={final['consumed']}: every window exact"
     )
 
 

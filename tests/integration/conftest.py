@@ -6,12 +6,15 @@ other's data even though the broker and Redis are shared.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -304,3 +307,14 @@ def measure_counting_rate(
     if high[0] <= low[0]:
         return float("nan"), samples[-1][0] - samples[0][0]
     return (high[1] - low[1]) / (high[0] - low[0]), samples[-1][0] - samples[0][0]
+
+
+def http_json(url: str) -> tuple[int, dict[str, Any]] | None:
+    """GET ``url``: (status, JSON body), or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+    except OSError:
+        return None

@@ -118,3 +118,87 @@ def test_demo_prints_the_injected_incident_and_serves_metrics() -> None:
     firing = [a for a in alerts if a["status"] == "firing"]
     assert firing and all(a["signal"] == "latency" and a["key"]["region"] == "eu" for a in firing), firing
     assert scraped and "stream_monitor_events_consumed_total" in scraped[-1]
+
+
+def test_simulate_help_lists_every_incident_kind_the_library_accepts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stream_monitor.sim import (
+        CANARY_INCIDENT_KINDS,
+        DATA_INCIDENT_KINDS,
+        INCIDENT_KINDS,
+        SHADOW_INCIDENT_KINDS,
+    )
+
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    kinds = [*INCIDENT_KINDS, *DATA_INCIDENT_KINDS, *CANARY_INCIDENT_KINDS, *SHADOW_INCIDENT_KINDS]
+    assert len(kinds) >= 21
+    missing = [kind for kind in kinds if kind not in text]
+    assert not missing, missing
+
+
+def test_incident_from_a_file_of_garbage_says_there_are_no_valid_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('not json\n{"hello": "world"}\n[1, 2]\n\n{"type": "serving"}\n')
+    assert main(["incident", "--from", str(garbage)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no incident "from 1969 to 1970"
+    assert captured.err.strip() == (
+        f"incident: {garbage}: no valid events: all 4 non-empty lines rejected (2 not JSON objects, "
+        "2 not events as docs/events.md describes them)"
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(["incident", "--from", str(empty)]) == 1
+    assert "no valid events: the file has no non-empty line" in capsys.readouterr().err
+
+
+def test_demo_says_first_why_its_windows_are_hours_back(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--duration", "0.3", "--metrics-port", "0", "--no-incidents"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "simulated time starts at " in first and "6 h before your clock" in first, first
+    assert "windows are labelled from then" in first, first
+
+
+def test_demo_on_a_taken_metrics_port_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--duration", "0.3", "--metrics-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"demo: the metrics port 127.0.0.1:{port} is in use (another stream-monitor?); choose a free one "
+        "with --metrics-port (or STREAM_MONITOR_METRICS_PORT; 0: no endpoint)"
+    ]
+
+
+def test_a_malformed_setting_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAM_MONITOR_METRICS_PORT", "ninety")
+    assert main(["demo", "--duration", "0.3"]) == 2
+    assert capsys.readouterr().err.startswith("demo: STREAM_MONITOR_METRICS_PORT='ninety': ")
+    monkeypatch.delenv("STREAM_MONITOR_METRICS_PORT")
+    assert main(["demo", "--duration", "0.3", "--topology", "/nonexistent.yaml"]) == 2
+    assert capsys.readouterr().err == "demo: topology: /nonexistent.yaml: no such topology file\n"
+
+
+def test_client_library_logs_stay_at_warning_unless_verbose() -> None:
+    import logging
+
+    from stream_monitor.cli._common import CLIENT_LOGGERS, quiet_client_logs
+
+    before = {name: logging.getLogger(name).level for name in CLIENT_LOGGERS}
+    try:
+        quiet_client_logs(verbose=False)
+        assert {logging.getLogger(n).getEffectiveLevel() for n in CLIENT_LOGGERS} == {logging.WARNING}
+        quiet_client_logs(verbose=True)
+        assert {logging.getLogger(n).getEffectiveLevel() for n in CLIENT_LOGGERS} == {logging.DEBUG}
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)

@@ -97,6 +97,23 @@ def test_upstream_first_mover_outranks_its_downstream_consequences() -> None:
     assert doc["suspects"][0]["slice"] == "region=eu"
 
 
+def test_the_timeline_marks_only_alerted_suspects_as_alerts() -> None:
+    # Latency in eu alerts at window 20; the eu error rate leaves its band at 21 without an alert.
+    eu_key = ("m", "*", "c", "h", "*", "eu", "*")
+    history = SignalHistory(M)
+    for i in range(40):
+        error_rate = 0.01 + 0.001 * (i % 3) if i < 21 else 0.2
+        history.add(i * M, [SignalValue("error_rate", "ratio", eu_key, error_rate)])
+    alerts = [_alert("latency", "p99.total", 20 * M, {"model": "m", "region": "eu"})]
+    result = diagnose(history, alerts, DIMS, SEG)
+    quiet = next(s for s in result.suspects if not s.alerts)
+    assert quiet.evidence[0].startswith("moved without an alert"), quiet.evidence
+    by_label = {m.label.split(" ", 1)[1]: m.kind for m in result.timeline if m.label.startswith("#")}
+    assert by_label["latency total region=eu"] == "alert", by_label
+    assert by_label[f"{quiet.name} (moved without an alert)"] == "suspect", by_label
+    assert f"suspect    #2 {quiet.name} (moved without an alert)" in render_text(result)
+
+
 def test_a_release_named_by_the_alerts_is_the_top_suspect_with_its_rollback_target() -> None:
     deploys = [
         DeploymentRecord(0, "m", "v1", "control", 1.0, lineage={"code_commit": "aaa"}),

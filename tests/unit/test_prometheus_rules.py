@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from stream_monitor.core.runbooks import GENERIC_RUNBOOK, RUNBOOKS, incident_level, runbook_for
+from stream_monitor.sinks.metrics import MonitorMetrics
 from stream_monitor.topology import load_topology, parse_duration_ms
 from tests.unit._promql import (
     PROMETHEUS_SERIES,
@@ -149,6 +151,25 @@ def test_every_series_a_rule_reads_is_registered_by_monitor_metrics() -> None:
             if metric in exported:
                 unknown = set(matchers) - exported[metric] - TARGET_LABELS
                 assert not unknown, f"{name}: {metric} has no label {sorted(unknown)}"
+
+
+def test_no_rule_assumes_a_scrape_job_name() -> None:
+    """Users name their scrape job as they like; the rules know workers by what they export."""
+    for rule in [*RECORDS, *ALERTS]:
+        for metric, matchers in selectors(rule["expr"]):
+            assert "job" not in matchers, f"{rule.get('alert') or rule['record']}: {metric} selects on job"
+
+
+def test_workers_are_known_by_a_series_every_worker_exports_from_its_start() -> None:
+    """stream_monitor:worker:up (the WorkerDown rule) takes a target that exports state_store_up for a
+    worker: a fresh MonitorMetrics, before any call, already exports it (an unlabelled gauge)."""
+    (record,) = [r for r in RECORDS if r["record"] == "stream_monitor:worker:up"]
+    assert metric_names(record["expr"]) == {"up", "stream_monitor_state_store_up", "stream_monitor:worker:up"}
+    registry = CollectorRegistry()
+    MonitorMetrics(registry)
+    assert registry.get_sample_value("stream_monitor_state_store_up") is not None
+    (down,) = [a for a in ALERTS if a["alert"] == "StreamMonitorWorkerDown"]
+    assert metric_names(down["expr"]) == {"stream_monitor:worker:up"}
 
 
 def _documented_signals() -> set[str]:
