@@ -14,7 +14,9 @@ RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app monitor \
     && chown -R monitor /app
 
-# Faust keeps its local state under the working directory, hence /app is the user's.
+# /app is the user's so that commands writing files where they are told (simulate --out, replay --out)
+# can write there. The worker itself writes only Faust's temporary data directory (under $TMPDIR, removed
+# at exit): deploy/kubernetes runs it with a read-only root filesystem and an emptyDir on /tmp.
 USER monitor
 
 # No ENTRYPOINT: the command is the whole process line, e.g. ["stream-monitor", "simulate", ...].

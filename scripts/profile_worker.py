@@ -8,7 +8,7 @@ with py-spy for ``--seconds`` and prints the events/s it counted meanwhile and t
 the GIL most (inclusive and self). Everything it starts is stopped by PID; the topics and Redis keys are
 deleted at the end.
 
-Usage (services up: ``scripts/services.sh up && . .services/env``; docs/benchmarks.md "Latest numbers"):
+Usage (services up: ``scripts/services.sh up && . .services/env``; docs/benchmarks.md "Where the time goes"):
     .venv/bin/python scripts/profile_worker.py                       # one event per message, 12 s
     .venv/bin/python scripts/profile_worker.py --format ndjson --events 1500000
     .venv/bin/python scripts/profile_worker.py --seconds 0           # the rate only, no py-spy

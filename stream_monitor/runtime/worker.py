@@ -365,6 +365,10 @@ class WorkerRuntime:
         # Log-end offsets from the broker itself, against what this worker has committed to the state
         # store: the lag keeps growing while the worker is stalled (e.g. Redis down), unlike a lag read
         # off the batches the stalled agents are not taking.
+        # The probe is never subscribed or consumed from: polling it serves its queued log lines (which
+        # librdkafka hands over only on a poll; see runtime/kafka.py), so they do not pile up while the
+        # broker is away.
+        self._watermarks.poll(0)
         for tp, counted in list(self.engine.committed_offsets.items()):
             topic, _, partition = tp.rpartition("/")
             self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(
