@@ -32,6 +32,7 @@ from tests.integration.conftest import WorkerProcess, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_backlog_closes_windows_in_order_with_exact_sums_and_bounded_memory(
     make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, redis_url: str, tmp_path: Path

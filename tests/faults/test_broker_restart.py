@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 DOWN_S = 8.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_broker_restart_mid_stream_worker_reconnects_and_counts_exactly_once(
     private_kafka, make_deployment, fault_workers: list[WorkerProcess], redis_url: str, tmp_path: Path

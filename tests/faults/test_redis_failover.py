@@ -47,6 +47,7 @@ def _link(client: redis.Redis) -> str:
     return str(client.info("replication").get("master_link_status"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_failover_to_a_lagging_replica_loses_and_doubles_nothing(
     private_sentinel: Callable[..., PrivateSentinel],

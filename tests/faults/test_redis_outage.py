@@ -70,6 +70,7 @@ def _lag(worker: WorkerProcess) -> float | None:
     return sum(v for name, _labels, v in samples if name == "stream_monitor_consumer_lag_messages")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_redis_outage_30s_worker_survives_and_counts_exactly_once(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
@@ -223,6 +224,7 @@ class _Stream:
         return offsets, counted(self.client, self.dep.prefix)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_redis_restarted_empty_worker_exits_75_and_recounts_from_kafka_offsets(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path
@@ -345,6 +347,7 @@ def test_redis_back_at_an_older_snapshot_worker_exits_75_and_recounts_from_the_s
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_redis_stall_longer_than_the_socket_timeout_counts_exactly_once(
     private_redis, make_deployment, fault_workers: list[WorkerProcess], kafka_bootstrap: str, tmp_path: Path

@@ -121,7 +121,8 @@ def test_incident_alert_reaches_kafka_and_metrics(
     )
 
 
-@pytest.mark.parametrize("delivery", ["batch", "stream"])
+# The stream path (not the default delivery) in the slow tier.
+@pytest.mark.parametrize("delivery", ["batch", pytest.param("stream", marks=pytest.mark.slow)])
 def test_kill_and_restart_counts_every_event_exactly_once(
     deployment: Deployment,
     workers: list[WorkerProcess],

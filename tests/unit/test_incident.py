@@ -326,6 +326,7 @@ def test_alerts_and_verdicts_files_give_json_and_markdown(
     assert "caused by verdict:home-ranker/v2@" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_from_a_recorded_release_incident_puts_the_deployment_before_the_first_alert(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

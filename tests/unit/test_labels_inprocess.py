@@ -104,6 +104,7 @@ def test_the_release_incident_deploys_a_version_and_names_it_in_its_ground_truth
     assert released and outside(events) == outside(clean)
 
 
+@pytest.mark.slow
 def test_ctr_drop_after_release_fires_on_the_new_version_and_resolves_after_rollback() -> None:
     onset, duration = START + 20 * MINUTE, 10 * MINUTE
     incident = Incident(

@@ -109,6 +109,7 @@ def test_a_latency_regression_burns_the_latency_budget() -> None:
     assert not {m for m in firing if m.startswith("availability.")}
 
 
+@pytest.mark.slow
 def test_hours_of_clean_traffic_raise_no_slo_or_dataset_alert() -> None:
     run = Run(seed=1, rate=8.0, datasets=DATASETS)
     run.drive(START + 4 * HOUR)
