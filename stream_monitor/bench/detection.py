@@ -55,7 +55,6 @@ from typing import Any
 import orjson
 
 from stream_monitor.config import Topics
-from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL
 from stream_monitor.core.clock import Clock
@@ -66,6 +65,7 @@ from stream_monitor.core.detectors import (
     SeriesDetector,
     default_detector,
 )
+from stream_monitor.core.fields import ALL
 from stream_monitor.core.signals import Breach, SignalValue, WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions

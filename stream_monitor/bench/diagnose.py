@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from stream_monitor.bench.detection import BASE_MS, HOUR_MS, MAGNITUDES, TARGETS
-from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.diagnosis import Suspect
+from stream_monitor.core.fields import ALL
 from stream_monitor.core.topology import Topology
 from stream_monitor.diagnosing import DiagnosisRecorder
 from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, SimConfig, TrafficSimulator

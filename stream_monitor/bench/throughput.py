@@ -73,7 +73,7 @@ import orjson
 import redis
 import yaml
 
-from stream_monitor.core.aggregates import ALL
+from stream_monitor.core.fields import ALL, series_of
 from stream_monitor.core.topology import Topology
 from stream_monitor.runtime.kafka import murmur2_partition
 from stream_monitor.sim import Incident, TrafficSimulator
@@ -493,7 +493,7 @@ class _RedisProbe:
                 if kind is not None:
                     sketch_fields += 1
                     by_kind[kind] += 1
-                window_series.add(name.split("#", 1)[0])
+                window_series.add(series_of(name))
             window_series.discard(ALL)  # the global engagement counters are not a tracked series
             pairs += len(window_series)
             series |= window_series

@@ -15,6 +15,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stream_monitor.core.events import ACTIONS, EngagementEvent, ServingEvent
+from stream_monitor.core.fields import (
+    ENGAGEMENT_SERIES,
+    OTHER,
+    SEP_METRIC,
+    SEP_SERIES,
+    clean_value,
+    field_name,
+    join_series,
+    metric_prefix,
+    split_series,
+)
 from stream_monitor.core.profiler import Profiler
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import Topology
@@ -30,14 +41,9 @@ __all__ = [
 ]
 
 FUNNEL_STAGES = frozenset({"retrieved", "filtered", "ranked", "returned"})
-SEP_SERIES = "|"
-SEP_METRIC = "#"
-ENGAGEMENT_SERIES = "*"
-OTHER = "other"
 UNKNOWN = "unknown"
-ALL = "*"
 # Engagement field names per action, built once (add_engagement runs for 3 of 4 events).
-_ENGAGEMENT_NAMES = {a: f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{a}" for a in ACTIONS}
+_ENGAGEMENT_NAMES = {a: field_name(ENGAGEMENT_SERIES, f"eng.{a}") for a in ACTIONS}
 
 
 @dataclass(slots=True)
@@ -92,7 +98,7 @@ class SeriesKeyer:
         self.max_series = max_series
         self._seen: list[set[str]] = [set() for _ in dims]
         self._series: set[str] = set()
-        self._overflow = SEP_SERIES.join(OTHER for _ in dims)
+        self._overflow = join_series(OTHER for _ in dims)
         self._cache: dict[tuple[str, ...], str] = {}
         self.folded = 0
 
@@ -103,16 +109,14 @@ class SeriesKeyer:
         parts: list[str] = []
         folded = False
         for value, seen in zip(values, self._seen, strict=True):
-            clean = value.replace(SEP_SERIES, "_").replace(SEP_METRIC, "_")
-            if clean == ALL:  # "*" means "rolled up"; a real value must never look like one
-                clean = "_"
+            clean = clean_value(value)  # a real value must never look like a separator or "rolled up"
             if clean not in seen:
                 if len(seen) >= self.max_values:
                     clean, folded = OTHER, True
                 else:
                     seen.add(clean)
             parts.append(clean)
-        series = SEP_SERIES.join(parts)
+        series = join_series(parts)
         if series not in self._series:
             if len(self._series) >= self.max_series:
                 series, folded = self._overflow, True
@@ -126,7 +130,7 @@ class SeriesKeyer:
 
     def split(self, series: str) -> dict[str, str]:
         """The dimension values of a series string."""
-        return dict(zip(self.dims, series.split(SEP_SERIES), strict=True))
+        return dict(zip(self.dims, split_series(series), strict=True))
 
 
 class WindowAccumulator:
@@ -192,7 +196,7 @@ class WindowAccumulator:
             *(segment.get(d, UNKNOWN) for d in self._segment_dims),
         )
         series = self.last_series = self.keyer.key(values)
-        prefix = series + SEP_METRIC
+        prefix = metric_prefix(series)
         _add(window, prefix + "n", 1)
         if event.error is not None:
             _add(window, prefix + "err", 1)
@@ -248,7 +252,7 @@ class WindowAccumulator:
         if ts > delta.max_event_ms:
             delta.max_event_ms = ts
         action = event.action  # one of ACTIONS from the parser; built here for events made in code
-        name = _ENGAGEMENT_NAMES.get(action) or f"{ENGAGEMENT_SERIES}{SEP_METRIC}eng.{action}"
+        name = _ENGAGEMENT_NAMES.get(action) or field_name(ENGAGEMENT_SERIES, f"eng.{action}")
         window[name] = window.get(name, 0) + 1
 
     def note_highwater(self, partition: str, highwater: int | None) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from stream_monitor.core.aggregates import SEP_SERIES
 from stream_monitor.core.canary import CanaryAnalyzer, CanaryStateError
+from stream_monitor.core.fields import join_series
 from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
 from stream_monitor.core.shadow import ShadowAnalyzer, ShadowStateError
 from stream_monitor.core.signals import Breach
@@ -217,7 +217,7 @@ class AlertBook:
         out: list[Alert] = []
         breaching: set[str] = set()
         for breach in breaches:
-            series = SEP_SERIES.join(breach.key)
+            series = join_series(breach.key)
             dedupe = f"{breach.signal}|{breach.metric}|{series}"
             breaching.add(dedupe)
             if dedupe in state.open_alerts:
@@ -245,7 +245,7 @@ class AlertBook:
             )
             state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k not in _EMIT_ONLY}
             out.append(alert)
-        values = {f"{s}|{m}|{SEP_SERIES.join(k)}": v for (s, m, k), v in (evaluated or {}).items()}
+        values = {f"{s}|{m}|{join_series(k)}": v for (s, m, k), v in (evaluated or {}).items()}
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):
             doc = state.open_alerts[dedupe]
             ratio = self.clear_ratios.get(doc["signal"])

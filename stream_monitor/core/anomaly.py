@@ -47,6 +47,7 @@ from stream_monitor.core.detectors import (
     default_detector,
     load_detector,
 )
+from stream_monitor.core.fields import join_series
 from stream_monitor.core.signals import Breach, SignalValue, localise
 from stream_monitor.core.topology import KEY_DIMS, AnomalyRule
 
@@ -145,7 +146,7 @@ class AnomalyLayer:
             spec = self.rule.watch(value.signal, value.metric)
             if spec is None or not self._level_watched(value.key):
                 continue
-            ident = f"{value.signal}|{value.metric}|{'|'.join(value.key)}"
+            ident = f"{value.signal}|{value.metric}|{join_series(value.key)}"
             detector = self._detectors.get(ident)
             if detector is None:
                 if len(self._detectors) >= self.rule.max_series:
@@ -183,7 +184,7 @@ class AnomalyLayer:
         strength = {id(b): s for s, b in candidates}
         out: list[Breach] = []
         for breach in sorted(kept, key=lambda b: -strength[id(b)]):
-            dedupe = f"{breach.signal}|{breach.metric}|{'|'.join(breach.key)}"
+            dedupe = f"{breach.signal}|{breach.metric}|{join_series(breach.key)}"
             if dedupe in open_alerts:
                 out.append(breach)  # already alerting: keeps its alert open, costs nothing
             elif tokens >= 1.0:

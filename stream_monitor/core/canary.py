@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Final, cast
 
-from stream_monitor.core.aggregates import SEP_METRIC, SEP_SERIES
+from stream_monitor.core.fields import split_field, split_series
 from stream_monitor.core.profile import LinearBins
 from stream_monitor.core.sketch import ZERO_BUCKET, LogBuckets
 from stream_monitor.core.topology import CanaryRule, Topology
@@ -620,10 +620,10 @@ class CanaryAnalyzer:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for source, counters in ((fields, _SERVING_COUNTERS), (label_fields, _LABEL_COUNTERS)):
             for name, value in source.items():
-                series, sep, metric = name.partition(SEP_METRIC)
-                if not sep:
+                series, metric = split_field(name)
+                if not metric:
                     continue
-                key = series.split(SEP_SERIES)
+                key = split_series(series)
                 if len(key) != n_dims:
                     continue
                 model, version, arm = key[0], key[1], key[2]

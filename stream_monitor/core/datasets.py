@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from stream_monitor.core.aggregates import ALL
+from stream_monitor.core.fields import ALL
 from stream_monitor.core.signals import Breach, SignalValue
 from stream_monitor.core.topology import DatasetRule
 

@@ -37,8 +37,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_monitor.core.aggregates import ALL
 from stream_monitor.core.detectors import robust_location_scale
+from stream_monitor.core.fields import ALL
 from stream_monitor.core.lineage import DeploymentRecord, ReleaseHistory, build_history
 from stream_monitor.core.signals import SignalValue
 

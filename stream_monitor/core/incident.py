@@ -32,6 +32,7 @@ from typing import Any
 
 from stream_monitor.core.datasets import DatasetArrival
 from stream_monitor.core.diagnosis import CAUSAL_LAYER, MAX_LAYER, Diagnosis, Marker
+from stream_monitor.core.fields import join_series
 from stream_monitor.core.lineage import DeploymentRecord, ReleaseHistory, build_history
 from stream_monitor.core.runbooks import incident_level
 from stream_monitor.core.topology import DatasetRule
@@ -104,7 +105,7 @@ class AlertSpan:
             signal=str(doc["signal"]),
             metric=str(doc["metric"]),
             key=key,
-            series=str(doc.get("series", "|".join(key.values()))),
+            series=str(doc.get("series", join_series(key.values()))),
             severity=str(doc.get("severity", "warning")),
             first_seen=start,
             emitted_at=int(doc.get("emitted_at", doc["window"].get("end", start))),

@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from stream_monitor.core.aggregates import ALL, SEP_METRIC, SEP_SERIES
+from stream_monitor.core.fields import ALL, field_name, join_series, metric_prefix, split_series
 from stream_monitor.core.signals import (
     MAX_BASELINES,
     Breach,
@@ -87,7 +87,7 @@ _SERIES, _TS, _LEN, _COUNTS, _GRADES = 0, 1, 2, 3, 7
 _EARLY: Final = "E"
 # The join's global counts under their window-sum names, built once (they are counted per event).
 _GLOBAL_NAMES: Final = {
-    n: f"{ALL}{SEP_METRIC}{n}" for n in ("eng", "late", "orphan", "dup", "capped", "late_serving", "unjoined")
+    n: field_name(ALL, n) for n in ("eng", "late", "orphan", "dup", "capped", "late_serving", "unjoined")
 }
 _ENG: Final = _GLOBAL_NAMES["eng"]
 U64 = npt.NDArray[np.uint64]
@@ -198,7 +198,7 @@ class JoinDelta:
 
     def count(self, name: str) -> int:
         """Total of one global count (``late``, ``orphan``, ...) over the label windows."""
-        key = f"{ALL}{SEP_METRIC}{name}"
+        key = field_name(ALL, name)
         return sum(w.get(key, 0) for w in self.sums.values())
 
 
@@ -390,7 +390,7 @@ class JoinBuffer:
             entries = self._pending.pop(window)
             sums = self._sums.setdefault(self.out_window(window), {})
             for entry in entries.values():
-                prefix = entry[_SERIES] + SEP_METRIC
+                prefix = metric_prefix(entry[_SERIES])
                 for name, value in request_sums(entry, k).items():
                     if value:
                         sums[prefix + name] = sums.get(prefix + name, 0) + value
@@ -694,7 +694,7 @@ class LabelEvaluator:
         rule = self.rule
         present: dict[str, dict[str, tuple[float, float, float]]] = {}
         for key, stats in levels.items():
-            slice_key = SEP_SERIES.join((key[0], ALL, *key[2:]))
+            slice_key = join_series((key[0], ALL, *key[2:]))
             c = stats.counters
             present.setdefault(slice_key, {})[key[1]] = (c.get("imp", 0), c.get("click", 0), c.get("play", 0))
         for (metric, slice_key), versions in previous.items():
@@ -706,7 +706,7 @@ class LabelEvaluator:
                 continue
             hits = sum(v[1 if metric == "ctr" else 2] for v in here.values())
             for version in versions:
-                parts = slice_key.split(SEP_SERIES)
+                parts = list(split_series(slice_key))
                 parts[1] = version
                 gone = tuple(parts)
                 history = baselines.get(self._history_key(metric, gone), [])
@@ -744,7 +744,7 @@ class LabelEvaluator:
 
     @staticmethod
     def _history_key(metric: str, key: tuple[str, ...]) -> str:
-        return f"label_ctr|{metric}|{SEP_SERIES.join(key)}"
+        return f"label_ctr|{metric}|{join_series(key)}"
 
     def _previous_versions(self, baselines: Mapping[str, list[float]]) -> dict[tuple[str, str], list[str]]:
         """Per (metric, slice without version): versions with history, least recently used first."""
@@ -753,12 +753,12 @@ class LabelEvaluator:
             if not name.startswith("label_ctr|"):
                 continue
             _, metric, series = name.split("|", 2)
-            key = series.split(SEP_SERIES)
+            key = list(split_series(series))
             if len(key) != self._n_dims:
                 continue
             version = key[1]
             key[1] = ALL
-            out.setdefault((metric, SEP_SERIES.join(key)), []).append(version)
+            out.setdefault((metric, join_series(key)), []).append(version)
         return out
 
     def _drop(
@@ -837,7 +837,7 @@ class LabelEvaluator:
         """The most recently used other version of ``key``'s slice with a full history (None: none)."""
         slice_key = list(key)
         slice_key[1] = ALL
-        for version in reversed(previous.get((metric, SEP_SERIES.join(slice_key)), [])):
+        for version in reversed(previous.get((metric, join_series(slice_key)), [])):
             if version == key[1]:
                 continue
             other = list(key)
@@ -852,7 +852,7 @@ class LabelEvaluator:
     ) -> tuple[float, float, int]:
         """Add a window of a new version to its pool (flat hits, impressions pairs; the last
         ``baseline_windows`` windows); the pool's hits, impressions and windows."""
-        pool = _touch(baselines, f"label_release|{metric}|{SEP_SERIES.join(key)}")
+        pool = _touch(baselines, f"label_release|{metric}|{join_series(key)}")
         pool.extend((hits, imp))
         del pool[: -2 * self.rule.baseline_windows]
         return sum(pool[0::2]), sum(pool[1::2]), len(pool) // 2
@@ -861,7 +861,7 @@ class LabelEvaluator:
         self, fields: Mapping[str, float], values: list[SignalValue], breaches: list[Breach]
     ) -> None:
         rule = self.rule
-        prefix = f"{ALL}{SEP_METRIC}"
+        prefix = metric_prefix(ALL)
         eng = fields.get(prefix + "eng", 0)
         if not eng:
             return

@@ -26,6 +26,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from stream_monitor.core.fields import SEP_METRIC, SEP_SERIES
+
 __all__ = [
     "ItemBuckets",
     "LinearBins",
@@ -144,7 +146,7 @@ class ValueCap:
             return known
         kept = self._kept[feature]
         # Separators of the window-sum field names must not appear in a value.
-        clean = value.replace("|", "_").replace("#", "_")[:64]
+        clean = value.replace(SEP_SERIES, "_").replace(SEP_METRIC, "_")[:64]
         if clean not in kept:
             if len(kept) >= self.max_values:
                 return self.OTHER

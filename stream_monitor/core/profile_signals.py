@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream_monitor.core.aggregates import ALL, SEP_SERIES
+from stream_monitor.core.fields import ALL, join_series
 from stream_monitor.core.profile import (
     benjamini_hochberg,
     drift_pvalue,
@@ -296,7 +296,7 @@ class ProfileEvaluator:
         pending: list[tuple[tuple[str, ...], str, str, str, dict[str, float], dict[str, float], float]] = []
         unseen_breaches: list[Breach] = []
         for key, stats in levels.items():
-            series = SEP_SERIES.join(key)
+            series = join_series(key)
             for hist_name, signal, suffix, numeric in self._histograms():
                 current = stats.hists.get(hist_name)
                 if not current:
@@ -381,7 +381,7 @@ class ProfileEvaluator:
         # The reference learns only from windows that did not drift: a drift must not become the new normal.
         for key, hist_name, *_ in pending:
             if (key, hist_name) not in breached:
-                series = SEP_SERIES.join(key)
+                series = join_series(key)
                 _decay_add(profiles[f"ref|{hist_name}|{series}"], levels[key].hists[hist_name], self._decay)
 
     def _explain_slices(
@@ -457,7 +457,7 @@ class ProfileEvaluator:
         """Track the profile of each (slice without version)'s current and previous model version; return
         the previous version's profile when ``key`` is the current version and one exists."""
         version = key[_VERSION]
-        slot = _touch(profiles, f"ver|{hist_name}|{SEP_SERIES.join(key[:_VERSION] + key[_VERSION + 1 :])}")
+        slot = _touch(profiles, f"ver|{hist_name}|{join_series(key[:_VERSION] + key[_VERSION + 1 :])}")
         if not slot:
             slot.update({"cur": version, "c": {}, "w": 0})
         if slot["cur"] != version:
@@ -485,7 +485,7 @@ class ProfileEvaluator:
             slates = stats.counters.get("rk.slates", 0)
             if slates < rk.min_slates:
                 continue
-            series = SEP_SERIES.join(key)
+            series = join_series(key)
             items = stats.hists.get("it", {})
             served = sum(items.values())
             buckets = _int_keys(items)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from stream_monitor.core.fields import join_series
+
 if TYPE_CHECKING:
     from stream_monitor.core.topology import FeatureSpec, RankingRule
 
@@ -52,7 +54,7 @@ def slice_of(key: tuple[str, ...]) -> str:
     >>> slice_of(("m", "v2", "canary", "home", "eu", "*"))
     'm|home|eu|*'
     """
-    return "|".join((key[0], key[3], *key[_KEY_DIMS:]))
+    return join_series((key[0], key[3], *key[_KEY_DIMS:]))
 
 
 def binning(features: Sequence[FeatureSpec], ranking: RankingRule) -> dict[str, Any]:

@@ -46,7 +46,6 @@ from typing import Any, Final, cast
 
 import orjson
 
-from stream_monitor.core.aggregates import SEP_METRIC, SEP_SERIES
 from stream_monitor.core.canary import (
     MetricResult,
     Verdict,
@@ -55,6 +54,7 @@ from stream_monitor.core.canary import (
     mixture_halfwidth,
     rollout_entries,
 )
+from stream_monitor.core.fields import field_name, join_series, metric_prefix, split_field, split_series
 from stream_monitor.core.labels import JoinDelta, request_id_hash, sampled
 from stream_monitor.core.profile import LinearBins
 from stream_monitor.core.topology import ShadowRule, Topology
@@ -196,12 +196,12 @@ class ShadowPairs:
 
     def _add(self, ts: int, series: str, name: str, by: int = 1) -> None:
         sums = self._sums.setdefault(self._start(ts), {})
-        key = f"{series}{SEP_METRIC}{name}"
+        key = field_name(series, name)
         sums[key] = sums.get(key, 0) + by
 
     @staticmethod
     def _series(model: str, version: str) -> str:
-        return SEP_SERIES.join((SERIES, model, version))
+        return join_series((SERIES, model, version))
 
     def add(
         self, rid: str, arm: str, model: str, version: str, ts: int, status: int, items: Sequence[object]
@@ -583,20 +583,20 @@ class ShadowAnalyzer:
         label_fields: Mapping[str, float],
     ) -> None:
         pairs = entry["pairs"]
-        prefix = SEP_SERIES.join((SERIES, model, entry["candidate"]["version"])) + SEP_METRIC
+        prefix = metric_prefix(join_series((SERIES, model, entry["candidate"]["version"])))
         for name, value in label_fields.items():
             if name.startswith(prefix):
                 metric = name[len(prefix) :]
                 pairs[metric] = pairs.get(metric, 0) + value
-        unpaired_c = SEP_SERIES.join((SERIES, model, "*")) + SEP_METRIC + "unpaired_c"
+        unpaired_c = field_name(join_series((SERIES, model, "*")), "unpaired_c")
         if unpaired_c in label_fields:
             pairs["unpaired_c"] = pairs.get("unpaired_c", 0) + label_fields[unpaired_c]
         versions = {CANDIDATE: entry["candidate"]["version"], BASELINE: entry["baseline"]["version"]}
         for name, value in fields.items():
-            series, sep, metric = name.partition(SEP_METRIC)
-            if not sep or not metric.startswith("sc."):
+            series, metric = split_field(name)
+            if not metric.startswith("sc."):
                 continue
-            key = series.split(SEP_SERIES)
+            key = split_series(series)
             if len(key) != self.n_dims or key[0] != model or versions.get(key[2]) != key[1]:
                 continue
             hist = entry["scores"][key[2]]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_monitor.core.aggregates import ALL, ENGAGEMENT_SERIES, SEP_METRIC, SEP_SERIES
+from stream_monitor.core.fields import ALL, ENGAGEMENT_SERIES, join_series, split_field, split_series
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
@@ -93,12 +93,12 @@ def parse_window(
     series: dict[tuple[str, ...], SeriesStats] = {}
     engagement: dict[str, float] = {}
     for name, value in fields.items():
-        series_name, _, metric = name.rpartition(SEP_METRIC)
+        series_name, metric = split_field(name)
         if series_name == ENGAGEMENT_SERIES:
             if metric.startswith("eng."):
                 engagement[metric[4:]] = engagement.get(metric[4:], 0) + value
             continue
-        key = tuple(series_name.split(SEP_SERIES))
+        key = split_series(series_name)
         if len(key) != n_dims:
             continue  # written under another topology's dimensions; not comparable
         stats = series.get(key)
@@ -520,7 +520,7 @@ class WindowEvaluator:
             total = sum(v for k, v in stats.counters.items() if k.startswith("src."))
             if stats.n < rule.min_count or total <= 0:
                 continue
-            series = SEP_SERIES.join(key)
+            series = join_series(key)
             for source in rule.sources:
                 share = stats.counters.get(f"src.{source}", 0) / total
                 metric = f"share.{source}"
@@ -600,10 +600,10 @@ class WindowEvaluator:
         breaches: list[Breach],
     ) -> None:
         rule = self.topology.volume
-        counts = {SEP_SERIES.join(k): s.n for k, s in levels.items()}
+        counts = {join_series(k): s.n for k, s in levels.items()}
         for name in set(history) | set(counts):
             count = counts.get(name, 0.0)
-            key = tuple(name.split(SEP_SERIES))
+            key = split_series(name)
             past = history.setdefault(name, [])
             absent[name] = 0 if count else absent.get(name, 0) + 1
             if absent[name] > rule.forget_after_windows:

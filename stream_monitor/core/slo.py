@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from stream_monitor.core.aggregates import ALL, SEP_SERIES
+from stream_monitor.core.fields import ALL, join_series, split_series
 from stream_monitor.core.signals import Breach, SeriesStats, SignalValue
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import KEY_DIMS, SloObjective, SloRule
@@ -133,7 +133,7 @@ class BurnRateTracker:
         """Add one closed window to ``history`` (in place); burn rates and breaches of the tracked series."""
         values: list[SignalValue] = []
         breaches: list[Breach] = []
-        present = {SEP_SERIES.join(k): s for k, s in levels.items() if self.tracks(k)}
+        present = {join_series(k): s for k, s in levels.items() if self.tracks(k)}
         keep = 2 * self.max_windows
         for objective in self.rule.objectives:
             prefix = f"{objective.name}|"
@@ -153,7 +153,7 @@ class BurnRateTracker:
                 if not any(past[0::2]):
                     del history[name]  # idle for the whole longest window: forget it
                     continue
-                self._evaluate(objective, tuple(series.split(SEP_SERIES)), past, values, breaches)
+                self._evaluate(objective, split_series(series), past, values, breaches)
         return values, breaches
 
     def _evaluate(

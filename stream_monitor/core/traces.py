@@ -31,8 +31,8 @@ from typing import Any, Final
 
 import orjson
 
-from stream_monitor.core.aggregates import ALL, OTHER, SEP_SERIES
 from stream_monitor.core.events import EngagementEvent, ServingEvent
+from stream_monitor.core.fields import ALL, OTHER, split_series
 from stream_monitor.core.topology import TraceRule
 
 __all__ = [
@@ -411,7 +411,7 @@ def slice_key(series: str, key_dims: Sequence[str]) -> dict[str, str]:
     >>> slice_key("m|v1|control|home|eu", ("model", "model_version", "arm", "surface", "region"))
     {'model': 'm', 'model_version': 'v1', 'arm': 'control', 'surface': 'home', 'region': 'eu'}
     """
-    values = series.split(SEP_SERIES)
+    values = split_series(series)
     if len(values) != len(key_dims):
         return {}
     return dict(zip(key_dims, values, strict=True))
@@ -428,7 +428,7 @@ def matching_slices(series: Iterable[str], key_dims: Sequence[str], pattern: Map
     wanted = [(i, pattern[d]) for i, d in enumerate(key_dims) if pattern.get(d, ALL) != ALL]
     out = []
     for s in series:
-        values = s.split(SEP_SERIES)
+        values = split_series(s)
         if len(values) == len(key_dims) and all(values[i] == v for i, v in wanted):
             out.append(s)
     return out
