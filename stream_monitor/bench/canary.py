@@ -30,6 +30,7 @@ import orjson
 from stream_monitor.config import Topics
 from stream_monitor.core.canary import CanaryAnalyzer
 from stream_monitor.core.sketch import LogBuckets
+from stream_monitor.core.stats.proportions import clopper_pearson
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
@@ -41,7 +42,6 @@ from stream_monitor.state.memory import MemoryStore
 __all__ = [
     "BAD_CANARIES",
     "CanaryRun",
-    "clopper_pearson",
     "fast_topology",
     "run_aggregate",
     "run_bench",
@@ -248,38 +248,6 @@ def run_aggregate(
         last["suspects"],
         time.perf_counter() - started,
     )
-
-
-def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval of a rate ``k / n`` (by bisection on the binomial tail; no scipy).
-
-    >>> lo, hi = clopper_pearson(0, 200)
-    >>> lo, round(hi, 4)
-    (0.0, 0.0183)
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    a = (1 - confidence) / 2
-
-    def tail_ge(p: float) -> float:  # P(X >= k)
-        return 1.0 - sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k))
-
-    def tail_le(p: float) -> float:  # P(X <= k)
-        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
-
-    def solve(f: Any, target: float, increasing: bool) -> float:
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if (f(mid) < target) == increasing:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    lower = 0.0 if k == 0 else solve(tail_ge, a, True)
-    upper = 1.0 if k == n else solve(tail_le, a, False)
-    return lower, upper
 
 
 def run_bench(

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream_monitor.bench.canary import clopper_pearson
 from stream_monitor.config import Topics
+from stream_monitor.core.stats.proportions import clopper_pearson
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline

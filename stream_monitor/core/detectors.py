@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from river import drift
 
 from stream_monitor.core.alerts import StateFormatError
+from stream_monitor.core.stats.robust import robust_location_scale
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -48,7 +49,6 @@ __all__ = [
     "SeriesDetector",
     "default_detector",
     "load_detector",
-    "robust_location_scale",
 ]
 
 DETECTOR_STATE_VERSION = 1
@@ -57,12 +57,6 @@ DEFAULT_THRESHOLD = 0.5
 # Which deviations count: above the baseline ("up": latency, error rates), below it ("down": traffic
 # volume), or either ("both": a series whose meaning is unknown).
 SIDES = ("both", "up", "down")
-
-# 1.4826 x MAD estimates the standard deviation of normal data (R's mad() applies the same constant).
-MAD_TO_SIGMA = 1.4826
-# When more than half the values are equal the MAD is 0; 1.2533 x the mean absolute deviation is then the
-# consistent estimate (the "modified z-score" fallback).
-MEAN_AD_TO_SIGMA = 1.2533
 
 
 class DetectorStateError(StateFormatError):
@@ -92,40 +86,6 @@ class SeriesDetector(Protocol):
     def from_state(cls, state: Mapping[str, Any]) -> Self:
         """Rebuild a detector from :meth:`to_state` output; raises :class:`DetectorStateError`."""
         ...
-
-
-def robust_location_scale(values: Sequence[float], min_scale: float = 0.0) -> tuple[float, float]:
-    """Median and a robust standard deviation of ``values`` (at least ``min_scale``).
-
-    The spread is the largest of three estimates, each consistent for normal data or a floor:
-
-    * 1.4826 x the MAD: robust to outliers, but it underestimates discrete or skewed noise (a p99 from a
-      few hundred requests, an error count of 0-3 per window) and is 0 when most values are equal;
-    * 1.2533 x the mean absolute deviation from the median: follows those heavier tails (one outlier
-      raises it by outlier / n, the price of that);
-    * the smallest non-zero deviation, i.e. the series' resolution (one error more, one latency bucket
-      up): a single step of a quantised series is never an anomaly on its own.
-
-    >>> robust_location_scale([1.0, 2.0, 3.0, 4.0, 5.0])
-    (3.0, 1.50396)
-    >>> robust_location_scale([0.0, 0.0, 0.0, 0.0, 1.0])  # MAD 0; one step up is the resolution
-    (0.0, 1.0)
-    """
-    ordered = sorted(values)
-    center = _median_sorted(ordered)
-    deviations = sorted(abs(v - center) for v in ordered)
-    mad = MAD_TO_SIGMA * _median_sorted(deviations)
-    mean_ad = MEAN_AD_TO_SIGMA * math.fsum(deviations) / len(deviations)
-    resolution = next((d for d in deviations if d > 0.0), 0.0)
-    return center, max(mad, mean_ad, resolution, min_scale)
-
-
-def _median_sorted(ordered: Sequence[float]) -> float:
-    n = len(ordered)
-    if n == 0:
-        raise ValueError("no values")
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _squash(excess: float, softness: float) -> float:

@@ -37,10 +37,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_monitor.core.detectors import robust_location_scale
 from stream_monitor.core.fields import ALL
 from stream_monitor.core.lineage import DeploymentRecord, ReleaseHistory, build_history
 from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.stats.robust import robust_location_scale
 
 __all__ = [
     "CAUSAL_LAYER",

@@ -55,14 +55,8 @@ import numpy.typing as npt
 import orjson
 
 from stream_monitor.core.fields import ALL, field_name, join_series, metric_prefix, split_series
-from stream_monitor.core.signals import (
-    MAX_BASELINES,
-    Breach,
-    SignalValue,
-    WindowEvaluator,
-    parse_window,
-    wilson_lower_bound,
-)
+from stream_monitor.core.signals import MAX_BASELINES, Breach, SignalValue, WindowEvaluator, parse_window
+from stream_monitor.core.stats.proportions import wilson_lower_bound, wilson_upper_bound
 from stream_monitor.core.topology import KEY_DIMS, LabelRule, Topology
 
 __all__ = [
@@ -611,17 +605,6 @@ class LabelJoin:
     @property
     def pending(self) -> int:
         return sum(buf.pending for buf in self.buffers.values())
-
-
-def wilson_upper_bound(successes: float, trials: float, z: float) -> float:
-    """One-sided Wilson score upper bound of a proportion.
-
-    >>> round(wilson_upper_bound(20, 1000, 3.09), 4)
-    0.0389
-    """
-    if trials <= 0:
-        return 1.0
-    return 1.0 - wilson_lower_bound(trials - successes, trials, z)
 
 
 RATES: Final = (("ctr", "click"), ("play_rate", "play"))

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream_monitor.core.fields import ALL, join_series
-from stream_monitor.core.profile import (
+from stream_monitor.core.profiler import feature_bins, score_bins
+from stream_monitor.core.signals import Breach, SeriesStats, SignalValue, _matches, _merged, touch_history
+from stream_monitor.core.stats.distributions import (
     benjamini_hochberg,
     drift_pvalue,
     effective_count,
@@ -40,16 +42,7 @@ from stream_monitor.core.profile import (
     top_share,
     wasserstein,
 )
-from stream_monitor.core.profiler import feature_bins, score_bins
-from stream_monitor.core.signals import (
-    Breach,
-    SeriesStats,
-    SignalValue,
-    _matches,
-    _merged,
-    touch_history,
-    wilson_lower_bound,
-)
+from stream_monitor.core.stats.proportions import wilson_lower_bound
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
 __all__ = ["PROFILE_RATE_SIGNALS", "ProfileEvaluator", "RateSpec"]

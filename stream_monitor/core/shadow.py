@@ -46,17 +46,12 @@ from typing import Any, Final, cast
 
 import orjson
 
-from stream_monitor.core.canary import (
-    MetricResult,
-    Verdict,
-    hodges_lehmann,
-    mann_whitney,
-    mixture_halfwidth,
-    rollout_entries,
-)
+from stream_monitor.core.canary import MetricResult, Verdict, rollout_entries
 from stream_monitor.core.fields import field_name, join_series, metric_prefix, split_field, split_series
 from stream_monitor.core.labels import JoinDelta, request_id_hash, sampled
 from stream_monitor.core.profile import LinearBins
+from stream_monitor.core.stats.ranks import hodges_lehmann, mann_whitney
+from stream_monitor.core.stats.sequential import mixture_halfwidth, paired_diff_cs
 from stream_monitor.core.topology import ShadowRule, Topology
 
 __all__ = [
@@ -67,7 +62,6 @@ __all__ = [
     "ShadowPairs",
     "ShadowStateError",
     "jaccard_at_k",
-    "paired_diff_cs",
     "rank_biased_overlap",
     "shadow_verdict",
 ]
@@ -384,31 +378,6 @@ class ShadowPairing:
     @property
     def pending(self) -> int:
         return sum(b.pending for b in self.buffers.values())
-
-
-def paired_diff_cs(
-    only_a: float, only_b: float, n: float, tau: float, alpha: float
-) -> tuple[float, float, float]:
-    """Difference of two rates measured on the same ``n`` units, ``p_a - p_b``, and its anytime-valid
-    bounds, from the discordant counts (``only_a``: units where only a has the event).
-
-    Each unit contributes ``d = a - b`` in {-1, 0, 1}; the variance of the mean is ``(P(d != 0) - est^2) /
-    n``, with one discordant unit of each kind added (as Agresti-Caffo do per arm) so that a run without
-    any discordant unit still has a width.
-
-    >>> est, lo, hi = paired_diff_cs(0, 0, 5_000, tau=0.005, alpha=0.01)
-    >>> est, hi < 0.005
-    (0.0, True)
-    >>> paired_diff_cs(300, 10, 5_000, tau=0.005, alpha=0.01)[1] > 0.04
-    True
-    """
-    if n <= 0:
-        return 0.0, -math.inf, math.inf
-    est = (only_a - only_b) / n
-    smoothed = (only_a - only_b) / (n + 2.0)
-    variance = max((only_a + only_b + 2.0) / (n + 2.0) - smoothed * smoothed, 0.0) / (n + 2.0)
-    hw = mixture_halfwidth(variance, tau, alpha)
-    return est, smoothed - hw, smoothed + hw
 
 
 # -- the verdict ----------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ above it (which breach only because they contain it) are not reported separately
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from stream_monitor.core.fields import ALL, ENGAGEMENT_SERIES, join_series, split_field, split_series
 from stream_monitor.core.sketch import LogBuckets
+from stream_monitor.core.stats.proportions import wilson_lower_bound
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
 __all__ = ["Breach", "SeriesStats", "SignalValue", "WindowEvaluator", "parse_window", "rollup"]
@@ -650,21 +650,6 @@ def touch_history(history: dict[str, list[float]], key: str) -> list[float]:
     while len(history) > MAX_BASELINES:
         del history[next(iter(history))]
     return past
-
-
-def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
-    """One-sided Wilson score lower bound of a proportion (z = 2.326 for 99 % confidence).
-
-    >>> round(wilson_lower_bound(4, 198, 2.326), 4), round(wilson_lower_bound(120, 800, 2.326), 3)
-    (0.0067, 0.123)
-    """
-    if trials <= 0:
-        return 0.0
-    p = successes / trials
-    z2 = z * z
-    centre = p + z2 / (2 * trials)
-    margin = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
-    return max(0.0, (centre - margin) / (1 + z2 / trials))
 
 
 def _age(seconds: float) -> str:

@@ -20,17 +20,9 @@ from jsonschema import Draft202012Validator
 from scipy import stats
 
 from stream_monitor.core.alerts import DetectorState, StateFormatError
-from stream_monitor.core.canary import (
-    CanaryAnalyzer,
-    CanaryStateError,
-    MetricResult,
-    diff_cs,
-    hodges_lehmann,
-    mann_whitney,
-    mixture_halfwidth,
-    ratio_cs,
-    score_verdict,
-)
+from stream_monitor.core.canary import CanaryAnalyzer, CanaryStateError, MetricResult, score_verdict
+from stream_monitor.core.stats.ranks import hodges_lehmann, mann_whitney
+from stream_monitor.core.stats.sequential import diff_cs, mixture_halfwidth, ratio_cs
 from stream_monitor.core.topology import CanaryRule, Topology
 from stream_monitor.core.windows import WindowSpec
 from stream_monitor.topology import TopologyError, load_topology, parse_topology

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream_monitor.bench.canary import clopper_pearson, fast_topology, run_aggregate, run_inprocess
+from stream_monitor.bench.canary import fast_topology, run_aggregate, run_inprocess
 from stream_monitor.cli.main import main
+from stream_monitor.core.stats.proportions import clopper_pearson
 from stream_monitor.core.topology import Topology
 from stream_monitor.sim import CANARY_INCIDENT_KINDS, Incident, SimConfig, TrafficSimulator, parse_incident
 from stream_monitor.topology import load_topology

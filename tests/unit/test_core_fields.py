@@ -76,7 +76,7 @@ def test_no_module_outside_the_codec_spells_the_separators() -> None:
     core = Path(fields.__file__).parent
     offenders = [
         f"{path.name}:{node.lineno}"
-        for path in sorted(core.glob("*.py"))
+        for path in sorted(core.rglob("*.py"))
         if path.name != "fields.py"
         for node in ast.walk(ast.parse(path.read_text()))
         if _spells_a_separator(node)

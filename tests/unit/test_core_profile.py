@@ -13,11 +13,10 @@ from scipy import stats as scipy_stats
 from scipy.spatial.distance import jensenshannon
 
 from stream_monitor.core.events import ServingEvent, parse_event
-from stream_monitor.core.profile import (
-    ItemBuckets,
-    LinearBins,
-    SignedLogBins,
-    ValueCap,
+from stream_monitor.core.profile import ItemBuckets, LinearBins, SignedLogBins, ValueCap
+from stream_monitor.core.profiler import Profiler
+from stream_monitor.core.signals import parse_window
+from stream_monitor.core.stats.distributions import (
     benjamini_hochberg,
     chi2_sf,
     drift_pvalue,
@@ -29,8 +28,6 @@ from stream_monitor.core.profile import (
     top_share,
     wasserstein,
 )
-from stream_monitor.core.profiler import Profiler
-from stream_monitor.core.signals import parse_window
 from stream_monitor.core.topology import FeatureRule, FeatureSpec, RankingRule, Topology
 from stream_monitor.core.windows import WindowSpec
 

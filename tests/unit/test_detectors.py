@@ -26,8 +26,8 @@ from stream_monitor.core.detectors import (
     SeriesDetector,
     default_detector,
     load_detector,
-    robust_location_scale,
 )
+from stream_monitor.core.stats.robust import robust_location_scale
 
 pytestmark = pytest.mark.unit
 

@@ -32,7 +32,9 @@ def test_importing_the_package_does_not_load_faust_or_kafka() -> None:
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "core").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE / "core"))
+)
 def test_core_imports_only_the_standard_library_numpy_and_river(path: Path) -> None:
     allowed_third_party = {"numpy", "river", "orjson"}
     tree = ast.parse(path.read_text())
