@@ -29,7 +29,7 @@ from stream_monitor.core.datasets import DatasetArrival
 from stream_monitor.core.diagnosis import Diagnosis, ExampleReservoir, Marker, SignalHistory, diagnose
 from stream_monitor.core.labels import LabelEvaluator
 from stream_monitor.core.lineage import DeploymentRecord, LineageError
-from stream_monitor.core.signals import Breach, SignalValue
+from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.window_log import WindowEntry, WindowLogError
 from stream_monitor.engine import Engine, EngineOptions
@@ -249,7 +249,7 @@ def live_state(
     that opened before the oldest kept entry. Raises :class:`LiveStateMissing` when the store holds no
     log, no checkpoint and no release history.
 
-    >>> from stream_monitor.core.signals import SignalValue
+    >>> from stream_monitor.core.series import SignalValue
     >>> from stream_monitor.state.memory import MemoryStore
     >>> store = MemoryStore()
     >>> key = ("m", "v1", "control", "home", "*", "eu", "*")

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from stream_monitor.config import Topics
 from stream_monitor.core.clock import ManualClock
 from stream_monitor.core.reference import PinnedProfile, binning, profile_fingerprint, slice_of
-from stream_monitor.core.signals import WindowEvaluator, parse_window
+from stream_monitor.core.series import parse_window
+from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import InProcessPipeline

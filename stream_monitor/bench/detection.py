@@ -66,7 +66,8 @@ from stream_monitor.core.detectors import (
     default_detector,
 )
 from stream_monitor.core.fields import ALL
-from stream_monitor.core.signals import Breach, SignalValue, WindowEvaluator
+from stream_monitor.core.series import Breach, SignalValue
+from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore

@@ -15,8 +15,8 @@ from typing import Any
 from stream_monitor.core.canary import CanaryAnalyzer, CanaryStateError
 from stream_monitor.core.fields import join_series
 from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
+from stream_monitor.core.series import Breach
 from stream_monitor.core.shadow import ShadowAnalyzer, ShadowStateError
-from stream_monitor.core.signals import Breach
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
@@ -174,7 +174,7 @@ class DetectorState:
 class AlertBook:
     """Opens, keeps and resolves alerts from per-window breaches.
 
-    >>> from stream_monitor.core.signals import Breach
+    >>> from stream_monitor.core.series import Breach
     >>> book = AlertBook(("model", "region"), topology="t")
     >>> state = DetectorState()
     >>> b = Breach("error_rate", "ratio", ("m", "eu"), 0.2, None, 0.02, "ratio", "critical", "errors")

@@ -48,7 +48,8 @@ from stream_monitor.core.detectors import (
     load_detector,
 )
 from stream_monitor.core.fields import join_series
-from stream_monitor.core.signals import Breach, SignalValue, localise
+from stream_monitor.core.series import Breach, SignalValue
+from stream_monitor.core.signals import localise
 from stream_monitor.core.topology import KEY_DIMS, AnomalyRule
 
 __all__ = ["ANOMALY_SIGNAL", "ANOMALY_STATE_VERSION", "AnomalyLayer"]

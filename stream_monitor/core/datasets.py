@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import orjson
 
 from stream_monitor.core.fields import ALL
-from stream_monitor.core.signals import Breach, SignalValue
+from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.topology import DatasetRule
 
 __all__ = ["SIGNAL", "DatasetArrival", "check_datasets"]

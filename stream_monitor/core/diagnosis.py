@@ -1,7 +1,7 @@
 """Diagnosis: from what the monitor saw around an incident to a ranked list of suspects with evidence.
 
 Input is plain data the engine already produces: per closed window the signal values
-(:class:`~stream_monitor.core.signals.SignalValue`, gathered in a :class:`SignalHistory`), the alerts
+(:class:`~stream_monitor.core.series.SignalValue`, gathered in a :class:`SignalHistory`), the alerts
 (their JSON documents), the deployments of the models (release history, core/lineage.py), dataset
 arrivals, and a bounded sample of request ids per slice and window (:class:`ExampleReservoir`).
 Output is a :class:`Diagnosis`: the symptom, ranked :class:`Suspect` s (each with the evidence that put it
@@ -39,7 +39,7 @@ from typing import Any
 
 from stream_monitor.core.fields import ALL
 from stream_monitor.core.lineage import DeploymentRecord, ReleaseHistory, build_history
-from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.series import SignalValue
 from stream_monitor.core.stats.robust import robust_location_scale
 
 __all__ = [

@@ -55,7 +55,8 @@ import numpy.typing as npt
 import orjson
 
 from stream_monitor.core.fields import ALL, field_name, join_series, metric_prefix, split_series
-from stream_monitor.core.signals import MAX_BASELINES, Breach, SignalValue, WindowEvaluator, parse_window
+from stream_monitor.core.series import MAX_BASELINES, Breach, SignalValue, parse_window
+from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.stats.proportions import wilson_lower_bound, wilson_upper_bound
 from stream_monitor.core.topology import KEY_DIMS, LabelRule, Topology
 

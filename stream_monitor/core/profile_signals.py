@@ -29,7 +29,7 @@ from typing import Any
 
 from stream_monitor.core.fields import ALL, join_series
 from stream_monitor.core.profiler import feature_bins, score_bins
-from stream_monitor.core.signals import Breach, SeriesStats, SignalValue, _matches, _merged, touch_history
+from stream_monitor.core.series import Breach, SeriesStats, SignalValue, matches_slice, merged, touch_history
 from stream_monitor.core.stats.distributions import (
     benjamini_hochberg,
     drift_pvalue,
@@ -433,8 +433,10 @@ class ProfileEvaluator:
                 for by in chosen:
                     if dim_of(by.key) == dim_of(breach.key):
                         continue
-                    rest = _merged(
-                        st for k, st in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
+                    rest = merged(
+                        st
+                        for k, st in series.items()
+                        if matches_slice(k, breach.key) and not matches_slice(k, by.key)
                     )
                     if not still_breaches(breach, rest):
                         explained = True

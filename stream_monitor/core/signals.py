@@ -10,140 +10,27 @@ above it (which breach only because they contain it) are not reported separately
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from stream_monitor.core.fields import ALL, ENGAGEMENT_SERIES, join_series, split_field, split_series
+from stream_monitor.core.fields import ALL, join_series, split_series
+from stream_monitor.core.profile_signals import PROFILE_RATE_SIGNALS, ProfileEvaluator
+from stream_monitor.core.series import (
+    Breach,
+    SeriesStats,
+    SignalValue,
+    matches_slice,
+    merged,
+    parse_window,
+    rollup,
+    touch_history,
+)
 from stream_monitor.core.sketch import LogBuckets
+from stream_monitor.core.slo import BurnRateTracker
 from stream_monitor.core.stats.proportions import wilson_lower_bound
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
-__all__ = ["Breach", "SeriesStats", "SignalValue", "WindowEvaluator", "parse_window", "rollup"]
-
-_HIST_PREFIXES = ("fv.", "fc.", "sc.", "it.")
-# Severity order, most severe first.
-SEVERITIES = ("critical", "warning", "info")
-
-
-@dataclass(slots=True)
-class SeriesStats:
-    """Sums for one series in one window."""
-
-    n: float = 0
-    counters: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, dict[int, float]] = field(default_factory=dict)
-    ages: dict[str, dict[int, float]] = field(default_factory=dict)
-    # Profile histograms (core/profiler.py): "fv.<feature>", "fc.<feature>", "sc", "it" -> {bin: count}.
-    hists: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def merge(self, other: SeriesStats) -> None:
-        self.n += other.n
-        for name, value in other.counters.items():
-            self.counters[name] = self.counters.get(name, 0) + value
-        for name, theirs in other.hists.items():
-            mine_hist = self.hists.setdefault(name, {})
-            for b, count in theirs.items():
-                mine_hist[b] = mine_hist.get(b, 0) + count
-        for mine_all, theirs_all in ((self.latency, other.latency), (self.ages, other.ages)):
-            for name, buckets in theirs_all.items():
-                mine = mine_all.setdefault(name, {})
-                for bucket, count in buckets.items():
-                    mine[bucket] = mine.get(bucket, 0) + count
-
-
-@dataclass(frozen=True, slots=True)
-class SignalValue:
-    """One computed signal value (exported as a metric)."""
-
-    signal: str
-    metric: str
-    key: tuple[str, ...]
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Breach:
-    """A signal value outside its bounds for one key."""
-
-    signal: str
-    metric: str
-    key: tuple[str, ...]
-    observed: float
-    expected: float | None
-    threshold: float | None
-    unit: str
-    severity: str
-    message: str
-
-    @property
-    def identity(self) -> tuple[str, str, tuple[str, ...]]:
-        return (self.signal, self.metric, self.key)
-
-
-def parse_window(
-    fields: Mapping[str, float], n_dims: int
-) -> tuple[dict[tuple[str, ...], SeriesStats], dict[str, float]]:
-    """Per-series statistics and engagement counts from a window's flat sums.
-
-    >>> stats, eng = parse_window({"m|v|control|home|eu#n": 3, "*#eng.click": 2}, n_dims=5)
-    >>> stats[("m", "v", "control", "home", "eu")].n, eng
-    (3, {'click': 2})
-    """
-    series: dict[tuple[str, ...], SeriesStats] = {}
-    engagement: dict[str, float] = {}
-    for name, value in fields.items():
-        series_name, metric = split_field(name)
-        if series_name == ENGAGEMENT_SERIES:
-            if metric.startswith("eng."):
-                engagement[metric[4:]] = engagement.get(metric[4:], 0) + value
-            continue
-        key = split_series(series_name)
-        if len(key) != n_dims:
-            continue  # written under another topology's dimensions; not comparable
-        stats = series.get(key)
-        if stats is None:
-            stats = series[key] = SeriesStats()
-        if metric == "n":
-            stats.n += value
-        elif metric.startswith(("lat.", "age.")):
-            name, _, bucket = metric[4:].rpartition(".")
-            histograms = stats.latency if metric[0] == "l" else stats.ages
-            buckets = histograms.setdefault(name, {})
-            buckets[int(bucket)] = buckets.get(int(bucket), 0) + value
-        elif metric.startswith(_HIST_PREFIXES):
-            if metric[0] != "f":  # "sc.<bin>", "it.<bucket>"
-                hist_name, bin_ = metric[:2], metric[3:]
-            else:  # "fv.<feature>.<bin>", "fc.<feature>.<value>" (feature names have no ".")
-                feature, _, bin_ = metric[3:].partition(".")
-                hist_name = metric[:3] + feature
-            hist = stats.hists.setdefault(hist_name, {})
-            hist[bin_] = hist.get(bin_, 0) + value
-        else:
-            stats.counters[metric] = stats.counters.get(metric, 0) + value
-    return series, engagement
-
-
-def rollup(
-    series: Mapping[tuple[str, ...], SeriesStats],
-    key_dims: tuple[str, ...],
-    keep: Iterable[str],
-) -> dict[tuple[str, ...], SeriesStats]:
-    """Merge series over every dimension not in ``keep`` (those become ``*``).
-
-    >>> s = {("m", "eu"): SeriesStats(n=2), ("m", "us"): SeriesStats(n=3)}
-    >>> {k: v.n for k, v in rollup(s, ("model", "region"), keep=("model",)).items()}
-    {('m', '*'): 5}
-    """
-    kept = {i for i, d in enumerate(key_dims) if d in set(keep)}
-    merged: dict[tuple[str, ...], SeriesStats] = {}
-    for key, stats in series.items():
-        rolled = tuple(v if i in kept else ALL for i, v in enumerate(key))
-        target = merged.get(rolled)
-        if target is None:
-            target = merged[rolled] = SeriesStats()
-        target.merge(stats)
-    return merged
+__all__ = ["WindowEvaluator", "localise"]
 
 
 class WindowEvaluator:
@@ -157,17 +44,11 @@ class WindowEvaluator:
         self.buckets = LogBuckets(topology.relative_accuracy)
         self._key_dims = topology.key_dims
         self._rate_rules = {rule.signal: rule for rule in topology.rates}
-        # Imported here: profile_signals builds on this module's types.
-        from stream_monitor.core.profile_signals import PROFILE_RATE_SIGNALS, ProfileEvaluator
-
         self.profile = ProfileEvaluator(topology)
         self._profile_rates = PROFILE_RATE_SIGNALS
         # Observer of each window's values and raw breaches before localisation (benchmarks compare
         # systems on them): called as on_raw_breaches(values, breaches).
         self.on_raw_breaches: Callable[[list[SignalValue], list[Breach]], None] | None = None
-        # Imported here: core/slo.py builds on this module's classes.
-        from stream_monitor.core.slo import BurnRateTracker
-
         self.slo = BurnRateTracker(topology.slo, topology.window.size_ms, self.buckets)
 
     def levels(
@@ -306,17 +187,17 @@ class WindowEvaluator:
         localising = [
             dim
             for dim, values in partial.items()
-            if not breaches(_merged(st for k, st in members.items() if k[dim] not in values))
+            if not breaches(merged(st for k, st in members.items() if k[dim] not in values))
         ]
         if not localising and partial:
             # No single dimension explains it, but maybe several together (eu and android at once).
-            rest = _merged(
+            rest = merged(
                 st for k, st in members.items() if not any(k[d] in values for d, values in partial.items())
             )
             if rest.n and not breaches(rest):
                 localising = list(partial)
         slices = [b for b in group if _only_dim(b.key, n_base) in localising]
-        share = {id(b): sum(st.n for k, st in members.items() if _matches(k, b.key)) for b in slices}
+        share = {id(b): sum(st.n for k, st in members.items() if matches_slice(k, b.key)) for b in slices}
         chosen: list[Breach] = []
         # Strongest first (the source of a tail problem has the worst tail), then the narrowest slice.
         for breach in sorted(slices, key=lambda b: (-_strength(b), share[id(b)])):
@@ -342,7 +223,7 @@ class WindowEvaluator:
                     break
         if chosen:
             if top is not None and breaches(
-                _merged(st for k, st in members.items() if not any(_matches(k, c.key) for c in chosen))
+                merged(st for k, st in members.items() if not any(matches_slice(k, c.key) for c in chosen))
             ):
                 chosen.append(top)  # a global problem on top of the local ones
             return chosen
@@ -366,8 +247,8 @@ class WindowEvaluator:
         to be back below the alert's clearing level (threshold x clear_ratio), not just the threshold:
         it takes that much to claim a slice's whole problem sits inside another slice.
         """
-        residual = _merged(
-            s for k, s in series.items() if _matches(k, breach.key) and not _matches(k, by.key)
+        residual = merged(
+            s for k, s in series.items() if matches_slice(k, breach.key) and not matches_slice(k, by.key)
         )
         # Whether what is left still breaches is judged like an alert (with confidence for rates);
         # "clearly" below the clearing level is judged on the plain value.
@@ -636,22 +517,6 @@ class WindowEvaluator:
                 del past[: -rule.baseline_windows]
 
 
-MAX_BASELINES = 20_000
-
-
-def touch_history(history: dict[str, list[float]], key: str) -> list[float]:
-    """The history under ``key``, moved to the end of the (insertion-ordered) dict.
-
-    The dict is thereby ordered by last use, so the least recently used histories (of series that went
-    away) are the first dropped once there are more than MAX_BASELINES.
-    """
-    past = history.pop(key, [])
-    history[key] = past
-    while len(history) > MAX_BASELINES:
-        del history[next(iter(history))]
-    return past
-
-
 def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
@@ -664,18 +529,6 @@ def _only_dim(key: tuple[str, ...], n_base: int) -> int | None:
     """The one segment dimension a roll-up key fixes (None for the top level or several dimensions)."""
     fixed = [i for i in range(n_base, len(key)) if key[i] != ALL]
     return fixed[0] if len(fixed) == 1 else None
-
-
-def _merged(parts: Iterable[SeriesStats]) -> SeriesStats:
-    total = SeriesStats()
-    for part in parts:
-        total.merge(part)
-    return total
-
-
-def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
-    """Whether a full series key falls in the slice ``pattern`` (``*`` matches anything)."""
-    return all(p in (ALL, k) for k, p in zip(key, pattern, strict=True))
 
 
 def localise(breaches: list[Breach], values: list[SignalValue], key_dims: tuple[str, ...]) -> list[Breach]:

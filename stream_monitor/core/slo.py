@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from stream_monitor.core.fields import ALL, join_series, split_series
-from stream_monitor.core.signals import Breach, SeriesStats, SignalValue
+from stream_monitor.core.series import Breach, SeriesStats, SignalValue
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import KEY_DIMS, SloObjective, SloRule
 

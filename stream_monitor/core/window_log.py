@@ -25,7 +25,7 @@ import orjson
 
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL
 from stream_monitor.core.datasets import SIGNAL as DATASET_SIGNAL
-from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.series import SignalValue
 from stream_monitor.core.slo import SIGNAL as SLO_SIGNAL
 
 __all__ = ["FORMAT", "NOT_LOGGED", "WindowEntry", "WindowLogError"]

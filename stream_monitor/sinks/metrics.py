@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.series import SignalValue
 
 if TYPE_CHECKING:
     from stream_monitor.core.labels import JoinDelta, LabelJoin

@@ -10,7 +10,7 @@ import pytest
 
 from stream_monitor.core.alerts import DetectorState
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL, AnomalyLayer
-from stream_monitor.core.signals import Breach, SignalValue
+from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.topology import AnomalyRule, AnomalySeries
 from stream_monitor.topology import TopologyError, parse_topology
 

@@ -24,7 +24,8 @@ from stream_monitor.core.aggregates import (
     WindowAccumulator,
 )
 from stream_monitor.core.events import EngagementEvent, ServingEvent
-from stream_monitor.core.signals import WindowEvaluator, parse_window
+from stream_monitor.core.series import parse_window
+from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.topology import LatencyRule, Topology
 from stream_monitor.core.windows import WindowSpec

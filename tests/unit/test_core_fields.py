@@ -10,7 +10,7 @@ import pytest
 from stream_monitor.core import fields
 from stream_monitor.core.aggregates import SeriesKeyer, WindowAccumulator
 from stream_monitor.core.events import ServingEvent
-from stream_monitor.core.signals import parse_window
+from stream_monitor.core.series import parse_window
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.windows import WindowSpec
 

@@ -15,7 +15,7 @@ from scipy.spatial.distance import jensenshannon
 from stream_monitor.core.events import ServingEvent, parse_event
 from stream_monitor.core.profile import ItemBuckets, LinearBins, SignedLogBins, ValueCap
 from stream_monitor.core.profiler import Profiler
-from stream_monitor.core.signals import parse_window
+from stream_monitor.core.series import parse_window
 from stream_monitor.core.stats.distributions import (
     benjamini_hochberg,
     chi2_sf,

@@ -17,15 +17,8 @@ from hypothesis import strategies as st
 from stream_monitor.core.aggregates import WindowAccumulator
 from stream_monitor.core.alerts import STATE_VERSION, Alert, AlertBook, DetectorState, StateFormatError
 from stream_monitor.core.events import ServingEvent
-from stream_monitor.core.signals import (
-    Breach,
-    SeriesStats,
-    SignalValue,
-    WindowEvaluator,
-    localise,
-    parse_window,
-    rollup,
-)
+from stream_monitor.core.series import Breach, SeriesStats, SignalValue, parse_window, rollup
+from stream_monitor.core.signals import WindowEvaluator, localise
 from stream_monitor.core.sketch import ZERO_BUCKET
 from stream_monitor.core.topology import LatencyRule, Topology, VolumeRule
 from stream_monitor.core.windows import WindowSpec

@@ -21,7 +21,7 @@ from stream_monitor.core.diagnosis import (
     onset_of,
 )
 from stream_monitor.core.lineage import DeploymentRecord
-from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.series import SignalValue
 from stream_monitor.core.window_log import WindowEntry
 from stream_monitor.diagnose_report import render_html, render_text
 from stream_monitor.diagnosing import DiagnosisRecorder, LiveStateMissing, live_state

@@ -28,7 +28,7 @@ from stream_monitor.core.lineage import (
     build_history,
     lineage_for,
 )
-from stream_monitor.core.signals import Breach
+from stream_monitor.core.series import Breach
 from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import Incident, SimConfig, TrafficSimulator

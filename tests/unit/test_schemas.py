@@ -410,7 +410,7 @@ def test_documented_check_jsonschema_command_works(tmp_path: Path) -> None:
 
 def test_alerts_from_the_alert_book_follow_the_schema() -> None:
     from stream_monitor.core.alerts import AlertBook, DetectorState
-    from stream_monitor.core.signals import Breach
+    from stream_monitor.core.series import Breach
 
     dims = ("model", "model_version", "arm", "surface", "platform", "region", "tenure")
     key = ("home-ranker", "2026.11.24-1", "canary", "home", "*", "eu", "*")
@@ -450,7 +450,7 @@ def test_dead_letters_from_the_sink_follow_the_schema() -> None:
 
 def test_alerts_carry_a_runbook_and_an_action_also_when_opened_before_they_existed() -> None:
     from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
-    from stream_monitor.core.signals import Breach
+    from stream_monitor.core.series import Breach
 
     dims = ("model", "model_version", "arm", "surface", "platform", "region", "tenure")
     key = ("home-ranker", "2026.11.24-1", "canary", "home", "*", "*", "*")

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_monitor.core.alerts import AlertBook, DetectorState
-from stream_monitor.core.signals import Breach, SeriesStats, SignalValue, WindowEvaluator
+from stream_monitor.core.series import Breach, SeriesStats, SignalValue
+from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.slo import BurnRateTracker, burn_rate, good_and_bad
 from stream_monitor.core.topology import (

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_monitor.core.signals import SignalValue
+from stream_monitor.core.series import SignalValue
 from stream_monitor.core.window_log import NOT_LOGGED, WindowEntry, WindowLogError
 
 pytestmark = pytest.mark.unit
