@@ -584,8 +584,11 @@ def diagnose(
     quiet = _moved_suspects(history, set(groups), key_dims, segment_dims, lo, hi, first, horizon_end)
     # Quiet movers count as consequences a release may explain (a CTR that moved without an alert yet).
     release_suspects = _release_suspects(histories, [*groups.values(), *quiet], first, size, lo, hi, history)
+    # Equal scores (a drop seen alike in every slice of a dimension) rank by onset, then by name: the
+    # order must not depend on the order alerts or series were met in (set order differs run to run).
     suspects = sorted(
-        [*groups.values(), *release_suspects, *quiet], key=lambda s: (-s.score, s.onset_ms or 0)
+        [*groups.values(), *release_suspects, *quiet],
+        key=lambda s: (-round(s.score, 9), s.onset_ms or 0, s.name),
     )
 
     # 3. Examples of the top suspects' slices around their onsets.

@@ -97,6 +97,21 @@ def test_upstream_first_mover_outranks_its_downstream_consequences() -> None:
     assert doc["suspects"][0]["slice"] == "region=eu"
 
 
+def test_equally_scored_suspects_rank_the_same_whatever_order_the_alerts_came_in() -> None:
+    """A drop seen alike in three slices scores them alike; their order must not follow input order
+    (which follows set iteration, and so the process's hash seed)."""
+    slices = [{"model": "m", "tenure": "new"}, {"model": "m", "tenure": "established"}, {"model": "m"}]
+    history = SignalHistory(M)
+    for i in range(30):
+        history.add(i * M, [SignalValue("volume", "count", ("m", "*", "c", "h", "*", "*", "*"), 100.0)])
+    orders = []
+    for order in (slices, slices[::-1], slices[1:] + slices[:1]):
+        alerts = [_alert("volume", "count", 20 * M, key) for key in order]
+        orders.append([s.name for s in diagnose(history, alerts, DIMS, SEG).suspects])
+    assert orders[0] == orders[1] == orders[2]
+    assert len(orders[0]) == 3
+
+
 def test_the_timeline_marks_only_alerted_suspects_as_alerts() -> None:
     # Latency in eu alerts at window 20; the eu error rate leaves its band at 21 without an alert.
     eu_key = ("m", "*", "c", "h", "*", "eu", "*")
