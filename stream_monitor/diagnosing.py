@@ -1,8 +1,8 @@
 """Gather what :func:`stream_monitor.core.diagnosis.diagnose` needs, from a recording or from live state.
 
-* :class:`DiagnosisRecorder` hooks into an in-process :class:`~stream_monitor.engine.Engine` (the one
-  ``replay`` and the benchmarks run): every closed window's signal values (the evaluator's public
-  ``on_raw_breaches`` hook and the label evaluator), the alerts, the release history from the store, the
+* :class:`DiagnosisRecorder` observes an in-process :class:`~stream_monitor.engine.Engine` (the one
+  ``replay`` and the benchmarks run): every closed window's signal and label values (as a
+  :class:`~stream_monitor.core.observers.WindowObserver`), the alerts, the release history from the store, the
   dataset arrivals and a bounded reservoir of request ids per (window, slice) from the serving events.
 * :func:`replay_file` runs a JSONL recording through it, with no servers.
 * :func:`live_state` reads what the worker keeps in its state store (Redis): the diagnosis log of the
@@ -27,15 +27,15 @@ from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, DetectorState, StateFormatError
 from stream_monitor.core.datasets import DatasetArrival
 from stream_monitor.core.diagnosis import Diagnosis, ExampleReservoir, Marker, SignalHistory, diagnose
-from stream_monitor.core.labels import LabelEvaluator
 from stream_monitor.core.lineage import DeploymentRecord, LineageError
-from stream_monitor.core.series import Breach, SignalValue
+from stream_monitor.core.observers import LABELS, SIGNALS, ClosedWindow
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.window_log import WindowEntry, WindowLogError
 from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
+from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sinks.base import DeadLetter, ListSink
 from stream_monitor.state.base import StateStore
+from stream_monitor.state.memory import MemoryStore
 from stream_monitor.state.traces import TraceStore, example_ids
 
 __all__ = [
@@ -55,17 +55,15 @@ class LiveStateMissing(RuntimeError):
     """The state store holds nothing to diagnose (no checkpoint, no history)."""
 
 
-class _RecordingLabels(LabelEvaluator):
-    def __init__(self, topology: Topology, recorder: DiagnosisRecorder) -> None:
-        super().__init__(topology)
-        self.recorder = recorder
+class _HistoryRecorder:
+    """Adds each closed window's signal and label values to the diagnosis history: the series a
+    diagnosis ranks (burn rates, dataset checks and anomaly scores are views of those, not causes)."""
 
-    def evaluate(
-        self, fields: Mapping[str, float], baselines: dict[str, list[float]]
-    ) -> tuple[list[SignalValue], list[Breach]]:
-        values, breaches = super().evaluate(fields, baselines)
-        self.recorder.history.add(self.recorder.store.reading, values)
-        return values, breaches
+    def __init__(self, history: SignalHistory) -> None:
+        self.history = history
+
+    def on_closed(self, window: ClosedWindow) -> None:
+        self.history.add(window.start, window.values_of(SIGNALS, LABELS))
 
 
 class _CountingDeadLetters:
@@ -94,11 +92,12 @@ class DiagnosisRecorder:
         self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None
     ):
         self.topology = topology
-        self.store = WindowNotingStore()
+        self.store = MemoryStore()
         self.sink = ListSink()
         self.dead = _CountingDeadLetters()
         self.clock = EventTimeClock(start_ms)
         topics = topics or Topics()
+        self.history = SignalHistory(topology.window.size_ms)
         self.engine = Engine(
             topology,
             self.store,
@@ -112,17 +111,11 @@ class DiagnosisRecorder:
                 serving_topic=topics.serving,
                 engagement_topic=topics.engagement,
             ),
+            observers=[_HistoryRecorder(self.history)],
         )
-        size = topology.window.size_ms
-        self.history = SignalHistory(size)
-        self.examples = ExampleReservoir(size)
+        self.examples = ExampleReservoir(topology.window.size_ms)
         self.datasets: list[Marker] = []
-        self.engine.evaluator.on_raw_breaches = self._on_values
-        self.engine.label_evaluator = _RecordingLabels(topology, self)
         self.pipeline = InProcessPipeline(self.engine, topics, partitions=partitions)
-
-    def _on_values(self, values: list[SignalValue], _raw: list[Breach]) -> None:
-        self.history.add(self.store.reading, values)
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """Note what the diagnosis needs from one event (request ids, dataset arrivals)."""

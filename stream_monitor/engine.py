@@ -38,6 +38,16 @@ from stream_monitor.core.events import (
 from stream_monitor.core.labels import JoinDelta, LabelEvaluator, LabelJoin
 from stream_monitor.core.lineage import DeploymentRecord, LineageError, ReleaseHistory, build_history
 from stream_monitor.core.lineage import lineage_for as _lineage_for
+from stream_monitor.core.observers import (
+    ANOMALY,
+    DATASETS,
+    LABELS,
+    SIGNALS,
+    SLO,
+    ClosedWindow,
+    WindowObserver,
+)
+from stream_monitor.core.series import SignalValue
 from stream_monitor.core.shadow import EMPTY, ERROR, FALLBACK, OK, ShadowAnalyzer, ShadowPairing
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
@@ -151,6 +161,7 @@ class Engine:
         options: EngineOptions | None = None,
         health_sink: HealthSink | None = None,
         traces: TraceStore | None = None,
+        observers: Sequence[WindowObserver] = (),
     ) -> None:
         self.topology = topology
         self.store = store
@@ -159,6 +170,8 @@ class Engine:
         self.clock = clock
         self.metrics = metrics
         self.options = options or EngineOptions()
+        # Told of every window this engine closes (diagnose, bench detection): see core/observers.py.
+        self.observers = list(observers)
         self.accumulator = WindowAccumulator(topology)
         self.evaluator = WindowEvaluator(topology)
         self.anomaly = AnomalyLayer(topology.anomaly, topology.key_dims, topology.window.size_ms)
@@ -765,7 +778,7 @@ class Engine:
         for window_start in starts:
             end = window_start + size
             fields = self.store.read_window(window_start)
-            values, breaches, _engagement = self.evaluator.evaluate(
+            evaluation = self.evaluator.evaluate(
                 fields,
                 state.volume_history,
                 state.volume_absent,
@@ -773,22 +786,31 @@ class Engine:
                 profiles=state.profiles,
                 slo_history=state.slo_history,
             )
+            families: dict[str, tuple[SignalValue, ...]] = {
+                SIGNALS: tuple(evaluation.values),
+                SLO: tuple(evaluation.slo_values),
+            }
+            values = evaluation.all_values
+            breaches = evaluation.breaches
             if arrivals is not None:
                 more_values, more_breaches = check_datasets(
                     self.topology.datasets, arrivals, end, len(self.topology.key_dims)
                 )
+                families[DATASETS] = tuple(more_values)
                 values.extend(more_values)
                 breaches.extend(more_breaches)
             label_fields: dict[str, float] = {}
             if self.labels is not None:
                 label_fields = self.store.read_labels(window_start)
                 label_values, label_breaches = self.label_evaluator.evaluate(label_fields, state.baselines)
+                families[LABELS] = tuple(label_values)
                 values.extend(label_values)
                 breaches.extend(label_breaches)
             if self.anomaly.enabled:
                 scores, anomalies = self.anomaly.evaluate(
                     values, breaches, state.anomaly, end, state.open_alerts.keys()
                 )
+                families[ANOMALY] = tuple(scores)
                 values.extend(scores)
                 breaches.extend(anomalies)
             evaluated = {(v.signal, v.metric, v.key): v.value for v in values}
@@ -811,6 +833,12 @@ class Engine:
             emitted.extend(alerts)
             self.windows_closed += 1
             self._record_close(values, alerts, state, end, now)
+            if self.observers:
+                closed = ClosedWindow(
+                    window_start, end, now, families, evaluation.raw_breaches, tuple(alerts)
+                )
+                for observer in self.observers:
+                    observer.on_closed(closed)
         self._closed_before = self.store.closed_before()
         if self.metrics and starts:
             self.publish_model_info()

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert
 from stream_monitor.engine import Engine
-from stream_monitor.state.memory import MemoryStore
 
-__all__ = ["EventTimeClock", "InProcessPipeline", "WindowNotingStore"]
+__all__ = ["EventTimeClock", "InProcessPipeline"]
 
 KINDS = ("serving", "engagement", "deployment", "dataset")
 
@@ -66,26 +65,3 @@ class InProcessPipeline:
         """Commit what was fed and close every window that is ready."""
         self.engine.flush()
         return self.engine.close_ready(final=final)
-
-
-class WindowNotingStore(MemoryStore):
-    """The memory store, noting which window the closer reads: the evaluator's hooks are told the window's
-    values but not its start (benchmarks and ``diagnose`` record per-window series through them).
-
-    >>> store = WindowNotingStore()
-    >>> _ = store.read_window(60_000)
-    >>> store.reading
-    60000
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reading = 0
-
-    def read_window(self, start: int) -> dict[str, float]:
-        self.reading = start
-        return super().read_window(start)
-
-    def read_labels(self, start: int) -> dict[str, float]:
-        self.reading = start
-        return super().read_labels(start)

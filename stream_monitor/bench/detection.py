@@ -57,7 +57,6 @@ import orjson
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL
-from stream_monitor.core.clock import Clock
 from stream_monitor.core.detectors import (
     DEFAULT_THRESHOLD,
     RiverDrift,
@@ -66,13 +65,15 @@ from stream_monitor.core.detectors import (
     default_detector,
 )
 from stream_monitor.core.fields import ALL
+from stream_monitor.core.observers import SIGNALS, ClosedWindow
 from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
 from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.inprocess import EventTimeClock, InProcessPipeline, WindowNotingStore
+from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
+from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
 
 __all__ = [
@@ -228,30 +229,15 @@ class _WindowObserver:
     def __init__(self) -> None:
         self.fired: list[Fired] = []
 
+    def on_closed(self, window: ClosedWindow) -> None:
+        """Each system sees the monitor's own signal values and its breaches before localisation."""
+        raw = list(window.raw_breaches)
+        self.on_window(window.start, window.end, window.values_of(SIGNALS), raw, window.now_ms)
+
     def on_window(
         self, start: int, end: int, values: list[SignalValue], raw: list[Breach], now_ms: int
     ) -> None:
         raise NotImplementedError
-
-
-class _RecordingEvaluator(WindowEvaluator):
-    """The production evaluator, unchanged, that also hands each window's values and raw (not localised)
-    breaches to observers (through the evaluator's ``on_raw_breaches`` hook)."""
-
-    def __init__(
-        self, topology: Topology, store: WindowNotingStore, clock: Clock, observers: Sequence[_WindowObserver]
-    ) -> None:
-        super().__init__(topology)
-        self.store = store
-        self.clock = clock
-        self.observers = observers
-        self.on_raw_breaches = self._observe
-
-    def _observe(self, values: list[SignalValue], raw: list[Breach]) -> None:
-        start = self.store.reading
-        end = start + self.topology.window.size_ms
-        for observer in self.observers:
-            observer.on_window(start, end, values, list(raw), self.clock.now_ms())
 
 
 def _fired(system: str, alert: Alert) -> Fired:
@@ -449,13 +435,17 @@ def _run_traffic(
     """One simulated run through the in-process pipeline; every system's alert openings, windows closed."""
     sim = TrafficSimulator(seed=seed, start_ms=start_ms, rate_per_s=config.rate_per_s, incidents=incidents)
     sink = ListSink()
-    store = WindowNotingStore()
     clock = EventTimeClock(start_ms)
-    engine = Engine(
-        topology, store, sink, sink, clock, options=EngineOptions(worker_id="bench", auto_claim=True)
-    )
     observers: list[_WindowObserver] = [_StaticAll(topology), _DetectorStack(topology.key_dims)]
-    engine.evaluator = _RecordingEvaluator(topology, store, clock, observers)
+    engine = Engine(
+        topology,
+        MemoryStore(),
+        sink,
+        sink,
+        clock,
+        options=EngineOptions(worker_id="bench", auto_claim=True),
+        observers=observers,
+    )
     naive = _NaiveEventBaselines(seed, topology.window.size_ms, config.hst_q) if config.naive else None
     pipeline = InProcessPipeline(engine, Topics(), partitions=4)
     end_ms = start_ms + duration_s * 1000

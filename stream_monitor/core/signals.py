@@ -10,7 +10,8 @@ above it (which breach only because they contain it) are not reported separately
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from stream_monitor.core.fields import ALL, join_series, split_series
@@ -30,7 +31,27 @@ from stream_monitor.core.slo import BurnRateTracker
 from stream_monitor.core.stats.proportions import wilson_lower_bound
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
-__all__ = ["WindowEvaluator", "localise"]
+__all__ = ["WindowEvaluation", "WindowEvaluator", "localise"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEvaluation:
+    """What :meth:`WindowEvaluator.evaluate` finds in one window.
+
+    ``values`` are the window's own signals and ``slo_values`` the error-budget burn rates (both are
+    exported); ``breaches`` are localised (and hold the burn alerts), ``raw_breaches`` the window's own
+    signal breaches before localisation; ``engagement`` the window's engagement counts per action.
+    """
+
+    values: list[SignalValue]
+    slo_values: list[SignalValue]
+    breaches: list[Breach]
+    raw_breaches: tuple[Breach, ...]
+    engagement: dict[str, float]
+
+    @property
+    def all_values(self) -> list[SignalValue]:
+        return [*self.values, *self.slo_values]
 
 
 class WindowEvaluator:
@@ -46,9 +67,6 @@ class WindowEvaluator:
         self._rate_rules = {rule.signal: rule for rule in topology.rates}
         self.profile = ProfileEvaluator(topology)
         self._profile_rates = PROFILE_RATE_SIGNALS
-        # Observer of each window's values and raw breaches before localisation (benchmarks compare
-        # systems on them): called as on_raw_breaches(values, breaches).
-        self.on_raw_breaches: Callable[[list[SignalValue], list[Breach]], None] | None = None
         self.slo = BurnRateTracker(topology.slo, topology.window.size_ms, self.buckets)
 
     def levels(
@@ -69,8 +87,8 @@ class WindowEvaluator:
         baselines: dict[str, list[float]] | None = None,
         profiles: dict[str, Any] | None = None,
         slo_history: dict[str, list[int]] | None = None,
-    ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
-        """Signal values, localised breaches and engagement counts for one window.
+    ) -> WindowEvaluation:
+        """Signal values, breaches (localised, and before localisation) and engagement counts of a window.
 
         ``baselines`` holds the trailing history of the baseline-relative signals (candidate-source
         shares, engagement ratio, slate statistics), keyed ``signal|metric|series``; ``profiles`` the
@@ -94,15 +112,14 @@ class WindowEvaluator:
         self.profile.evaluate(
             by_version, {} if profiles is None else profiles, history, values, ceiling, floor, series
         )
-        if self.on_raw_breaches is not None:
-            self.on_raw_breaches(values, [*ceiling, *floor])
+        raw = (*ceiling, *floor)
         kept = self.explain_away(ceiling, series) + localise(floor, values, self._key_dims)
+        slo_values: list[SignalValue] = []
         if slo_history is not None and self.topology.slo.objectives:
             # Burn alerts are symptoms on whole series, not localised: appended as they are.
             slo_values, slo_breaches = self.slo.update(by_version, slo_history)
-            values.extend(slo_values)
             kept.extend(slo_breaches)
-        return values, kept, engagement
+        return WindowEvaluation(values, slo_values, kept, raw, engagement)
 
     def clear_ratios(self) -> dict[str, float]:
         """Per ceiling signal, the share of its threshold a value must fall under to resolve an alert."""

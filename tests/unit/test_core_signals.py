@@ -86,7 +86,8 @@ def _key(platform: str = "*", region: str = "*", version: str = "v1") -> tuple[s
 def _evaluate(
     topo: Topology, fields: dict[str, float], history: dict[str, list[float]] | None = None
 ) -> tuple[list[SignalValue], list[Breach], dict[str, float]]:
-    return WindowEvaluator(topo).evaluate(fields, {} if history is None else history, {})
+    found = WindowEvaluator(topo).evaluate(fields, {} if history is None else history, {})
+    return found.all_values, found.breaches, found.engagement
 
 
 # -- parse_window / rollup ------------------------------------------------------------------------------
@@ -321,7 +322,8 @@ class _Volume:
             fields["m|v1|control|home#n"] = count
         for version, n in versions.items():
             fields[f"m|{version}|control|home#n"] = n
-        values, breaches, _ = self.evaluator.evaluate(fields, self.history, self.absent)
+        found = self.evaluator.evaluate(fields, self.history, self.absent)
+        values, breaches = found.all_values, found.breaches
         return [v for v in values if v.signal == "volume"], [b for b in breaches if b.signal == "volume"]
 
 
@@ -499,13 +501,11 @@ def test_localisation_keeps_a_subset_and_never_drops_a_whole_group(
 ) -> None:
     topo = _topology()
     evaluator = WindowEvaluator(topo)
-    seen: list[Breach] = []
-    # The breaches before localisation (a rate over its ceiling *with confidence*: 2 errors in 50 requests
-    # are 4 % but no breach), through the evaluator's public hook.
-    evaluator.on_raw_breaches = lambda _values, raw_breaches: seen.extend(raw_breaches)
-    _values, breaches, _ = evaluator.evaluate(_window(topo, _cells(cells)), {}, {})
-    raw = {b.key for b in seen if b.signal == "error_rate"}
-    kept = [b.key for b in breaches if b.signal == "error_rate"]
+    # The breaches before localisation: a rate over its ceiling *with confidence* (2 errors in 50 requests
+    # are 4 % but no breach).
+    found = evaluator.evaluate(_window(topo, _cells(cells)), {}, {})
+    raw = {b.key for b in found.raw_breaches if b.signal == "error_rate"}
+    kept = [b.key for b in found.breaches if b.signal == "error_rate"]
     assert len(kept) == len(set(kept))
     assert set(kept) <= raw  # never invents a breach
     assert bool(kept) == bool(raw)  # something is reported whenever something breaches

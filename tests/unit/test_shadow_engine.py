@@ -365,7 +365,7 @@ def test_shadow_events_do_not_dilute_the_engagement_ratio() -> None:
     with_shadow = {**base, "m|v2|shadow|home|ios|us|new#n": 1_000.0}
 
     def ratio(fields: dict[str, float]) -> float:
-        values, _breaches, _ = evaluator.evaluate(fields, {}, {}, {})
+        values = evaluator.evaluate(fields, {}, {}, {}).all_values
         return next(v.value for v in values if v.signal == "engagement_ratio")
 
     assert ratio(with_shadow) == ratio(base) == 2.5

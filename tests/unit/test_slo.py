@@ -262,10 +262,12 @@ def test_the_evaluator_computes_burn_rates_only_with_a_history() -> None:
     evaluator = WindowEvaluator(topology)
     fields = {"m|v1|control|home|eu#n": 200.0, "m|v1|control|home|eu#err": 100.0}
     fields[f"m|v1|control|home|eu#lat.total.{BUCKETS.bucket(50.0)}"] = 200.0
-    values, breaches, _ = evaluator.evaluate(fields, {}, {})
+    found = evaluator.evaluate(fields, {}, {})
+    values, breaches = found.all_values, found.breaches
     assert not [v for v in values if v.signal == "error_budget_burn"]
     history: dict[str, list[int]] = {}
-    values, breaches, _ = evaluator.evaluate(fields, {}, {}, {}, slo_history=history)
+    found = evaluator.evaluate(fields, {}, {}, {}, slo_history=history)
+    values, breaches = found.all_values, found.breaches
     burns = {(v.metric, v.key): v.value for v in values if v.signal == "error_budget_burn"}
     top = ("m", "v1", "control", "home", "*")
     assert burns[("availability.page", top)] == 500.0  # 50 % errors against 0.1 %
@@ -351,7 +353,7 @@ def test_burn_rates_reach_prometheus_with_bounded_labels() -> None:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry, topology.segment_dims)
     history: dict[str, list[int]] = {}
-    values, _, _ = evaluator.evaluate(fields, {}, {}, {}, slo_history=history)
+    values = evaluator.evaluate(fields, {}, {}, {}, slo_history=history).all_values
     metrics.set_signals(values)
     samples = [
         s.labels
