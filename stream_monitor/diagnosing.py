@@ -31,7 +31,6 @@ from stream_monitor.core.lineage import DeploymentRecord, LineageError
 from stream_monitor.core.observers import LABELS, SIGNALS, ClosedWindow
 from stream_monitor.core.topology import Topology
 from stream_monitor.core.window_log import WindowEntry, WindowLogError
-from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sinks.base import DeadLetter, ListSink
 from stream_monitor.state.base import StateStore
@@ -48,7 +47,6 @@ __all__ = [
 ]
 
 STEP_LINES = 5_000
-_KINDS = frozenset({"serving", "engagement", "deployment", "dataset"})
 
 
 class LiveStateMissing(RuntimeError):
@@ -96,26 +94,21 @@ class DiagnosisRecorder:
         self.sink = ListSink()
         self.dead = _CountingDeadLetters()
         self.clock = EventTimeClock(start_ms)
-        topics = topics or Topics()
         self.history = SignalHistory(topology.window.size_ms)
-        self.engine = Engine(
+        self.pipeline = InProcessPipeline.build(
             topology,
-            self.store,
-            self.sink,
-            self.dead,
-            self.clock,
-            options=EngineOptions(
-                worker_id="diagnose",
-                auto_claim=True,
-                max_future_ms=10**12,
-                serving_topic=topics.serving,
-                engagement_topic=topics.engagement,
-            ),
+            alerts=self.sink,
+            deadletters=self.dead,
+            clock=self.clock,
+            topics=topics,
+            partitions=partitions,
+            worker_id="diagnose",
+            store=self.store,
             observers=[_HistoryRecorder(self.history)],
         )
+        self.engine = self.pipeline.engine
         self.examples = ExampleReservoir(topology.window.size_ms)
         self.datasets: list[Marker] = []
-        self.pipeline = InProcessPipeline(self.engine, topics, partitions=partitions)
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """Note what the diagnosis needs from one event (request ids, dataset arrivals)."""
@@ -135,28 +128,15 @@ class DiagnosisRecorder:
             label = f"{event.get('name')} {event.get('partition')} ({event.get('rows')} rows)"
             self.datasets.append(Marker(ts, "dataset", label))
 
-    def feed(self, line: bytes, event: Mapping[str, Any] | None = None) -> None:
-        """One JSONL line (``event``: its parsed form, when the caller has it)."""
-        if event is None:
-            try:
-                parsed = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                parsed = None
-            event = parsed if isinstance(parsed, dict) else None
-        kind: str | None = None
-        key: bytes | None = None
+    def feed(self, line: bytes, event: dict[str, Any] | None = None) -> None:
+        """One JSONL line (``event``: its decoded JSON object, when the caller has it)."""
+        # Routed as the worker's topics carry it (inprocess.py): the label join needs serving and
+        # engagement on their own co-partitioned topics.
+        doc = self.pipeline.feed_line(line) if event is None else event
         if event is not None:
-            ts = event.get("ts")
-            if isinstance(ts, int) and not isinstance(ts, bool):
-                self.clock.observe(ts)
-            self.observe(event)
-            # On its own topic, keyed as the producers key it: the label join pairs the serving and
-            # engagement topics' partitions, so a mixed "replay" topic would never join a label.
-            if event.get("type") in _KINDS:
-                kind = str(event["type"])
-                ident = event.get("request_id") if kind in ("serving", "engagement") else event.get("model")
-                key = ident.encode() if isinstance(ident, str) else None
-        self.pipeline.feed(kind, key, line)
+            self.pipeline.feed_document(line, event)
+        if doc is not None:
+            self.observe(doc)
 
     def step(self, final: bool = False) -> None:
         self.pipeline.step(final=final)

@@ -30,6 +30,7 @@ from stream_monitor.core.events import (
     DatasetEvent,
     DeploymentEvent,
     EngagementEvent,
+    Event,
     EventError,
     ServingEvent,
     is_ndjson,
@@ -347,26 +348,9 @@ class Engine:
         ``records`` are Kafka consumer records or anything with the same attributes (``Record``).
         """
         tp = f"{topic}/{partition}"
-        claim = self.claims.get(tp)
-        if claim is None:
-            if tp in self.fenced or not self.options.auto_claim:
-                return  # not ours (any more): the owner counts it
-            partner = self.labels.partner(tp) if self.labels else None
-            # A join group's two partitions are claimed together, as Faust assigns them.
-            pair = (
-                [tp] if partner is None or partner in self.claims or partner in self.fenced else [tp, partner]
-            )
-            claim = self.assign(pair)[tp]
-        # Already counted: before the claim, committed since, or in this batch. A consumer that seeks
-        # back to Kafka's committed offsets (a rebalance) re-delivers messages this worker has counted;
-        # the store would catch those below its offset, the in-memory offsets catch the rest.
-        pending = self.accumulator.next_offset(tp)
-        floor = self.committed_offsets.get(tp, claim.next_offset)
-        committing = self._committing.get(tp)
-        if committing is not None and committing > floor:
-            floor = committing
-        if pending is not None and pending > floor:
-            floor = pending
+        floor = self._counted_to(tp)
+        if floor is None:
+            return
         # Read the clock once per run of messages, not per event: the future-event check has minutes of
         # tolerance, and a run is one fetch.
         now = self.clock.now_ms()
@@ -394,6 +378,79 @@ class Engine:
                     accepted += ingest_one(
                         kind, tp, topic, partition, offset, record.key, line, record.timestamp, number, now
                     )
+        self._count_run(topic, skipped, consumed, accepted)
+
+    def ingest_parsed(
+        self,
+        kind: str | None,
+        topic: str,
+        partition: int,
+        records: Iterable[tuple[Record, Event | EventError]],
+    ) -> None:
+        """What :meth:`ingest_batch` does, for messages the caller has already parsed (one event each).
+
+        Each record comes with what :func:`~stream_monitor.core.events.parse_event` made of its value
+        (the event, or the error it raised): the in-process harness decodes a recorded line once to
+        route it to its topic and hands the result on instead of having it parsed twice.
+        """
+        tp = f"{topic}/{partition}"
+        floor = self._counted_to(tp)
+        if floor is None:
+            return
+        now = self.clock.now_ms()
+        skipped = consumed = accepted = 0
+        for record, parsed in records:
+            offset = record.offset
+            if offset < floor:
+                skipped += 1
+                continue
+            floor = offset + 1
+            consumed += 1
+            value = record.value if record.value is not None else b""
+            if isinstance(parsed, EventError):
+                self._reject(
+                    tp,
+                    topic,
+                    partition,
+                    offset,
+                    record.key,
+                    value,
+                    record.timestamp,
+                    parsed.reason,
+                    str(parsed),
+                    None,
+                )
+                continue
+            accepted += self._take(
+                parsed, tp, topic, partition, offset, record.key, value, record.timestamp, None, now
+            )
+        self._count_run(topic, skipped, consumed, accepted)
+
+    def _counted_to(self, tp: str) -> int | None:
+        """The first offset of ``tp`` not counted yet, claiming it if need be; None: not ours."""
+        claim = self.claims.get(tp)
+        if claim is None:
+            if tp in self.fenced or not self.options.auto_claim:
+                return None  # not ours (any more): the owner counts it
+            partner = self.labels.partner(tp) if self.labels else None
+            # A join group's two partitions are claimed together, as Faust assigns them.
+            pair = (
+                [tp] if partner is None or partner in self.claims or partner in self.fenced else [tp, partner]
+            )
+            claim = self.assign(pair)[tp]
+        # Already counted: before the claim, committed since, or in this batch. A consumer that seeks
+        # back to Kafka's committed offsets (a rebalance) re-delivers messages this worker has counted;
+        # the store would catch those below its offset, the in-memory offsets catch the rest.
+        pending = self.accumulator.next_offset(tp)
+        floor = self.committed_offsets.get(tp, claim.next_offset)
+        committing = self._committing.get(tp)
+        if committing is not None and committing > floor:
+            floor = committing
+        if pending is not None and pending > floor:
+            floor = pending
+        return floor
+
+    def _count_run(self, topic: str, skipped: int, consumed: int, accepted: int) -> None:
         if skipped:
             self._count(self._skipped, topic, skipped)
         if consumed:
@@ -420,6 +477,22 @@ class Engine:
         except EventError as exc:
             self._reject(tp, topic, partition, offset, key, value, timestamp_ms, exc.reason, str(exc), line)
             return False
+        return self._take(event, tp, topic, partition, offset, key, value, timestamp_ms, line, now)
+
+    def _take(
+        self,
+        event: Event,
+        tp: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None,
+        line: int | None,
+        now: int,
+    ) -> bool:
+        """Count one parsed event; False when it was dead-lettered instead (out of time)."""
         # Exact type tests (the event classes are final): cheaper than isinstance with a union, per event.
         if type(event) is EngagementEvent or type(event) is ServingEvent:
             ts = event.ts

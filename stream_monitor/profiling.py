@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stream_monitor.config import Topics
 from stream_monitor.core.clock import ManualClock
 from stream_monitor.core.reference import PinnedProfile, binning, profile_fingerprint, slice_of
 from stream_monitor.core.series import parse_window
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
-from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import InProcessPipeline
 from stream_monitor.sinks.base import ListSink
 from stream_monitor.state.memory import MemoryStore
@@ -47,20 +45,19 @@ def build_pinned_profile(
     store = MemoryStore()
     sink = ListSink()
     # No window is ever closed here, so nothing is late; a clock far in the future accepts every ts.
-    clock = ManualClock(_YEAR_2100_MS)
-    engine = Engine(
+    pipeline = InProcessPipeline.build(
         topology,
-        store,
-        sink,
-        sink,
-        clock,
-        options=EngineOptions(worker_id="profile", auto_claim=True),
+        alerts=sink,
+        deadletters=sink,
+        clock=ManualClock(_YEAR_2100_MS),
+        worker_id="profile",
+        store=store,
     )
-    pipeline = InProcessPipeline(engine, Topics(), partitions=1)
+    engine = pipeline.engine
     for line in lines:
         line = line.strip()
         if line:
-            pipeline.feed(None, None, line)
+            pipeline.feed_line(line)
     engine.flush()
     description = binning(topology.features.features, topology.ranking)
     evaluator = WindowEvaluator(topology)

@@ -54,7 +54,6 @@ from typing import Any
 
 import orjson
 
-from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert, AlertBook, DetectorState
 from stream_monitor.core.anomaly import ANOMALY_SIGNAL
 from stream_monitor.core.detectors import (
@@ -69,11 +68,9 @@ from stream_monitor.core.observers import SIGNALS, ClosedWindow
 from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.signals import WindowEvaluator
 from stream_monitor.core.topology import Topology
-from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import INCIDENT_KINDS, GroundTruth, Incident, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
-from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
 
 __all__ = [
@@ -437,17 +434,17 @@ def _run_traffic(
     sink = ListSink()
     clock = EventTimeClock(start_ms)
     observers: list[_WindowObserver] = [_StaticAll(topology), _DetectorStack(topology.key_dims)]
-    engine = Engine(
+    pipeline = InProcessPipeline.build(
         topology,
-        MemoryStore(),
-        sink,
-        sink,
-        clock,
-        options=EngineOptions(worker_id="bench", auto_claim=True),
+        alerts=sink,
+        deadletters=sink,
+        clock=clock,
+        partitions=4,
+        worker_id="bench",
         observers=observers,
     )
+    engine = pipeline.engine
     naive = _NaiveEventBaselines(seed, topology.window.size_ms, config.hst_q) if config.naive else None
-    pipeline = InProcessPipeline(engine, Topics(), partitions=4)
     end_ms = start_ms + duration_s * 1000
     step_ms = config.step_s * 1000
     until = start_ms

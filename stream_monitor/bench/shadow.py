@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream_monitor.config import Topics
 from stream_monitor.core.stats.proportions import clopper_pearson
 from stream_monitor.core.topology import Topology
-from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import Incident, SimConfig, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
@@ -88,16 +86,16 @@ def run_shadow(
     config = SimConfig(shadow_share=shadow_share, engagement=False)
     sim = TrafficSimulator(seed=seed, start_ms=START, rate_per_s=rate, incidents=incidents, config=config)
     sink, health, store, clock = ListSink(), ListHealthSink(), MemoryStore(), EventTimeClock(START)
-    engine = Engine(
+    pipeline = InProcessPipeline.build(
         topology,
-        store,
-        sink,
-        sink,
-        clock,
-        options=EngineOptions(worker_id="bench", auto_claim=True, max_future_ms=10**12),
+        alerts=sink,
+        deadletters=sink,
+        clock=clock,
+        partitions=2,
+        worker_id="bench",
+        store=store,
         health_sink=health,
     )
-    pipeline = InProcessPipeline(engine, Topics(), partitions=2)
     t = START
     while t < START + minutes * MINUTE:
         t += 10_000

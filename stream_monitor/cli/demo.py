@@ -26,13 +26,11 @@ from stream_monitor.cli._common import (
     report_problems,
     start_metrics_server,
 )
-from stream_monitor.engine import Engine, EngineOptions
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.runtime.preflight import env_name, port_problem
 from stream_monitor.sim import SimConfig, TrafficSimulator, parse_incident
 from stream_monitor.sinks.base import JsonLinesSink, ListSink, TerminalAlertSink
 from stream_monitor.sinks.metrics import MonitorMetrics
-from stream_monitor.state.memory import MemoryStore
 
 # Hours simulated time starts before the wall clock.
 LEAD_HOURS = 6
@@ -103,21 +101,17 @@ def run(args: argparse.Namespace) -> int:
     sink = JsonLinesSink(sys.stdout.buffer) if args.json else TerminalAlertSink()
     dead = ListSink()
     clock = EventTimeClock(start_ms)
-    engine = Engine(
+    pipeline = InProcessPipeline.build(
         topology,
-        MemoryStore(),
-        sink,
-        dead,
-        clock,
-        metrics,
-        EngineOptions(
-            worker_id="demo",
-            auto_claim=True,
-            serving_topic=settings.topics.serving,
-            engagement_topic=settings.topics.engagement,
-        ),
+        alerts=sink,
+        deadletters=dead,
+        clock=clock,
+        topics=settings.topics,
+        partitions=settings.topic_partitions,
+        worker_id="demo",
+        metrics=metrics,
     )
-    pipeline = InProcessPipeline(engine, settings.topics, settings.topic_partitions)
+    engine = pipeline.engine
 
     def say(message: str) -> None:
         if not args.json:

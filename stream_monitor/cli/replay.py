@@ -4,9 +4,11 @@ When the recording holds a canary deployment and its traffic, the canary verdict
 (``stream-monitor.health/v1`` documents, docs/canary.md) are written to the same output, one per line
 beside the alerts (they carry ``"schema": "stream-monitor.health/v1"``).
 
-No servers: the same engine as the worker runs in this process with the in-memory store. Event time
-comes from the file, so a recording from last month replays exactly as it happened. Lines that are not
-valid events are reported as dead letters (on stderr, or to ``--deadletter FILE``) and counted.
+No servers: the same engine as the worker runs in this process with the in-memory store, and each line
+is routed as the worker's topics carry it (stream_monitor/inprocess.py): serving and engagement events to
+the late-label join's partitions by ``request_id``, deployments to the registry. Event time comes from
+the file, so a recording from last month replays exactly as it happened. Lines that are not valid events
+are reported as dead letters (on stderr, or to ``--deadletter FILE``) and counted.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from typing import IO
 import orjson
 
 from stream_monitor.cli._common import add_topology_arg, load_settings_and_topology
-from stream_monitor.engine import Engine, EngineOptions
-from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
+from stream_monitor.inprocess import InProcessPipeline
 from stream_monitor.sinks.base import DeadLetter, JsonLinesSink
 from stream_monitor.sinks.health import JsonLinesHealthSink
-from stream_monitor.state.memory import MemoryStore
 
 # Close windows every this many input lines, so detection sees windows in order as the worker would.
 STEP_LINES = 5_000
@@ -69,33 +69,23 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115 - closed below
     dead_file = open(args.deadletter, "wb") if args.deadletter else None  # noqa: SIM115
     dead = _DeadLetterFile(dead_file)
-    clock = EventTimeClock()
     health = JsonLinesHealthSink(out)
-    engine = Engine(
+    pipeline = InProcessPipeline.build(
         topology,
-        MemoryStore(),
-        JsonLinesSink(out),
-        dead,
-        clock,
-        options=EngineOptions(
-            worker_id="replay",
-            auto_claim=True,
-            max_future_ms=10**12,
-            serving_topic=settings.topics.serving,
-            engagement_topic=settings.topics.engagement,
-        ),
+        alerts=JsonLinesSink(out),
+        deadletters=dead,
+        topics=settings.topics,
+        worker_id="replay",
         health_sink=health,
     )
-    pipeline = InProcessPipeline(engine, settings.topics, partitions=1)
+    engine = pipeline.engine
     alerts = 0
     try:
         with source or open(args.file, "rb") as lines:
             for number, line in enumerate(lines, 1):
                 line = line.strip()
-                if not line:
-                    continue
-                _observe_time(clock, line)
-                pipeline.feed(None, None, line)
+                if line:
+                    pipeline.feed_line(line)
                 if number % STEP_LINES == 0:
                     alerts += len(pipeline.step())
         alerts += len(pipeline.step(final=True))
@@ -112,14 +102,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _observe_time(clock: EventTimeClock, line: bytes) -> None:
-    # The replay clock follows the recording's event time (for idle partitions and emitted_at); the
-    # engine validates the event itself, so a bad line here is simply skipped.
-    try:
-        ts = orjson.loads(line).get("ts")
-    except (orjson.JSONDecodeError, AttributeError):
-        return
-    if isinstance(ts, int) and not isinstance(ts, bool):
-        clock.observe(ts)

@@ -25,7 +25,9 @@ __all__ = [
     "Event",
     "EventError",
     "ServingEvent",
+    "decode_document",
     "is_ndjson",
+    "parse_document",
     "parse_event",
     "parse_timestamp",
 ]
@@ -205,6 +207,22 @@ def parse_event(raw: bytes, expected: str | None = None) -> Event:
     >>> (type(e).__name__, e.action)
     ('EngagementEvent', 'click')
     """
+    return parse_document(decode_document(raw), expected)
+
+
+def decode_document(raw: bytes) -> dict[str, Any]:
+    """The JSON object of one message value: the first half of :func:`parse_event`.
+
+    A reader that must look at a line before it knows where it goes (``replay`` routes each line to the
+    topic its ``type`` names) decodes it once with this and validates it with :func:`parse_document`.
+
+    >>> decode_document(b'{"type": "serving"}')
+    {'type': 'serving'}
+    >>> decode_document(b'[1]')
+    Traceback (most recent call last):
+    ...
+    stream_monitor.core.events.EventError: expected a JSON object, got list
+    """
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("too_large", None, f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
     try:
@@ -213,6 +231,17 @@ def parse_event(raw: bytes, expected: str | None = None) -> Event:
         raise EventError("invalid_json", None, f"not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise EventError("invalid_json", None, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_document(doc: dict[str, Any], expected: str | None = None) -> Event:
+    """Validate a decoded JSON object into a typed event: the second half of :func:`parse_event`.
+
+    >>> parse_document({"type": "engagement", "request_id": "r1", "ts": 1764086412000}, "serving")
+    Traceback (most recent call last):
+    ...
+    stream_monitor.core.events.EventError: type: 'engagement' on a topic that carries 'serving' events
+    """
     kind = doc.get("type")
     if expected is not None and kind != expected:
         raise EventError(

@@ -15,10 +15,9 @@ import functools
 import orjson
 import pytest
 
-from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert
 from stream_monitor.core.topology import Topology
-from stream_monitor.engine import Engine, EngineOptions
+from stream_monitor.engine import Engine
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.runtime.kafka import murmur2_partition
 from stream_monitor.sim import INCIDENT_KINDS, Incident, SimConfig, TrafficSimulator, parse_incident
@@ -39,18 +38,6 @@ def _topology() -> Topology:
     return load_topology()
 
 
-class _Murmur(InProcessPipeline):
-    """The worker's partitioning (murmur2, as Kafka's default partitioner) instead of crc32."""
-
-    def feed(self, kind: str | None, key: bytes | None, value: bytes) -> None:
-        topic = self.topic_of.get(kind or "", "replay")
-        partition = murmur2_partition(key, self.partitions) if key else 0
-        offset = self._offsets.get((topic, partition), 0)
-        self._offsets[(topic, partition)] = offset + 1
-        self.engine.ingest(kind, topic, partition, offset, key, value)
-        self.fed += 1
-
-
 def run(
     seed: int, minutes: int, incidents: tuple[Incident, ...] = (), rate: float = 40.0, murmur: bool = False
 ) -> tuple[list[Alert], MemoryStore, Engine]:
@@ -58,10 +45,17 @@ def run(
         seed=seed, start_ms=START, rate_per_s=rate, incidents=incidents, config=SimConfig()
     )
     sink, store, clock = ListSink(), MemoryStore(), EventTimeClock(START)
-    engine = Engine(
-        _topology(), store, sink, sink, clock, options=EngineOptions(worker_id="t", auto_claim=True)
+    pipeline = InProcessPipeline.build(
+        _topology(),
+        alerts=sink,
+        deadletters=sink,
+        clock=clock,
+        partitions=4,
+        worker_id="t",
+        store=store,
+        partition_of=murmur2_partition if murmur else None,
     )
-    pipeline = (_Murmur if murmur else InProcessPipeline)(engine, Topics(), partitions=4)
+    engine = pipeline.engine
     t = START
     while t < START + minutes * MINUTE:
         t += STEP_MS
