@@ -181,6 +181,7 @@ class Engine:
             topology.key_dims,
             topology.name,
             {**self.evaluator.clear_ratios(), ANOMALY_SIGNAL: topology.anomaly.clear_ratio},
+            clear_windows=topology.alerts.clear_windows,
         )
         self._datasets = frozenset(rule.name for rule in topology.datasets)
         self.claims: dict[str, PartitionClaim] = {}

@@ -16,6 +16,7 @@ from stream_monitor.core.reference import PinnedProfile, ProfileFormatError, bin
 from stream_monitor.core.topology import (
     DEFAULT_BURN_ALERTS,
     DEFAULT_RATES,
+    AlertRule,
     AnomalyRule,
     AnomalySeries,
     BurnAlert,
@@ -126,6 +127,7 @@ def parse_topology(doc: Any, base_dir: Path | None = None) -> Topology:
             slo=_slo(_mapping(doc, "slo", required=False)),
             datasets=_datasets(_mapping(doc, "datasets", required=False)),
             anomaly=_anomaly(_mapping(doc, "anomaly", required=False)),
+            alerts=AlertRule(**_known(_mapping(doc, "alerts", required=False), AlertRule, "alerts")),
             canary=_canary(_mapping(doc, "canary", required=False)),
             traces=_traces(_mapping(doc, "traces", required=False)),
             shadow=_shadow(_mapping(doc, "shadow", required=False)),

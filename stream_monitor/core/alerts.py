@@ -25,6 +25,8 @@ STATE_VERSION = 4  # 2 added `baselines`, 3 `profiles` and `slo_history`, 4 `can
 
 # Alert fields filled in when an alert is emitted (from the store), never kept in the checkpoint.
 _EMIT_ONLY = frozenset({"lineage", "example_request_ids"})
+# In an open alert's checkpoint document: windows in a row its value has spent inside the clearing band.
+_CLEARING = "clearing_windows"
 
 
 class StateFormatError(ValueError):
@@ -192,6 +194,7 @@ class AlertBook:
         topology: str,
         clear_ratios: Mapping[str, float] | None = None,
         runbook_base: str = DEFAULT_RUNBOOK_BASE,
+        clear_windows: int = 1,
     ) -> None:
         self.key_dims = key_dims
         self.topology = topology
@@ -199,6 +202,32 @@ class AlertBook:
         # Hysteresis for ceiling signals: an alert resolves only once the value is back below
         # threshold * ratio, so a value hovering at the threshold does not flap.
         self.clear_ratios = dict(clear_ratios or {})
+        if clear_windows < 1:
+            raise ValueError(f"clear_windows must be >= 1, got {clear_windows}")
+        self.clear_windows = clear_windows
+
+    def inside_clearing_band(self, alert: Mapping[str, Any], value: float) -> bool:
+        """Whether ``value`` is back where the open ``alert`` (its document) may resolve.
+
+        The band is judged against the threshold the alert opened at, in the direction it broke: a
+        ceiling alert (observed above its threshold) clears at or below threshold x clear_ratio, a floor
+        alert (observed below) at or above its threshold. A baseline that moved since (a slice that
+        dropped for long enough to pull its own baseline down) so never makes a fault look resolved.
+
+        >>> book = AlertBook(("model",), "t", {"diversity": 0.8})
+        >>> floor = {"signal": "diversity", "observed": 3.0, "threshold": 20.0}
+        >>> book.inside_clearing_band(floor, 16.0), book.inside_clearing_band(floor, 21.0)
+        (False, True)
+        >>> ceiling = {"signal": "diversity", "observed": 0.5, "threshold": 0.2}
+        >>> book.inside_clearing_band(ceiling, 0.18), book.inside_clearing_band(ceiling, 0.15)
+        (False, True)
+        """
+        threshold, observed = alert.get("threshold"), alert.get("observed")
+        if threshold is None or observed is None or observed == threshold:
+            return True  # nothing to hold the value to: the signal's own "no breach" decides
+        if observed > threshold:
+            return bool(value <= threshold * self.clear_ratios.get(alert["signal"], 1.0))
+        return bool(value >= threshold)
 
     def update(
         self,
@@ -210,8 +239,10 @@ class AlertBook:
     ) -> list[Alert]:
         """Alerts to emit for one closed window.
 
-        An open alert resolves when its key was evaluated in this window (``evaluated``) and did not
-        breach; a key without enough data keeps its alert open rather than resolve on silence.
+        An open alert resolves once its key has been evaluated (``evaluated``) without a breach and
+        inside its clearing band (:meth:`inside_clearing_band`) for ``clear_windows`` windows in a row;
+        a breach or a value outside the band starts the count over, and a window where the key has too
+        little data to be evaluated neither counts nor resets (no alert resolves on silence).
         """
         start, end = window
         out: list[Alert] = []
@@ -246,14 +277,15 @@ class AlertBook:
             state.open_alerts[dedupe] = {k: v for k, v in alert.to_dict().items() if k not in _EMIT_ONLY}
             out.append(alert)
         values = {f"{s}|{m}|{join_series(k)}": v for (s, m, k), v in (evaluated or {}).items()}
+        for dedupe in breaching & set(state.open_alerts):
+            state.open_alerts[dedupe].pop(_CLEARING, None)  # breaching again: the clearing starts over
         for dedupe in sorted(set(values) & set(state.open_alerts) - breaching):
             doc = state.open_alerts[dedupe]
-            ratio = self.clear_ratios.get(doc["signal"])
-            if (
-                ratio is not None
-                and doc["threshold"] is not None
-                and values[dedupe] > doc["threshold"] * ratio
-            ):
+            if not self.inside_clearing_band(doc, values[dedupe]):
+                doc.pop(_CLEARING, None)
+                continue
+            doc[_CLEARING] = doc.get(_CLEARING, 0) + 1
+            if doc[_CLEARING] < self.clear_windows:
                 continue
             opened = Alert.from_dict(state.open_alerts.pop(dedupe))
             opened.status = "resolved"

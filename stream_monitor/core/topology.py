@@ -11,6 +11,7 @@ from stream_monitor.core.windows import WindowSpec
 __all__ = [
     "DEFAULT_BURN_ALERTS",
     "DEFAULT_RATES",
+    "AlertRule",
     "AnomalyRule",
     "AnomalySeries",
     "BurnAlert",
@@ -519,6 +520,27 @@ class AnomalySeries:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRule:
+    """How every alert resolves (core/alerts.py ``AlertBook``), whatever signal opened it.
+
+    An alert resolves only after ``clear_windows`` evaluated windows in a row without a breach and back
+    inside its clearing band (judged against the threshold it opened at), so one continuing fault gives
+    one alert, not a train of fire / resolve / fire.
+
+    >>> AlertRule(clear_windows=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: alerts clear_windows must be in 1..60, got 0
+    """
+
+    clear_windows: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.clear_windows <= 60:
+            raise ValueError(f"alerts clear_windows must be in 1..60, got {self.clear_windows}")
+
+
+@dataclass(frozen=True, slots=True)
 class AnomalyRule:
     """Adaptive detectors (core/detectors.py) on per-window signal series, under an alarm budget.
 
@@ -586,6 +608,7 @@ class Topology:
     datasets: tuple[DatasetRule, ...] = ()
     labels: LabelRule = field(default_factory=LabelRule)
     anomaly: AnomalyRule = field(default_factory=AnomalyRule)
+    alerts: AlertRule = field(default_factory=AlertRule)
     canary: CanaryRule = field(default_factory=CanaryRule)
     traces: TraceRule = field(default_factory=lambda: TraceRule())
     shadow: ShadowRule = field(default_factory=ShadowRule)
