@@ -33,6 +33,7 @@ from stream_monitor.core.topology import Topology
 from stream_monitor.core.window_log import WindowEntry, WindowLogError
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sinks.base import DeadLetter, ListSink
+from stream_monitor.sinks.health import HealthSink
 from stream_monitor.state.base import StateStore
 from stream_monitor.state.memory import MemoryStore
 from stream_monitor.state.traces import TraceStore, example_ids
@@ -87,7 +88,12 @@ class DiagnosisRecorder:
     """
 
     def __init__(
-        self, topology: Topology, start_ms: int = 0, partitions: int = 1, topics: Topics | None = None
+        self,
+        topology: Topology,
+        start_ms: int = 0,
+        partitions: int = 1,
+        topics: Topics | None = None,
+        health_sink: HealthSink | None = None,
     ):
         self.topology = topology
         self.store = MemoryStore()
@@ -105,6 +111,7 @@ class DiagnosisRecorder:
             worker_id="diagnose",
             store=self.store,
             observers=[_HistoryRecorder(self.history)],
+            health_sink=health_sink,
         )
         self.engine = self.pipeline.engine
         self.examples = ExampleReservoir(topology.window.size_ms)

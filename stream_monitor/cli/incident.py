@@ -257,9 +257,8 @@ def _from_recording(
     from stream_monitor.diagnosing import STEP_LINES, DiagnosisRecorder
     from stream_monitor.sinks.health import ListHealthSink
 
-    recorder = DiagnosisRecorder(topology)
-    health = ListHealthSink()
-    recorder.engine.health_sink = health  # the canary verdicts, as replay writes them
+    health = ListHealthSink()  # the canary verdicts, as replay writes them
+    recorder = DiagnosisRecorder(topology, health_sink=health)
     sources = Sources()
     read = not_objects = 0
     with open(path, "rb") as lines:
