@@ -13,8 +13,10 @@ late-label join reads, and deployments on the topic the registry reads, exactly 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import orjson
 
 from stream_monitor.config import Topics
 from stream_monitor.core.alerts import Alert
@@ -30,7 +32,7 @@ from stream_monitor.state.base import StateStore
 from stream_monitor.state.memory import MemoryStore
 from stream_monitor.state.traces import TraceStore
 
-__all__ = ["UNROUTED_TOPIC", "EventTimeClock", "InProcessPipeline", "crc32_partition"]
+__all__ = ["UNROUTED_TOPIC", "EventSource", "EventTimeClock", "InProcessPipeline", "crc32_partition"]
 
 KINDS: Final = ("serving", "engagement", "deployment", "dataset")
 # The topic a line goes to when it names no event type (not JSON, not an object, an unknown type): the
@@ -74,6 +76,13 @@ class EventTimeClock:
     def observe(self, ts_ms: int) -> None:
         if ts_ms > self._now:
             self._now = ts_ms
+
+
+class EventSource(Protocol):
+    """Generated traffic (``stream_monitor.sim.TrafficSimulator`` is one): (topic kind, key, event) up to
+    an event time, in order, each event once across calls."""
+
+    def events_until(self, ts_ms: int) -> Iterable[tuple[str, bytes | None, dict[str, Any]]]: ...
 
 
 class InProcessPipeline:
@@ -209,6 +218,26 @@ class InProcessPipeline:
         offset = self._offsets.get((topic, partition), 0)
         self._offsets[(topic, partition)] = offset + 1
         return topic, partition, offset
+
+    def drive(
+        self, source: EventSource, start_ms: int, until_ms: int, step_ms: int = 10_000
+    ) -> Iterator[int]:
+        """Feed ``source``'s events step by step from ``start_ms`` to ``until_ms`` of event time.
+
+        After each step of ``step_ms`` the clock is moved to the step's end and ready windows are closed,
+        as a worker that polls every ``step_ms`` would; the step's end is yielded, so a caller can stop
+        early (``break``) on what it has seen.
+        """
+        if self.clock is None:
+            raise ValueError("drive needs the pipeline's EventTimeClock (InProcessPipeline.build gives one)")
+        t = start_ms
+        while t < until_ms:
+            t = min(t + step_ms, until_ms)
+            for kind, key, event in source.events_until(t):
+                self.feed(kind, key, orjson.dumps(event))
+            self.clock.observe(t)
+            self.step()
+            yield t
 
     def step(self, final: bool = False) -> list[Alert]:
         """Commit what was fed and close every window that is ready."""

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import orjson
 
 from stream_monitor.core.canary import CanaryAnalyzer
 from stream_monitor.core.sketch import LogBuckets
@@ -120,13 +119,7 @@ def run_inprocess(
         store=store,
         health_sink=health,
     )
-    t = START
-    while t < START + minutes * MINUTE:
-        t += 10_000
-        for topic_kind, key, event in sim.events_until(t):
-            pipeline.feed(topic_kind, key, orjson.dumps(event))
-        clock.observe(t)
-        pipeline.step()
+    for _ in pipeline.drive(sim, START, START + minutes * MINUTE):
         if stop_on_decision and any(d["decision"] in ("ROLLBACK", "PROMOTE") for d in health.docs):
             break
     doc = _first_decision(health.docs)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-import orjson
-
 from stream_monitor.inprocess import EventTimeClock, InProcessPipeline
 from stream_monitor.sim import INCIDENT_KINDS, Incident, TrafficSimulator
 from stream_monitor.sinks.base import ListSink
@@ -57,13 +55,8 @@ def continuing_fault(kind: str, rate: float = 20.0, minutes: int = 40, seed: int
     pipeline = InProcessPipeline.build(
         load_topology(None), alerts=sink, deadletters=sink, clock=clock, partitions=4
     )
-    t = START
-    while t < START + minutes * MINUTE:
-        t += STEP_MS
-        for topic_kind, key, event in sim.events_until(t):
-            pipeline.feed(topic_kind, key, orjson.dumps(event))
-        clock.observe(t)
-        pipeline.step()
+    for _ in pipeline.drive(sim, START, START + minutes * MINUTE, STEP_MS):
+        pass
     opened: collections.Counter[str] = collections.Counter()
     resolved: list[str] = []
     for alert in sink.alerts:

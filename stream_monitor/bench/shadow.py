@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from stream_monitor.core.stats.proportions import clopper_pearson
 from stream_monitor.core.topology import Topology
@@ -96,13 +95,7 @@ def run_shadow(
         store=store,
         health_sink=health,
     )
-    t = START
-    while t < START + minutes * MINUTE:
-        t += 10_000
-        for topic_kind, key, event in sim.events_until(t):
-            pipeline.feed(topic_kind, key, orjson.dumps(event))
-        clock.observe(t)
-        pipeline.step()
+    for _ in pipeline.drive(sim, START, START + minutes * MINUTE):
         docs = [d for d in health.docs if d["kind"] == "shadow"]
         if stop_on_rollback and kind and any(d["decision"] == "ROLLBACK" for d in docs):
             break

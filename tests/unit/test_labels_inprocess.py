@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 
-import orjson
 import pytest
 
 from stream_monitor.core.alerts import Alert
@@ -56,13 +55,8 @@ def run(
         partition_of=murmur2_partition if murmur else None,
     )
     engine = pipeline.engine
-    t = START
-    while t < START + minutes * MINUTE:
-        t += STEP_MS
-        for kind, key, event in sim.events_until(t):
-            pipeline.feed(kind, key, orjson.dumps(event))
-        clock.observe(t)
-        pipeline.step()
+    for _ in pipeline.drive(sim, START, START + minutes * MINUTE, STEP_MS):
+        pass
     return sink.alerts, store, engine
 
 
