@@ -131,7 +131,7 @@ def test_writes_to_standard_output_by_default(tmp_path: Path, capsys: pytest.Cap
         (["2025-11-24T10:00:00Z,1", "2025-11-24T10:01:00Z,"], "line 2: value '' is not a finite number"),
         (["0,1", "yesterday,2"], "line 2: timestamp 'yesterday' is not an ISO 8601 date or date-time"),
         (["0,1", "60,2,3"], "line 2: expected 2 fields (timestamp,value), got 3"),
-        (["60,1", "60,2"], "line 2: timestamp '60' is not after the previous one ('60', line 1)"),
+        (["0,1,2", "60,2,3"], "3 columns: choose the value column with --column"),
         (["0,1", "2025-11-24,2"], "line 2: timestamp '2025-11-24' is a datetime, earlier ones were epochs"),
         (["timestamp,value", "", "  "], "no data rows"),
         (["timestamp,value", "when,what"], "line 2: timestamp 'when' is not an ISO 8601"),
@@ -182,3 +182,61 @@ def test_documented_example_flags_the_documented_rows(tmp_path: Path) -> None:
     assert flagged, "the example must show an alert"
     for timestamp in flagged:
         assert timestamp in doc
+
+
+def test_repeated_and_backward_timestamps_are_one_warning_each_and_keep_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A duplicated row and a daylight-saving hour written in local time, as real exports have them.
+    rows = _iso_rows(_values(n=60))
+    rows = [*rows[:30], rows[29], *rows[30:45], rows[20], *rows[45:]]
+    source, out = _write(tmp_path / "in.csv", rows), tmp_path / "out.csv"
+    assert main(["score-series", str(source), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    # One line each; the jump forward after the step back is an irregular interval of its own.
+    assert err.count("warning:") == 3 and "warning: 1 irregular interval" in err
+    assert "warning: 1 repeated timestamp (first at line 32:" in err
+    assert "warning: 1 timestamp before the previous one (first at line 48:" in err
+    assert [r["timestamp"] for r in _read_output(out)] == [t for t, _ in rows]
+
+
+def test_the_value_column_is_chosen_by_name_or_number(tmp_path: Path) -> None:
+    values = _values(n=40, seed=5)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(
+        "timestamp,host,cpu,mem\n" + "".join(f"{t},h1,{v},7\n" for t, v in _iso_rows(values)),
+        encoding="utf-8",
+    )
+    narrow = _write(tmp_path / "narrow.csv", _iso_rows(values))
+    outputs = []
+    for source, extra in ((narrow, []), (wide, ["--column", "cpu"]), (wide, ["--column", "3"])):
+        out = tmp_path / f"out{len(outputs)}.csv"
+        assert main(["score-series", str(source), "--out", str(out), *extra]) == 0
+        outputs.append([(r["value"], r["anomaly_score"]) for r in _read_output(out)])
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert main(["score-series", str(wide), "--column", "disk"]) == 2
+
+
+def test_scores_keep_enough_digits_to_rank(tmp_path: Path) -> None:
+    source, out = _write(tmp_path / "in.csv", _iso_rows(_values())), tmp_path / "out.csv"
+    assert main(["score-series", str(source), "--out", str(out)]) == 0
+    rows, _ = read_series(f"{t},{v}" for t, v in _iso_rows(_values()))
+    written = [float(r["anomaly_score"]) for r in _read_output(out)]
+    assert written == pytest.approx(score_rows(rows), rel=1e-7, abs=1e-12)
+
+
+def test_a_directory_is_scored_in_one_process_and_a_bad_file_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _write(inputs / "a.csv", _iso_rows(_values(n=30, seed=1)))
+    _write(inputs / "b.csv", _iso_rows(_values(n=30, seed=2)))
+    (inputs / "bad.csv").write_text("0,1\n60,abc\n", encoding="utf-8")
+    (inputs / "notes.txt").write_text("not a series", encoding="utf-8")
+    assert main(["score-series", str(inputs), "--out", str(outputs)]) == 2  # one file could not be scored
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.csv", "b.csv"]
+    assert len(_read_output(outputs / "a.csv")) == 30
+    err = capsys.readouterr().err
+    assert "bad.csv: line 2: value 'abc' is not a finite number" in err and "2 of 3 files scored" in err
+    assert main(["score-series", str(inputs)]) == 2  # a directory needs --out
