@@ -28,7 +28,7 @@ from stream_monitor.core.series import (
 )
 from stream_monitor.core.sketch import LogBuckets
 from stream_monitor.core.slo import BurnRateTracker
-from stream_monitor.core.stats.proportions import wilson_lower_bound
+from stream_monitor.core.stats.proportions import poisson_cdf, wilson_lower_bound
 from stream_monitor.core.topology import KEY_DIMS, Topology
 
 __all__ = ["WindowEvaluation", "WindowEvaluator", "localise"]
@@ -511,7 +511,8 @@ class WindowEvaluator:
             breached = False
             if len(past) >= rule.min_history:
                 expected = statistics.median(past)
-                if expected >= rule.min_expected and count < expected * (1.0 - rule.drop_ratio):
+                floor = expected * (1.0 - rule.drop_ratio)
+                if expected >= rule.min_expected and count < floor and poisson_cdf(count, floor) < rule.alpha:
                     breached = True
                     drop = 1.0 - count / expected
                     what = "no events (silent)" if count == 0 else f"{count:.0f} events, {drop:.0%} below"
@@ -522,7 +523,7 @@ class WindowEvaluator:
                             key,
                             count,
                             expected,
-                            expected * (1.0 - rule.drop_ratio),
+                            floor,
                             "events",
                             "critical" if count == 0 else "warning",
                             f"{what} against a trailing median of {expected:.0f} per window",

@@ -334,8 +334,9 @@ def test_volume_warm_up_then_drop() -> None:
     assert vol.window(0)[1] == []  # warm-up (2 windows of history < 3): even silence does not alert
     assert vol.history[VOLUME_NAME] == [100, 100, 0]
     vol.window(100)
-    values, breaches = vol.window(40)  # median of [100, 100, 0, 100] = 100: 40 < 50
-    assert [v.value for v in values] == [40]
+    # median of [100, 100, 0, 100] = 100; 25 < 50 and P(X <= 25 | Poisson(50)) = 0.0002 < alpha
+    values, breaches = vol.window(25)
+    assert [v.value for v in values] == [25]
     (breach,) = breaches
     assert (breach.key, breach.metric, breach.unit, breach.severity) == (
         VOLUME_KEY,
@@ -343,8 +344,18 @@ def test_volume_warm_up_then_drop() -> None:
         "events",
         "warning",
     )
-    assert (breach.observed, breach.expected, breach.threshold) == (40, 100, 50)
-    assert breach.message == "40 events, 60% below against a trailing median of 100 per window"
+    assert (breach.observed, breach.expected, breach.threshold) == (25, 100, 50)
+    assert breach.message == "25 events, 75% below against a trailing median of 100 per window"
+
+
+def test_volume_below_the_floor_by_noise_alone_does_not_breach() -> None:
+    # 40 of an expected 100 is under the floor of 50, but 8.6 % of windows at a rate of 50 are that small:
+    # not evidence of a drop. At 20 expected, 9 seen (0.5 % of clean windows) is noise too; silence is not.
+    for expected, seen, breaches in ((100, 40, 0), (20, 9, 0), (20, 0, 1)):
+        vol = _Volume()
+        for _ in range(4):
+            vol.window(expected)
+        assert len(vol.window(seen)[1]) == breaches, (expected, seen)
 
 
 def test_volume_silent_series_is_critical() -> None:
@@ -383,7 +394,7 @@ def test_volume_baseline_is_a_trailing_window() -> None:
     for _ in range(5):
         vol.window(300)  # the level moves up; not a breach
     assert vol.history[VOLUME_NAME] == [300] * 5  # at most baseline_windows kept
-    (breach,) = vol.window(140)[1]  # against the new median 300, not the old 100
+    (breach,) = vol.window(100)[1]  # against the new median 300 (floor 150), not the old 100
     assert breach.expected == 300
 
 

@@ -8,7 +8,12 @@ from collections.abc import Callable
 
 import pytest
 
-from stream_monitor.core.stats.proportions import clopper_pearson, wilson_lower_bound, wilson_upper_bound
+from stream_monitor.core.stats.proportions import (
+    clopper_pearson,
+    poisson_cdf,
+    wilson_lower_bound,
+    wilson_upper_bound,
+)
 from stream_monitor.core.stats.ranks import mann_whitney, quantile_bounds
 from stream_monitor.core.stats.sequential import diff_cs, paired_diff_cs, ratio_cs
 
@@ -84,3 +89,15 @@ def test_every_pair_of_tiny_samples_gives_a_valid_p_value() -> None:
     for a, b in itertools.product(range(3), repeat=2):
         mw = mann_whitney({1.0: a, 2.0: 1}, {1.0: b})
         assert 0.0 <= mw.p_value <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("count", "mean"),
+    [(0, 10), (2, 10), (9, 20), (150, 180), (200, 260), (201, 260), (400, 500), (5000, 5600)],
+)
+def test_the_poisson_tail_matches_scipy_exact_and_approximated(count: int, mean: float) -> None:
+    poisson = pytest.importorskip("scipy.stats").poisson
+    # Exact up to 200; Wilson-Hilferty above it, within a few percent of the (tiny) tail probability.
+    assert poisson_cdf(count, mean) == pytest.approx(
+        poisson.cdf(count, mean), rel=1e-9 if count <= 200 else 0.05
+    )

@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["clopper_pearson", "wilson_lower_bound", "wilson_upper_bound"]
+__all__ = ["clopper_pearson", "poisson_cdf", "wilson_lower_bound", "wilson_upper_bound"]
+
+# Below this count poisson_cdf sums the exact terms; above it the Wilson-Hilferty approximation of the
+# gamma tail is good to a fraction of a percent of the probability.
+_EXACT_POISSON_MAX = 200
 
 
 def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
@@ -72,3 +76,32 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     lower = 0.0 if k == 0 else solve(tail_ge, a, True)
     upper = 1.0 if k == n else solve(tail_le, a, False)
     return lower, upper
+
+
+def poisson_cdf(count: float, mean: float) -> float:
+    """P(X <= count) for X ~ Poisson(mean): how unlikely a window this small is at that rate.
+
+    Exact (summed in log space) up to 200; the Wilson-Hilferty approximation of the equivalent gamma
+    tail above. A count is floored (events are whole).
+
+    >>> round(poisson_cdf(0, 10), 7), round(poisson_cdf(9, 20), 4), round(poisson_cdf(10, 10), 4)
+    (4.54e-05, 0.005, 0.583)
+    >>> round(poisson_cdf(400, 500) * 1e6, 1), poisson_cdf(5, 0)
+    (2.1, 1.0)
+    """
+    k = math.floor(count)
+    if k < 0:
+        return 0.0
+    if mean <= 0:
+        return 1.0
+    if k <= _EXACT_POISSON_MAX:
+        log_term = -mean  # log P(X = 0)
+        total = math.exp(log_term)
+        for i in range(1, k + 1):
+            log_term += math.log(mean / i)
+            total += math.exp(log_term)
+        return min(1.0, total)
+    # P(X <= k) = P(Gamma(k + 1) > mean); Wilson-Hilferty: (G / a)^(1/3) is nearly normal.
+    a = k + 1.0
+    z = ((mean / a) ** (1 / 3) - (1 - 1 / (9 * a))) / math.sqrt(1 / (9 * a))
+    return 0.5 * math.erfc(z / math.sqrt(2))
