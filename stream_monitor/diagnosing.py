@@ -139,11 +139,12 @@ class DiagnosisRecorder:
         """One JSONL line (``event``: its decoded JSON object, when the caller has it)."""
         # Routed as the worker's topics carry it (inprocess.py): the label join needs serving and
         # engagement on their own co-partitioned topics.
-        doc = self.pipeline.feed_line(line) if event is None else event
-        if event is not None:
+        if event is None:
+            event = self.pipeline.feed_line(line)
+        else:
             self.pipeline.feed_document(line, event)
-        if doc is not None:
-            self.observe(doc)
+        if event is not None:
+            self.observe(event)
 
     def step(self, final: bool = False) -> None:
         self.pipeline.step(final=final)
