@@ -27,15 +27,25 @@ import itertools
 import math
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from stream_monitor.core.detectors import DEFAULT_THRESHOLD, default_detector
+from stream_monitor.core.detectors import DEFAULT_THRESHOLD
+from stream_monitor.core.detectors.calibrated import CalibratedDetector, periods_for_interval
 
-__all__ = ["InputError", "Row", "add_parser", "parse_timestamp", "read_series", "run", "score_rows"]
+__all__ = [
+    "InputError",
+    "Row",
+    "add_parser",
+    "parse_timestamp",
+    "read_series",
+    "run",
+    "score_rows",
+    "usual_interval_s",
+]
 
 _DATE_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
 
@@ -276,10 +286,28 @@ def _interval_warnings(rows: list[Row], unit: str) -> list[str]:
     return [f"{len(odd)} irregular interval{plural} ({where})"]
 
 
-def score_rows(rows: Iterable[Row]) -> list[float]:
-    """Scores of the default detector stack, fed the rows one at a time in order."""
-    detector = default_detector()
+def score_rows(rows: Sequence[Row]) -> list[float]:
+    """Scores of the default detector stack, fed the rows one at a time in order.
+
+    The stack looks for a daily and a weekly cycle at the rows' usual interval (the most common step
+    between timestamps; epoch numbers above 10^11 are taken as milliseconds).
+    """
+    detector = CalibratedDetector(periods=periods_for_interval(usual_interval_s(rows)))
     return [detector.update(row.value) for row in rows]
+
+
+def usual_interval_s(rows: Sequence[Row]) -> float:
+    """The most common forward step between the rows' timestamps, in seconds (nan with fewer than 2).
+
+    >>> rows, _ = read_series(["1763978460000,1", "1763978520000,2", "1763978580000,3"])
+    >>> usual_interval_s(rows)
+    60.0
+    """
+    steps = [b.time - a.time for a, b in itertools.pairwise(rows) if b.time > a.time]
+    if not steps:
+        return math.nan
+    usual = min(statistics.multimode(steps))
+    return usual / 1000.0 if rows[0].time > 1e11 else usual
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from stream_monitor.core.alerts import StateFormatError
 from stream_monitor.core.detectors import (
     DEFAULT_THRESHOLD,
     DETECTOR_STATE_VERSION,
+    CalibratedDetector,
     DetectorStateError,
     EnsembleDetector,
     RiverDrift,
@@ -42,6 +43,8 @@ IMPLEMENTATIONS: dict[str, Factory] = {
     "river_page_hinkley": lambda: RiverDrift("page_hinkley", params={"threshold": 10.0}),
     "river_page_hinkley_raw_down": lambda: RiverDrift("page_hinkley", side="down", standardize=False),
     "ensemble_default": default_detector,
+    "calibrated": CalibratedDetector,
+    "calibrated_seasonal_up": lambda: CalibratedDetector(side="up", periods=(24,), min_history=20),
     "ensemble_custom": lambda: EnsembleDetector(
         [RobustBaseline(window=10, min_history=5), RiverDrift("adwin")]
     ),

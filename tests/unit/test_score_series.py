@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from stream_monitor.cli.main import COMMANDS, build_parser, main
-from stream_monitor.cli.score_series import InputError, read_series, score_rows
-from stream_monitor.core.detectors import DEFAULT_THRESHOLD, default_detector
+from stream_monitor.cli.score_series import InputError, read_series, score_rows, usual_interval_s
+from stream_monitor.core.detectors import DEFAULT_THRESHOLD, CalibratedDetector
+from stream_monitor.core.detectors.calibrated import periods_for_interval
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +61,7 @@ def test_scores_a_level_shift_and_writes_every_row(tmp_path: Path) -> None:
     assert [r["value"] for r in rows] == [v for _, v in _iso_rows(values)]
     scores = [float(r["anomaly_score"]) for r in rows]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    assert scores[: default_detector().warmup] == [0.0] * default_detector().warmup
+    assert scores[: CalibratedDetector().warmup] == [0.0] * CalibratedDetector().warmup
     assert [r["alert"] for r in rows] == ["1" if s >= DEFAULT_THRESHOLD else "0" for s in scores]
     flagged = [i for i, r in enumerate(rows) if r["alert"] == "1"]
     assert flagged and min(flagged) in (100, 101)  # the shift, at once or at its second row
@@ -70,7 +71,8 @@ def test_scores_a_level_shift_and_writes_every_row(tmp_path: Path) -> None:
 def test_scores_equal_the_detector_run_online(tmp_path: Path) -> None:
     values = _values(seed=2)
     rows, _ = read_series(f"{t},{v}" for t, v in _iso_rows(values))
-    detector = default_detector()
+    detector = CalibratedDetector(periods=periods_for_interval(usual_interval_s(rows)))
+    assert detector.periods == (1440,)  # one-minute rows: a day of them (a week is too long to hold)
     assert score_rows(rows) == [detector.update(float(f"{v:.3f}")) for v in values]
 
 
