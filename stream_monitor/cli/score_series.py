@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from stream_monitor.core.detectors import DEFAULT_THRESHOLD
-from stream_monitor.core.detectors.calibrated import CalibratedDetector, periods_for_interval
+from stream_monitor.core.detectors.calibrated import CalibratedDetector, periods_for_interval, usual_step
 
 __all__ = [
     "InputError",
@@ -303,11 +303,8 @@ def usual_interval_s(rows: Sequence[Row]) -> float:
     >>> usual_interval_s(rows)
     60.0
     """
-    steps = [b.time - a.time for a, b in itertools.pairwise(rows) if b.time > a.time]
-    if not steps:
-        return math.nan
-    usual = min(statistics.multimode(steps))
-    return usual / 1000.0 if rows[0].time > 1e11 else usual
+    step = usual_step([row.time for row in rows])
+    return step / 1000.0 if rows and rows[0].time > 1e11 else step
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,11 +27,13 @@ in a row are beyond ``relearn_p`` on the same side, the level (or the seasonal o
 rows, so a level shift alerts early, then stops instead of scoring 1 until a rolling median catches up.
 
 The state is plain JSON data (:meth:`CalibratedDetector.to_state`): the values, residuals and
-calibration histories it holds; loading it rebuilds exactly the detector that wrote it.
+calibration histories it holds (z-scores and statistics to 4 significant digits, residuals to 6, so that
+it stays short); loading it rebuilds exactly the detector that wrote it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -51,7 +53,7 @@ from stream_monitor.core.detectors.base import (
 from stream_monitor.core.stats.robust import robust_location_scale
 from stream_monitor.core.stats.tail import TailCalibrator
 
-__all__ = ["CalibratedDetector", "periods_for_interval"]
+__all__ = ["CalibratedDetector", "periods_for_interval", "usual_step"]
 
 _DAY_S = 86_400.0
 
@@ -76,6 +78,18 @@ def periods_for_interval(interval_s: float, max_rows: int = 10_000) -> tuple[int
         if abs(rows - round(rows)) < 1e-6 and 4 <= round(rows) <= max_rows:
             periods.append(round(rows))
     return tuple(periods)
+
+
+def usual_step(times: Sequence[float]) -> float:
+    """The most common forward step between timestamps (the smallest of equally common ones; nan with
+    fewer than two increasing ones): a series' interval, which repeated, backward or missing rows do not
+    change.
+
+    >>> usual_step([0.0, 300.0, 600.0, 600.0, 1500.0, 1800.0])
+    300.0
+    """
+    steps = [b - a for a, b in itertools.pairwise(times) if b > a]
+    return min(statistics.multimode(steps)) if steps else math.nan
 
 
 class _Season:
@@ -232,7 +246,7 @@ class CalibratedDetector:
         self._expected = center
         if spread is not None:
             spread = max(spread, self.min_rel_scale * abs(center), self.min_scale)
-            self._z.append((value - center) / spread)
+            self._z.append(_rounded((value - center) / spread, 4))
             score = self._score()
         self._learn(value, level, phases)
         return score
@@ -249,7 +263,7 @@ class CalibratedDetector:
             centre = statistics.median(z[-horizon:])
             if horizon > 1:
                 sign = (centre > 0) - (centre < 0)
-            statistic = self._evidence(centre, now)
+            statistic = _rounded(self._evidence(centre, now), 4)
             p = calibrator.survival(statistic)
             calibrator.add(statistic, cap=self.relearn_p)
             if p is not None:
@@ -283,14 +297,14 @@ class CalibratedDetector:
 
     def _learn(self, value: float, level: float, phases: list[float | None]) -> None:
         if self._level:
-            self._level_residuals.append(value - level)
+            self._level_residuals.append(_rounded(value - level, 6))
         self._level.append(value)
         for season, base in zip(self._seasons, phases, strict=True):
             if base is None:
                 continue
             offset = statistics.median(season.offsets) if season.offsets else 0.0
-            season.residuals.append(value - base - offset)
-            season.offsets.append(value - base)
+            season.residuals.append(_rounded(value - base - offset, 6))
+            season.offsets.append(_rounded(value - base, 6))
         self._values.append(value)
         self.seen += 1
         if self.seen % 10 == 0 or self._level_scale is None:
@@ -418,6 +432,12 @@ class CalibratedDetector:
         if period is not None and det._season is None:
             raise DetectorStateError(f"{kind} state uses period {period!r}, not one of {det.periods}")
         return det
+
+
+def _rounded(value: float, digits: int) -> float:
+    """``value`` to ``digits`` significant digits: what the detector holds is short in a checkpoint (a
+    z-score needs no more than 4 digits, a residual 6), and a restored detector holds exactly the same."""
+    return float(f"{value:.{digits}g}")
 
 
 def _fill(room: deque[float], held: list[float], kind: str) -> None:
