@@ -39,12 +39,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from stream_monitor.core.detectors import (
+    SIDES,
+    CalibratedDetector,
     DetectorStateError,
     EnsembleDetector,
-    RiverDrift,
     RobustBaseline,
     SeriesDetector,
-    default_detector,
     load_detector,
 )
 from stream_monitor.core.fields import join_series
@@ -68,31 +68,37 @@ _REPLAY = 135
 # rolling spread of a quiet series can be smaller than one bucket, which made single-bucket steps look like
 # 10-sigma events (false alerts on clean traffic in tests/unit/test_engine_inprocess.py).
 _MIN_REL_SCALE = 0.05
+# Four hours of one-minute windows per horizon: the calibration the worker can afford to checkpoint for
+# every watched series (about 900 numbers each, against 2,000 per horizon for score-series).
+_CALIBRATION = 240
 
 
 def _worker_detector(side: str) -> SeriesDetector:
-    return default_detector(side, replay=_REPLAY, min_rel_scale=_MIN_REL_SCALE)
+    """The calibrated detector without a season (a daily cycle of one-minute windows would cost 4,320
+    values a series), with a four-hour calibration and the spread floored at 5 % of the level."""
+    return CalibratedDetector(
+        side=side, calibration=_CALIBRATION, scale_window=120, min_rel_scale=_MIN_REL_SCALE
+    )
 
 
 class AnomalyLayer:
     """Detectors on the watched per-window series; anomaly breaches out, under the rule's alarm budget.
 
     >>> from stream_monitor.core.topology import AnomalyRule, AnomalySeries
-    >>> rule = AnomalyRule(series=(AnomalySeries("latency", "p99.*", "up"),), threshold=0.9)
+    >>> rule = AnomalyRule(series=(AnomalySeries("latency", "p99.*", "up"),), threshold=0.6)
     >>> layer = AnomalyLayer(rule, ("model", "model_version", "arm", "surface"), window_ms=60_000)
     >>> key = ("m", "v1", "control", "home")
     >>> state: dict = {}
-    >>> for i in range(40):  # clean history: 200 ms give or take a few
-    ...     _, found = layer.evaluate([SignalValue("latency", "p99.total", key, 200.0 + i % 5)], [], state,
-    ...                               (i + 1) * 60_000, open_alerts=())
-    >>> found
-    []
+    >>> for i in range(120):  # clean history: 200 ms give or take a few
+    ...     _, found = layer.evaluate([SignalValue("latency", "p99.total", key, 200.0 + i * 7 % 11)], [],
+    ...                               state, (i + 1) * 60_000, open_alerts=())
+    ...     assert not found
     >>> values, found = layer.evaluate([SignalValue("latency", "p99.total", key, 290.0)], [], state,
-    ...                                41 * 60_000, open_alerts=())
+    ...                                121 * 60_000, open_alerts=())
     >>> [(b.signal, b.metric, round(b.observed, 2)) for b in found]
-    [('anomaly', 'latency.p99.total', 1.0)]
+    [('anomaly', 'latency.p99.total', 0.86)]
     >>> found[0].message
-    'latency p99.total 290 is anomalous (expected about 202, score 1.00)'
+    'latency p99.total 290 is anomalous (expected about 205, score 0.86)'
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class AnomalyLayer:
         self.factory = factory
         self._detectors: dict[str, SeriesDetector] = {}
         self._sides: dict[str, str] = {}
+        self._params: dict[str, Any] = {}
         # The window end of the checkpoint this layer last wrote: its detectors are that checkpoint.
         self._written_end: int | None = None
         self.suppressed = 0
@@ -227,18 +234,27 @@ class AnomalyLayer:
         for ident, doc in raw.items():
             try:
                 if isinstance(doc, dict) and "inputs" in doc and "kind" not in doc:
-                    side = doc.get("side")
+                    # An entry of the previous stack (side, count, last inputs): today's detector
+                    # learns those inputs again, so an upgrade keeps the series' recent history.
                     self._detectors[str(ident)] = self._replayed(doc)
-                    self._sides[str(ident)] = str(side)
+                    self._sides[str(ident)] = str(doc.get("side"))
+                elif isinstance(doc, dict) and "side" in doc and "params" not in doc:
+                    side = doc["side"]
+                    if side not in SIDES:
+                        raise DetectorStateError(f"anomaly entry side {side!r} is not one of {SIDES}")
+                    full = {k: v for k, v in doc.items() if k != "side"}
+                    full["params"] = self._factory_params(side)
+                    self._detectors[str(ident)] = load_detector(full)
+                    self._sides[str(ident)] = side
                 else:
                     self._detectors[str(ident)] = load_detector(doc)
             except ValueError as exc:  # DetectorStateError: one bad series does not lose the others
                 log.error("anomaly detector %s unreadable (%s): starting it afresh", ident, exc)
 
     def _replayed(self, doc: Mapping[str, Any]) -> SeriesDetector:
-        """A default-stack detector rebuilt from its compact entry (side, seen, last inputs)."""
+        """Today's detector fed the inputs of a previous-stack entry (side, seen, last inputs)."""
         side, seen, inputs = doc.get("side"), doc.get("seen"), doc.get("inputs")
-        if side not in ("both", "up", "down") or not isinstance(seen, int) or not isinstance(inputs, list):
+        if side not in SIDES or not isinstance(seen, int) or not isinstance(inputs, list):
             raise DetectorStateError("compact anomaly entry needs side, seen (int) and inputs (list)")
         if len(inputs) > seen or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in inputs
@@ -247,9 +263,6 @@ class AnomalyLayer:
         detector = self.factory(str(side))
         for value in inputs:
             detector.update(float(value))
-        for member in detector.members if isinstance(detector, EnsembleDetector) else [detector]:
-            if isinstance(member, RobustBaseline | RiverDrift):
-                member.seen = seen
         return detector
 
     def _save(self, state: dict[str, Any], window_end: int) -> None:
@@ -259,39 +272,25 @@ class AnomalyLayer:
         self._written_end = window_end
 
     def _entry(self, ident: str, detector: SeriesDetector) -> dict[str, Any]:
-        inputs = _replay_inputs(detector)
+        """The detector's state, with its parameters replaced by its side when they are the factory's
+        (they are the same for every series, and a large share of a small entry)."""
+        entry = detector.to_state()
         side = self._sides.get(ident)
-        if inputs is None or side is None:
-            return detector.to_state()
-        return {"side": side, "seen": _seen(detector), "inputs": inputs}
+        if side is not None and entry.get("params") == self._factory_params(side):
+            del entry["params"]
+            entry["side"] = side
+        return entry
 
-
-def _replay_inputs(detector: SeriesDetector) -> list[float] | None:
-    """The inputs that rebuild ``detector`` exactly (within Page-Hinkley's replay bound), if it is the
-    default stack: a non-seasonal robust baseline whose values are a tail of Page-Hinkley's inputs."""
-    if not isinstance(detector, EnsembleDetector) or len(detector.members) != 2:
-        return None
-    baseline, drift = detector.members
-    if not isinstance(baseline, RobustBaseline) or not isinstance(drift, RiverDrift):
-        return None
-    if (
-        baseline.period is not None
-        or drift.replay < baseline.window + baseline.run
-        or baseline.seen != drift.seen
-    ):
-        return None
-    return drift.to_state()["inputs"]  # type: ignore[no-any-return]
-
-
-def _seen(detector: SeriesDetector) -> int:
-    assert isinstance(detector, EnsembleDetector)
-    member = detector.members[0]
-    assert isinstance(member, RobustBaseline)
-    return member.seen
+    def _factory_params(self, side: str) -> Any:
+        if side not in self._params:
+            self._params[side] = self.factory(side).to_state().get("params")
+        return self._params[side]
 
 
 def _expected(detector: SeriesDetector) -> float | None:
-    """The robust baseline's expected value before this update (None while it warms up)."""
+    """The detector's expected value before this update (None while it warms up)."""
+    if isinstance(detector, CalibratedDetector):
+        return detector.expected()
     members = detector.members if isinstance(detector, EnsembleDetector) else [detector]
     for member in members:
         if isinstance(member, RobustBaseline):

@@ -561,7 +561,8 @@ class AnomalyRule:
     """
 
     series: tuple[AnomalySeries, ...] = ()
-    threshold: float = 0.9
+    # A calibrated score (core/detectors/calibrated.py): 0.6 is a tail probability of about 2e-7.
+    threshold: float = 0.6
     budget_per_day: float = 1.0
     burst: float = 2.0
     max_series: int = 400

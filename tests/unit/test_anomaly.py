@@ -55,7 +55,7 @@ def test_clean_series_stays_quiet_and_a_shift_is_found() -> None:
     found = run(anomaly, state, range(200, 203), lambda i: {key(): clean(rng, 280.0)})
     first = next(b for window in found for b in window)
     assert (first.signal, first.metric, first.key) == (ANOMALY_SIGNAL, "latency.p99.total", key())
-    assert first.threshold == 0.9 and first.observed >= 0.9
+    assert first.threshold == 0.6 and first.observed >= 0.6
     assert "latency p99.total" in first.message and "expected about 2" in first.message
 
 
@@ -153,7 +153,7 @@ def test_a_checkpoint_restores_the_same_detectors() -> None:
         )
         scores_second.append(scores[0].value)
     assert scores_second == scores_first[121:]
-    assert max(scores_second) >= 0.9  # the shift at the end is in the compared stretch
+    assert max(scores_second) >= 0.6  # the shift at the end is in the compared stretch
 
 
 def test_a_corrupt_detector_entry_restarts_that_series_only() -> None:
@@ -167,7 +167,7 @@ def test_a_corrupt_detector_entry_restarts_that_series_only() -> None:
     fresh.evaluate(values, [], doc, 2 * MIN, ())
     assert set(doc["detectors"]) == set(state["detectors"])
     kept = next(i for i in doc["detectors"] if i != ident)
-    assert doc["detectors"][kept]["seen"] == 2 and doc["detectors"][kept]["inputs"] == [1.0, 1.0]
+    assert doc["detectors"][kept]["seen"] == 2 and doc["detectors"][kept]["level"] == [1.0, 1.0]
     assert doc["detectors"][ident]["seen"] == 1
     # A compact entry that does not add up is refused the same way.
     doc["detectors"][ident] = {"side": "up", "seen": 1, "inputs": [1.0, "2"]}
@@ -175,16 +175,33 @@ def test_a_corrupt_detector_entry_restarts_that_series_only() -> None:
     assert doc["detectors"][ident]["seen"] == 1 and doc["detectors"][kept]["seen"] == 3
 
 
-def test_the_compact_checkpoint_is_half_the_members_own_states() -> None:
+def test_an_entry_holds_its_side_instead_of_the_shared_parameters() -> None:
     anomaly, state = layer(), {}
-    for i in range(200):
+    for i in range(300):
         anomaly.evaluate(
             [SignalValue("latency", "p99.total", key(), 200.0 + i % 7)], [], state, (i + 1) * MIN, ()
         )
     (entry,) = state["detectors"].values()
-    assert entry["side"] == "up" and entry["seen"] == 200 and len(entry["inputs"]) == 135
+    assert entry["side"] == "up" and entry["seen"] == 300 and "params" not in entry
     full = next(iter(anomaly._detectors.values())).to_state()
-    assert len(orjson.dumps(entry)) < 0.6 * len(orjson.dumps(full))
+    assert len(orjson.dumps(entry)) < len(orjson.dumps(full)) - 250
+    assert len(orjson.dumps(entry)) < 8_000  # the topology's max_series comment: about 7 KB a series
+    entry["side"] = "sideways"
+    layer().evaluate([SignalValue("latency", "p99.total", key(), 200.0)], [], state, 301 * MIN, ())
+    assert state["detectors"][next(iter(state["detectors"]))]["seen"] == 1  # refused, started afresh
+
+
+def test_an_entry_of_the_previous_stack_is_learnt_again() -> None:
+    """An upgrade keeps each series' recent history: the previous stack's compact entry (side, count,
+    last inputs) is fed to today's detector."""
+    inputs = [200.0 + i % 7 for i in range(135)]
+    state = {"version": 1, "end": 135 * MIN, "detectors": {}}
+    ident = f"latency|p99.total|{'|'.join(key())}"
+    state["detectors"][ident] = {"side": "up", "seen": 500, "inputs": inputs}
+    anomaly = layer()
+    anomaly.evaluate([SignalValue("latency", "p99.total", key(), 201.0)], [], state, 136 * MIN, ())
+    entry = state["detectors"][ident]
+    assert entry["side"] == "up" and entry["seen"] == 136 and entry["level"][-1] == 201.0
 
 
 def test_the_topology_section_is_parsed_and_checked() -> None:

@@ -10,9 +10,12 @@ Three steps per value, each answering one question:
    the plain level's (by ``season_gain``), so a cycle that stops being one stops being used, and a series
    without one never uses it. The residual is divided by the robust spread of the recent residuals of the
    same expectation.
-2. **How much evidence is there?** For each horizon ``h`` (default 1, 5 and 25 rows) the median of the last
-   ``h`` standardised residuals: one row shows a spike, the median of five a shift after three rows, the
-   median of 25 a small lasting shift after 13, and no isolated spike moves a median of five or more.
+2. **How much evidence is there?** For each horizon ``h`` (default 1, 5 and 25 rows) the mean of the last
+   ``h`` standardised residuals, each clipped to +-``clip`` (3) sigmas, and no larger than the current
+   row's own deviation: one row shows a spike, the mean of five a shift within a few rows, the mean of 25
+   a small lasting shift; an isolated spike moves a mean of five by at most 0.6 sigmas, and evidence of a
+   shift that has ended does not outlive it. A clipped mean rather than a median, because it moves
+   smoothly on a discrete series (an error count of 0 or 1 a window), where a median jumps.
 3. **How unusual is that evidence for this series?** Each horizon's statistic gets its tail probability
    against its own last ``calibration`` values (:class:`~stream_monitor.core.stats.tail.TailCalibrator`),
    and the smallest of the horizons is corrected for the number of horizons looked at (Sidak). The score is
@@ -140,6 +143,8 @@ class CalibratedDetector:
         half_p: float = 1e-5,
         min_scale: float = 1e-9,
         min_rel_scale: float = 1e-3,
+        min_tail: float = 0.25,
+        clip: float = 6.0,
     ) -> None:
         periods = sorted({int(p) for p in periods})
         if any(p < 4 for p in periods) or not 1 <= min_cycles <= cycles or phase_width < 0:
@@ -172,6 +177,12 @@ class CalibratedDetector:
         self._gamma = math.log(2.0) / -math.log(self.half_p)
         self.min_scale = float(min_scale)
         self.min_rel_scale = float(min_rel_scale)
+        if not (math.isfinite(min_tail) and min_tail > 0):
+            raise ValueError(f"need min_tail > 0, got {min_tail!r}")
+        self.min_tail = float(min_tail)
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"need clip > 0, got {clip!r}")
+        self.clip = float(clip)
         depth = max([self.level_window, *(p * self.cycles + self.phase_width for p in self.periods)])
         self._values: deque[float] = deque(maxlen=depth)
         # The plain level's window: the last values, restarted from the shifted ones by a re-learn.
@@ -181,8 +192,16 @@ class CalibratedDetector:
         self._seasons = [_Season(p, self.level_window, self.scale_window) for p in self.periods]
         self._season: _Season | None = None  # the period in use, if any
         self._z: deque[float] = deque(maxlen=self.horizons[-1])
+        # The tail of a statistic is never taken as thinner than min_tail x the spread of a mean of h
+        # normal values (1 / sqrt(h) sigmas): a history of identical statistics (a sparse error rate is
+        # 0 in most windows) would otherwise make the first ordinary non-zero value look impossibly rare.
         self._calibrators = [
-            TailCalibrator(size=self.calibration, min_history=self.min_history) for _ in self.horizons
+            TailCalibrator(
+                size=self.calibration,
+                min_history=self.min_history,
+                min_excess=self.min_tail / math.sqrt(h),
+            )
+            for h in self.horizons
         ]
         self._run = 0  # rows in a row beyond relearn_p on the side of _run_sign
         self._run_sign = 0
@@ -216,6 +235,8 @@ class CalibratedDetector:
             "half_p": self.half_p,
             "min_scale": self.min_scale,
             "min_rel_scale": self.min_rel_scale,
+            "min_tail": self.min_tail,
+            "clip": self.clip,
         }
 
     def expected(self) -> float | None:
@@ -260,7 +281,7 @@ class CalibratedDetector:
         for horizon, calibrator in zip(self.horizons, self._calibrators, strict=True):
             if len(z) < horizon:
                 continue
-            centre = statistics.median(z[-horizon:])
+            centre = _winsorised_mean(z[-horizon:], self.clip) if horizon > 1 else now
             if horizon > 1:
                 sign = (centre > 0) - (centre < 0)
             statistic = _rounded(self._evidence(centre, now), 4)
@@ -432,6 +453,12 @@ class CalibratedDetector:
         if period is not None and det._season is None:
             raise DetectorStateError(f"{kind} state uses period {period!r}, not one of {det.periods}")
         return det
+
+
+def _winsorised_mean(values: Sequence[float], clip: float) -> float:
+    """The mean of ``values`` each clipped to +-``clip``: one spike moves it by at most ``clip / n``, and,
+    unlike a median, it moves smoothly on a discrete series (an error count of 0 or 1 a window)."""
+    return math.fsum(min(max(v, -clip), clip) for v in values) / len(values)
 
 
 def _rounded(value: float, digits: int) -> float:

@@ -11,7 +11,12 @@ value theory", KDD 2017):
 * below the top ``tail`` share of the history, the probability is the empirical survival function,
   interpolated linearly between order statistics (so it is continuous);
 * above it, the exceedances over that threshold are taken as exponential (a generalised Pareto tail of
-  shape 0) with their mean excess as scale, which extrapolates smoothly past the largest value seen.
+  shape 0), which extrapolates smoothly past the largest value seen. Its scale is the exceedances' mean
+  excess, or with ``confidence`` above 0.5 an upper confidence bound on it (``2 k mean / scale`` is
+  chi-squared with ``2 k`` degrees of freedom for ``k`` exponential exceedances), so that a tail fitted
+  on few values can be judged as wide as it may be rather than as narrow as it happened to look. The
+  default, 0.5, is the median-unbiased scale: the plain mean excess of ten exceedances understates the
+  scale more often than not.
 
 An exponential tail is conservative for light-tailed statistics (a normal z-score's true tail falls faster,
 so the probability is overstated, never understated) and follows heavy ones as far as the history shows.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections import deque
 from collections.abc import Iterable
 
@@ -60,16 +66,21 @@ class TailCalibrator:
         min_exceedances: int = 10,
         min_history: int = 50,
         min_excess: float = 0.1,
+        confidence: float = 0.5,
     ) -> None:
         if size < 3 or not 3 <= min_history <= size:
             raise ValueError(f"need size >= 3 and 3 <= min_history <= size, got {size}, {min_history}")
         if not 0.0 < tail < 0.5 or min_exceedances < 1 or not min_excess > 0:
             raise ValueError("need 0 < tail < 0.5, min_exceedances >= 1 and min_excess > 0")
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"need 0.5 <= confidence < 1, got {confidence!r}")
         self.size = int(size)
         self.tail = float(tail)
         self.min_exceedances = int(min_exceedances)
         self.min_history = int(min_history)
         self.min_excess = float(min_excess)
+        self.confidence = float(confidence)
+        self._z = _normal_quantile(1.0 - self.confidence)
         self._order: deque[float] = deque(maxlen=self.size)  # time order, to know what to forget
         self._sorted: list[float] = []
 
@@ -117,8 +128,7 @@ class TailCalibrator:
         at_threshold = (k + 1) / (n + 1)
         if not 0.0 < p < at_threshold:
             return math.inf
-        excess = math.fsum(ordered[n - k :]) / k - threshold
-        return threshold + max(excess, self.min_excess) * math.log(at_threshold / p)
+        return threshold + self._tail_scale(k, threshold) * math.log(at_threshold / p)
 
     def survival(self, value: float) -> float | None:
         """``P(S >= value)`` in ``(0, 1]`` from the held history (None while it is too short)."""
@@ -131,9 +141,8 @@ class TailCalibrator:
         # value below the k exceedances.
         threshold = ordered[n - k - 1]
         if value > threshold:
-            excess = math.fsum(ordered[n - k :]) / k - threshold
             at_threshold = (k + 1) / (n + 1)
-            return at_threshold * math.exp(-(value - threshold) / max(excess, self.min_excess))
+            return at_threshold * math.exp(-(value - threshold) / self._tail_scale(k, threshold))
         if value <= ordered[0]:
             return 1.0 if value < ordered[0] else n / (n + 1)
         i = bisect.bisect_right(ordered, value) - 1  # ordered[i] <= value < ordered[i + 1]
@@ -142,3 +151,21 @@ class TailCalibrator:
         low, high = ordered[i], ordered[i + 1]
         share = (value - low) / (high - low) if high > low else 0.0
         return (n - i - share) / (n + 1)
+
+    def _tail_scale(self, k: int, threshold: float) -> float:
+        """The upper ``confidence`` bound on the mean excess of the ``k`` largest values over
+        ``threshold`` (Wilson-Hilferty for the chi-squared quantile), at least ``min_excess``."""
+        excess = math.fsum(self._sorted[len(self._sorted) - k :]) / k - threshold
+        dof = 2 * k
+        h = 2.0 / (9.0 * dof)
+        chi2_low = dof * max(1.0 - h + self._z * math.sqrt(h), 0.05) ** 3
+        return max(excess * dof / chi2_low, self.min_excess)
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile of ``p``.
+
+    >>> round(_normal_quantile(0.05), 4), round(_normal_quantile(0.5), 4)
+    (-1.6449, 0.0)
+    """
+    return statistics.NormalDist().inv_cdf(p)
