@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bytes of anomaly-detector checkpoint per watched series, once every detector's history is full.
 
-Runs 150 simulated minutes (past the 135-value replay bound) of clean traffic through the in-process
+Runs 260 simulated minutes (past the 240-value calibration history) of clean traffic through the in-process
 engine on the default topology and prints the anomaly layer's checkpoint size (JSON, as stored in Redis)
 divided by its number of detectors. Usage: .venv/bin/python scripts/anomaly_state_size.py (docs/signals.md).
 """
@@ -20,7 +20,7 @@ from stream_monitor.state.memory import MemoryStore
 from stream_monitor.topology import load_topology
 
 START = 1_764_028_800_000
-MINUTES = 150
+MINUTES = 260
 
 
 def main() -> None:

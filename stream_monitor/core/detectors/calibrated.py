@@ -137,7 +137,8 @@ class CalibratedDetector:
         scale_window: int = 400,
         horizons: Sequence[int] = (1, 5, 25),
         calibration: int = 2000,
-        min_history: int = 30,
+        min_history: int = 10,
+        prior_weight: float = 30.0,
         relearn_after: int = 6,
         relearn_p: float = 1e-3,
         half_p: float = 1e-5,
@@ -156,8 +157,10 @@ class CalibratedDetector:
         horizons = sorted({int(h) for h in horizons})
         if not horizons or horizons[0] < 1 or level_window < 3 or scale_window < 10:
             raise ValueError("need horizons >= 1, level_window >= 3 and scale_window >= 10")
-        if not 10 <= min_history <= calibration or relearn_after < 2:
-            raise ValueError("need 10 <= min_history <= calibration and relearn_after >= 2")
+        if not 3 <= min_history <= calibration or relearn_after < 2:
+            raise ValueError("need 3 <= min_history <= calibration and relearn_after >= 2")
+        if not (math.isfinite(prior_weight) and prior_weight >= 0):
+            raise ValueError(f"need prior_weight >= 0, got {prior_weight!r}")
         if not (0.0 < relearn_p < 1.0 and 0.0 < half_p < 1.0 and min_scale > 0 and min_rel_scale >= 0):
             raise ValueError("need 0 < relearn_p, half_p < 1, min_scale > 0 and min_rel_scale >= 0")
         self.side = _check_side(side)
@@ -171,6 +174,7 @@ class CalibratedDetector:
         self.horizons = tuple(horizons)
         self.calibration = int(calibration)
         self.min_history = int(min_history)
+        self.prior_weight = float(prior_weight)
         self.relearn_after = int(relearn_after)
         self.relearn_p = float(relearn_p)
         self.half_p = float(half_p)
@@ -210,7 +214,8 @@ class CalibratedDetector:
 
     @property
     def warmup(self) -> int:
-        return self.min_history + 1
+        # The level's spread needs 10 residuals, i.e. 11 values, before the first z-score.
+        return 11
 
     @property
     def period(self) -> int | None:
@@ -230,6 +235,7 @@ class CalibratedDetector:
             "horizons": list(self.horizons),
             "calibration": self.calibration,
             "min_history": self.min_history,
+            "prior_weight": self.prior_weight,
             "relearn_after": self.relearn_after,
             "relearn_p": self.relearn_p,
             "half_p": self.half_p,
@@ -285,17 +291,29 @@ class CalibratedDetector:
             if horizon > 1:
                 sign = (centre > 0) - (centre < 0)
             statistic = _rounded(self._evidence(centre, now), 4)
-            p = calibrator.survival(statistic)
+            p = self._survival(calibrator, statistic, horizon)
             calibrator.add(statistic, cap=self.relearn_p)
-            if p is not None:
-                looked += 1
-                smallest = min(smallest, p)
+            looked += 1
+            smallest = min(smallest, p)
         self._track_run(smallest if looked else None, sign)
         if not looked or smallest >= 1.0:
             return 0.0
         # Sidak: the chance that the most unusual of `looked` horizons is this unusual.
         p = -math.expm1(looked * math.log1p(-smallest))
         return -math.expm1(self._gamma * math.log(p)) if p > 0.0 else 1.0
+
+    def _survival(self, calibrator: TailCalibrator, statistic: float, horizon: int) -> float:
+        """The statistic's tail probability: its own history's, shrunk towards that of a normal
+        residual's (the prior, worth ``prior_weight`` values), so that a young series is judged at once,
+        by a normal yardstick, and by its own history as that history grows."""
+        # A clipped mean of h standard normal residuals is about N(0, 1/h).
+        tail = math.erfc(statistic * math.sqrt(horizon / 2.0))
+        prior = min(tail if self.side == "both" else tail / 2.0, 1.0)
+        held = calibrator.survival(statistic)
+        if held is None:
+            return min(prior, 1.0)
+        n = len(calibrator)
+        return (n * held + self.prior_weight * prior) / (n + self.prior_weight)
 
     def _evidence(self, centre: float, now: float) -> float:
         """How far the last rows' median deviates on the watched side, no further than the current row
