@@ -17,6 +17,7 @@ from stream_monitor.core.fields import join_series
 from stream_monitor.core.runbooks import DEFAULT_RUNBOOK_BASE, runbook_for, suggested_action
 from stream_monitor.core.series import Breach
 from stream_monitor.core.shadow import ShadowAnalyzer, ShadowStateError
+from stream_monitor.core.state_format import StateFormatError
 
 __all__ = ["STATE_VERSION", "Alert", "AlertBook", "DetectorState", "StateFormatError"]
 
@@ -27,10 +28,6 @@ STATE_VERSION = 4  # 2 added `baselines`, 3 `profiles` and `slo_history`, 4 `can
 _EMIT_ONLY = frozenset({"lineage", "example_request_ids"})
 # In an open alert's checkpoint document: windows in a row its value has spent inside the clearing band.
 _CLEARING = "clearing_windows"
-
-
-class StateFormatError(ValueError):
-    """A detector checkpoint that is not in a format this version can load."""
 
 
 @dataclass(slots=True)
@@ -112,7 +109,7 @@ class DetectorState:
         >>> DetectorState.from_json_dict({"version": 99})
         Traceback (most recent call last):
         ...
-        stream_monitor.core.alerts.StateFormatError: detector state version 99 is not 4
+        stream_monitor.core.state_format.StateFormatError: detector state version 99 is not 4
         >>> DetectorState.from_json_dict({"version": 2, "last_closed_end": 60_000, "volume_history": {},
         ...     "volume_absent": {}, "open_alerts": {}, "baselines": {}}).slo_history
         {}

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
-from stream_monitor.core.alerts import StateFormatError
+from stream_monitor.core.state_format import StateFormatError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
