@@ -293,8 +293,9 @@ class CalibratedDetector:
             statistic = _rounded(self._evidence(centre, now), 4)
             p = self._survival(calibrator, statistic, horizon)
             calibrator.add(statistic, cap=self.relearn_p)
-            looked += 1
-            smallest = min(smallest, p)
+            if p is not None:
+                looked += 1
+                smallest = min(smallest, p)
         self._track_run(smallest if looked else None, sign)
         if not looked or smallest >= 1.0:
             return 0.0
@@ -302,16 +303,20 @@ class CalibratedDetector:
         p = -math.expm1(looked * math.log1p(-smallest))
         return -math.expm1(self._gamma * math.log(p)) if p > 0.0 else 1.0
 
-    def _survival(self, calibrator: TailCalibrator, statistic: float, horizon: int) -> float:
-        """The statistic's tail probability: its own history's, shrunk towards that of a normal
-        residual's (the prior, worth ``prior_weight`` values), so that a young series is judged at once,
-        by a normal yardstick, and by its own history as that history grows."""
-        # A clipped mean of h standard normal residuals is about N(0, 1/h).
-        tail = math.erfc(statistic * math.sqrt(horizon / 2.0))
-        prior = min(tail if self.side == "both" else tail / 2.0, 1.0)
+    def _survival(self, calibrator: TailCalibrator, statistic: float, horizon: int) -> float | None:
+        """The statistic's tail probability from its own history. A row's own deviation (horizon 1) is
+        also judged while that history is young: against a normal residual's tail, shrunk into the
+        history's as it grows (the prior is worth ``prior_weight`` values). Longer horizons wait for
+        their history: the mean of a skewed series' residuals from its median is not 0 (an error count
+        of 0 most windows and 1-3 in some), so a prior centred on 0 would call its ordinary busy
+        stretches rare."""
         held = calibrator.survival(statistic)
+        if horizon > 1:
+            return held
+        tail = math.erfc(statistic / math.sqrt(2.0))
+        prior = min(tail if self.side == "both" else tail / 2.0, 1.0)
         if held is None:
-            return min(prior, 1.0)
+            return prior
         n = len(calibrator)
         return (n * held + self.prior_weight * prior) / (n + self.prior_weight)
 
