@@ -305,20 +305,26 @@ class CalibratedDetector:
 
     def _survival(self, calibrator: TailCalibrator, statistic: float, horizon: int) -> float | None:
         """The statistic's tail probability from its own history. A row's own deviation (horizon 1) is
-        also judged while that history is young: against a normal residual's tail, shrunk into the
-        history's as it grows (the prior is worth ``prior_weight`` values). Longer horizons wait for
-        their history: the mean of a skewed series' residuals from its median is not 0 (an error count
-        of 0 most windows and 1-3 in some), so a prior centred on 0 would call its ordinary busy
-        stretches rare."""
+        also judged while that history is young: against the tail of a normal residual of twice the
+        estimated spread (a young series' spread is a rough estimate, and sparse or skewed series
+        deviate in steps), worth ``prior_weight`` values at first and fading out once the history holds
+        three times as many. Longer horizons wait for their own history: the mean of a
+        skewed series' residuals from its median is not 0 (an error count of 0 most windows and 1-3 in
+        some), which no prior centred on 0 knows."""
         held = calibrator.survival(statistic)
         if horizon > 1:
             return held
-        tail = math.erfc(statistic / math.sqrt(2.0))
+        n = len(calibrator)
+        weight = (
+            self.prior_weight * max(0.0, 1.0 - n / (3.0 * self.prior_weight)) if self.prior_weight else 0.0
+        )
+        if weight <= 0.0:
+            return held
+        tail = math.erfc(statistic / (2.0 * math.sqrt(2.0)))  # a normal of twice the estimated spread
         prior = min(tail if self.side == "both" else tail / 2.0, 1.0)
         if held is None:
             return prior
-        n = len(calibrator)
-        return (n * held + self.prior_weight * prior) / (n + self.prior_weight)
+        return (n * held + weight * prior) / (n + weight)
 
     def _evidence(self, centre: float, now: float) -> float:
         """How far the last rows' median deviates on the watched side, no further than the current row
