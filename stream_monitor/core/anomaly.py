@@ -3,8 +3,10 @@
 Thresholds and SLAs (core/signals.py) catch what a team has declared bad. The anomaly layer watches the
 same per-window values for what nobody declared: a p99 that doubles but stays under its SLA, a source
 share that falls by a third. Each watched series (topology ``anomaly.series``: signal, metric, side) gets
-the default detector stack of :mod:`stream_monitor.core.detectors` (robust rolling baseline + river
-Page-Hinkley on robust z-scores), updated once per closed window.
+a :class:`~stream_monitor.core.detectors.CalibratedDetector` (recent level, no season, four hours of
+calibration), updated once per closed window: its score is a tail probability calibrated on the series'
+own past deviations. A share of requests (an error rate, a source share) also passes its sampling noise
+(:func:`sampling_noise`), so a segment of a few requests a minute is judged on what its counts can show.
 
 Thousands of series would drown people in alerts, so three things stand between a detector's score and
 an alert:
@@ -16,18 +18,16 @@ an alert:
 3. **Budget.** New anomaly alerts spend tokens from one bucket (``burst`` tokens, refilled at
    ``budget_per_day``): whatever the number of series, at most ``burst + budget_per_day x days`` anomaly
    alerts open. The strongest scores go first; the rest are counted in ``suppressed``. This is a
-   per-layer alarm-rate budget rather than a multiple-testing correction: the scores of these
-   detectors are not calibrated p-values (windows are autocorrelated and the robust z-scores have heavy
-   tails), so a cap is the guarantee that holds whatever they are (docs/signals.md, "Anomaly detectors").
+   per-layer alarm-rate budget rather than a multiple-testing correction: each score is calibrated on its
+   own series, but windows are autocorrelated and hundreds of series are watched at once, so a cap is the
+   guarantee that holds whatever they are (docs/signals.md, "Anomaly detectors").
 
-State is JSON, kept in the engine's :class:`~stream_monitor.core.alerts.DetectorState`. A default-stack
-detector is stored as its side, its count and its last 135 inputs, and rebuilt by replaying them: the
-robust baseline (120 values) comes back exactly, Page-Hinkley exactly within its replay bound (see
-:class:`~stream_monitor.core.detectors.RiverDrift`), at about half the bytes of the members' own states,
-which repeat their parameters and hold the same values twice. Any other detector is stored with its
-:meth:`~stream_monitor.core.detectors.SeriesDetector.to_state`. The layer keeps its detectors in memory
-between windows and rebuilds them from the checkpoint only when the checkpoint is not the one it wrote
-(another worker closed windows in between, or a restart).
+State is JSON, kept in the engine's :class:`~stream_monitor.core.alerts.DetectorState`: each detector's
+:meth:`~stream_monitor.core.detectors.SeriesDetector.to_state`, its parameters replaced by its side when
+they are the layer's own. An entry of the previous default stack (side, count, last inputs) is rebuilt by
+feeding today's detector those inputs. The layer keeps its detectors in memory between windows and
+rebuilds them from the checkpoint only when the checkpoint is not the one it wrote (another worker closed
+windows in between, or a restart).
 
 Imports: the standard library and core only.
 """
@@ -35,6 +35,7 @@ Imports: the standard library and core only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -52,7 +53,7 @@ from stream_monitor.core.series import Breach, SignalValue
 from stream_monitor.core.signals import localise
 from stream_monitor.core.topology import KEY_DIMS, AnomalyRule
 
-__all__ = ["ANOMALY_SIGNAL", "ANOMALY_STATE_VERSION", "AnomalyLayer"]
+__all__ = ["ANOMALY_SIGNAL", "ANOMALY_STATE_VERSION", "AnomalyLayer", "sampling_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ ANOMALY_SIGNAL = "anomaly"
 ANOMALY_STATE_VERSION = 1
 _DAY_MS = 86_400_000
 _ALL = "*"
-# Page-Hinkley's replay bound: window (120) + lag (15) of the default stack, the least that is exact.
-_REPLAY = 135
 
 
 # Spread floor as a share of the level: per-window quantiles move in sketch buckets (2 % wide) and a
@@ -163,7 +162,7 @@ class AnomalyLayer:
                 detector = self._detectors[ident] = self.factory(spec.side)
                 self._sides[ident] = spec.side
             expected = _expected(detector)
-            score = detector.update(_significant(value.value))
+            score = detector.update(_significant(value.value), sampling_noise(value, expected))
             metric = f"{value.signal}.{value.metric}"
             scores.append(SignalValue(ANOMALY_SIGNAL, metric, value.key, score))
             if score < self.rule.threshold or (value.signal, value.key[: len(KEY_DIMS)]) in alerting:
@@ -297,6 +296,26 @@ def _expected(detector: SeriesDetector) -> float | None:
             expected = member.expected()
             return None if expected is None else expected[0]
     return None
+
+
+def sampling_noise(value: SignalValue, expected: float | None) -> float:
+    """The standard error of a share of requests from its count alone (0 for any other value).
+
+    A binomial share of ``trials`` requests at the expected rate, taken as at least one request's worth
+    (``1 / trials``): a sparse segment's error rate is 0 in most windows, and a spread learnt from those
+    makes one stray error infinitely many sigmas, where its count says it is one standard error. A night
+    window of 20 requests is judged on its 20, whatever the day's windows taught the detector.
+
+    >>> round(sampling_noise(SignalValue("error_rate", "ratio", (), 1 / 176, trials=176), 0.0) * 176, 3)
+    0.997
+    >>> sampling_noise(SignalValue("latency", "p99.total", (), 250.0), 200.0)
+    0.0
+    """
+    if value.trials is None or value.trials <= 0:
+        return 0.0
+    least = min(1.0 / value.trials, 0.5)
+    rate = min(max(value.value if expected is None else expected, least), 1.0 - least)
+    return math.sqrt(rate * (1.0 - rate) / value.trials)
 
 
 def _significant(value: float) -> float:

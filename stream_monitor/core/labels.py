@@ -654,8 +654,8 @@ class LabelEvaluator:
                 continue
             values.append(SignalValue("labels", "requests", key, c.get("req", 0)))
             if imp:
-                values.append(SignalValue("labels", "ctr", key, c.get("click", 0) / imp))
-                values.append(SignalValue("labels", "play_rate", key, c.get("play", 0) / imp))
+                values.append(SignalValue("labels", "ctr", key, c.get("click", 0) / imp, trials=imp))
+                values.append(SignalValue("labels", "play_rate", key, c.get("play", 0) / imp, trials=imp))
             if c.get("ndcg_n"):
                 values.append(SignalValue("labels", f"ndcg@{rule.k}", key, c["ndcg_u"] / MICRO / c["ndcg_n"]))
             if c.get("imp_req"):

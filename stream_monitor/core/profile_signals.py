@@ -218,7 +218,7 @@ class ProfileEvaluator:
                     continue
                 flagged, total = counts
                 rate = flagged / total
-                values.append(SignalValue(spec.signal, spec.metric, key, rate))
+                values.append(SignalValue(spec.signal, spec.metric, key, rate, trials=total))
                 if rate > spec.threshold and wilson_lower_bound(flagged, total, spec.z) > spec.threshold:
                     ceiling.append(
                         Breach(

@@ -62,12 +62,18 @@ class SeriesStats:
 
 @dataclass(frozen=True, slots=True)
 class SignalValue:
-    """One computed signal value (exported as a metric)."""
+    """One computed signal value (exported as a metric).
+
+    ``trials`` is set on a share of requests (an error rate, a source's share of candidates): the number
+    of requests it was measured on, from which the anomaly layer knows how far the share moves by chance
+    alone. It is not part of the value's identity (the window log does not keep it).
+    """
 
     signal: str
     metric: str
     key: tuple[str, ...]
     value: float
+    trials: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,7 +307,7 @@ class WindowEvaluator:
                     continue
                 flagged = stats.counters.get(rule.counter, 0)
                 rate = flagged / stats.n
-                values.append(SignalValue(rule.signal, "ratio", key, rate))
+                values.append(SignalValue(rule.signal, "ratio", key, rate, trials=stats.n))
                 # Alert only when the rate is above the ceiling with confidence, not when a small slice
                 # happens to catch a few unlucky requests (4 of 198 is 2.02 %, but says little).
                 if rate > rule.threshold and wilson_lower_bound(flagged, stats.n, rule.z) > rule.threshold:
@@ -401,6 +401,7 @@ class WindowEvaluator:
                         f"{stage}_per_retrieved",
                         key,
                         stats.counters.get(f"fun.{stage}", 0) / retrieved,
+                        trials=stats.n,
                     )
                 )
 
@@ -422,7 +423,8 @@ class WindowEvaluator:
             for source in rule.sources:
                 share = stats.counters.get(f"src.{source}", 0) / total
                 metric = f"share.{source}"
-                values.append(SignalValue("candidate_source", metric, key, share))
+                # Candidates of one request come together: the requests are the independent trials.
+                values.append(SignalValue("candidate_source", metric, key, share, trials=stats.n))
                 past = touch_history(history, f"candidate_source|{metric}|{series}")
                 breached = False
                 if len(past) >= rule.min_history:
@@ -465,7 +467,7 @@ class WindowEvaluator:
         key = (ALL,) * len(self._key_dims)
         metric = f"{rule.action}s_per_request"
         ratio = engagement.get(rule.action, 0) / requests
-        values.append(SignalValue("engagement_ratio", metric, key, ratio))
+        values.append(SignalValue("engagement_ratio", metric, key, ratio, trials=requests))
         past = touch_history(history, f"engagement_ratio|{metric}|*")
         if len(past) >= rule.min_history:
             expected = statistics.median(past)

@@ -59,6 +59,21 @@ def test_clean_series_stays_quiet_and_a_shift_is_found() -> None:
     assert "latency p99.total" in first.message and "expected about 2" in first.message
 
 
+def test_a_sparse_error_rate_is_judged_on_its_request_count() -> None:
+    """A segment of about 176 requests a minute with no errors for hours: one error is 1.4 standard
+    errors of its count (an alert on every stray error was the layer's commonest false alarm); 15 errors
+    in a window are an anomaly however few requests there are."""
+    rule = AnomalyRule(series=(AnomalySeries("error_rate", "*", "up"),))
+    anomaly, state = AnomalyLayer(rule, DIMS, MIN), {}
+
+    def window(i: int, errors: int) -> list[Breach]:
+        value = SignalValue("error_rate", "ratio", key(), errors / 176, trials=176)
+        return anomaly.evaluate([value], [], state, (i + 1) * MIN, ())[1]
+
+    assert not any(window(i, 1 if i % 37 == 36 else 0) for i in range(300))
+    assert window(300, 15)
+
+
 def test_unwatched_signals_and_deep_slices_are_ignored() -> None:
     anomaly, state = layer(max_segment_dims=0), {}
     values = [

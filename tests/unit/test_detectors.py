@@ -322,3 +322,35 @@ def test_drift_detector_does_not_report_the_reference_catching_up_after_a_recove
     scores = [det.update(v) for v in values]
     assert 1.0 in scores[200:350]
     assert 1.0 not in scores[350:]
+
+
+# -- sampling noise (part of the contract) ------------------------------------------------------------------
+
+
+def test_noise_must_be_a_finite_non_negative_standard_error(factory: Factory) -> None:
+    det = factory()
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="noise"):
+            det.update(1.0, bad)
+
+
+def _share_noise(n: float) -> float:
+    """The anomaly layer's binomial standard error of a share expected at 0 (one request's worth)."""
+    return math.sqrt(1 / n * (1 - 1 / n) / n)
+
+
+def test_one_request_in_a_sparse_share_is_not_an_anomaly_once_its_noise_is_known(factory: Factory) -> None:
+    """A segment of 176 requests a window whose error rate was 0 in every window: one error is within
+    what its count can show (the spread learnt from zeros is nil, so without the noise it is not)."""
+    det = factory()
+    for _ in range(200):
+        det.update(0.0, _share_noise(176))
+    assert det.update(1 / 176, _share_noise(176)) < DEFAULT_THRESHOLD
+
+
+@pytest.mark.parametrize("make", [RobustBaseline, CalibratedDetector, default_detector])
+def test_a_share_far_beyond_its_noise_still_alerts(make: Factory) -> None:
+    det = make()
+    for i in range(200):
+        det.update(1 / 176 if i % 40 == 0 else 0.0, _share_noise(176))
+    assert det.update(30 / 176, _share_noise(176)) >= DEFAULT_THRESHOLD

@@ -37,6 +37,7 @@ from stream_monitor.core.detectors.base import (
     DetectorStateError,
     SeriesDetector,
     _check_header,
+    _check_noise,
     _check_value,
 )
 from stream_monitor.core.detectors.calibrated import CalibratedDetector
@@ -82,9 +83,9 @@ class EnsembleDetector:
     def warmup(self) -> int:
         return min(m.warmup for m in self.members)
 
-    def update(self, value: float) -> float:
-        value = _check_value(value)
-        return max([m.update(value) for m in self.members])
+    def update(self, value: float, noise: float = 0.0) -> float:
+        value, noise = _check_value(value), _check_noise(noise)
+        return max([m.update(value, noise) for m in self.members])
 
     def to_state(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,7 @@ from stream_monitor.core.detectors.base import (
     DetectorStateError,
     _build,
     _check_header,
+    _check_noise,
     _check_side,
     _check_value,
     _count,
@@ -257,8 +258,8 @@ class CalibratedDetector:
 
     # -- scoring ---------------------------------------------------------------------------------------
 
-    def update(self, value: float) -> float:
-        value = _check_value(value)
+    def update(self, value: float, noise: float = 0.0) -> float:
+        value, noise = _check_value(value), _check_noise(noise)
         level = statistics.median(self._level) if self._level else value
         phases = [self._phase_value(season.period) for season in self._seasons]
         self._choose_season()
@@ -272,7 +273,7 @@ class CalibratedDetector:
             spread = self._season.scale
         self._expected = center
         if spread is not None:
-            spread = max(spread, self.min_rel_scale * abs(center), self.min_scale)
+            spread = max(spread, self.min_rel_scale * abs(center), self.min_scale, noise)
             self._z.append(_rounded((value - center) / spread, 4))
             score = self._score()
         self._learn(value, level, phases)

@@ -14,6 +14,7 @@ from stream_monitor.core.detectors.base import (
     DetectorStateError,
     _build,
     _check_header,
+    _check_noise,
     _check_side,
     _check_value,
     _count,
@@ -139,8 +140,9 @@ class RiverDrift:
             "min_rel_scale": self.min_rel_scale,
         }
 
-    def update(self, value: float) -> float:
-        value = _check_value(value)
+    def update(self, value: float, noise: float = 0.0) -> float:
+        value, noise = _check_value(value), _check_noise(noise)
+        confirmed = 0.0
         self._inputs.append(value)
         self.seen += 1
         if self.standardize:
@@ -151,6 +153,9 @@ class RiverDrift:
             center, spread = robust_location_scale(history[: len(history) - self.lag], 1e-9)
             spread = max(spread, self.min_rel_scale * abs(center))
             fed = min(max((value - center) / spread, -self.clip), self.clip)
+            # The drift test runs on the values alone (so a replay of the inputs is exact); only the
+            # confirmation of a change discounts the value's own sampling noise.
+            confirmed = (value - center) / max(spread, noise)
             self._history.append(value)
         else:
             fed = value
@@ -160,7 +165,7 @@ class RiverDrift:
         if not detector.drift_detected:
             return 0.0
         if self.standardize:
-            return 1.0 if _directed(fed, self.side) >= self.confirm else 0.0
+            return 1.0 if _directed(confirmed, self.side) >= self.confirm else 0.0
         if isinstance(detector, drift.ADWIN) and self.side != "both":
             moved = detector.estimation - before
             if (moved > 0) != (self.side == "up"):

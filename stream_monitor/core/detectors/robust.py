@@ -13,6 +13,7 @@ from stream_monitor.core.detectors.base import (
     DetectorStateError,
     _build,
     _check_header,
+    _check_noise,
     _check_side,
     _check_value,
     _count,
@@ -155,12 +156,13 @@ class RobustBaseline:
             return None
         return statistics.median(same_phase)
 
-    def update(self, value: float) -> float:
-        value = _check_value(value)
+    def update(self, value: float, noise: float = 0.0) -> float:
+        value, noise = _check_value(value), _check_noise(noise)
         score = 0.0
         baseline = self.expected()
         if baseline is not None:
             center, spread = baseline
+            spread = max(spread, noise)
             delta = value - center
             z = _directed(delta / spread, self.side) if abs(delta) >= self.min_delta else 0.0
             score = _squash(z - self.k, self.softness)
